@@ -1,0 +1,24 @@
+-- A short tour; scripts/run.sh runs it in a fresh database each time.
+DROP EXTENSION IF EXISTS allsource CASCADE;
+CREATE EXTENSION allsource;
+
+-- Append two events to a new stream; expected_version => 0 means "must be new".
+SELECT * FROM allsource.append('order-1', 'OrderPlaced', '{"total": 42}', expected_version => 0);
+SELECT * FROM allsource.append('order-1', 'OrderPaid', '{"amount": 42}', expected_version => 1);
+
+-- A writer that still believes the stream is at version 1 is refused (ZA001).
+\set VERBOSITY verbose
+SELECT * FROM allsource.append('order-1', 'OrderCancelled', '{}', expected_version => 1);
+\set VERBOSITY default
+
+-- Several events at once, all or nothing.
+SELECT * FROM allsource.append_batch('order-1', '[
+  {"type": "ItemShipped", "payload": {"sku": "A-1"}},
+  {"type": "ItemShipped", "payload": {"sku": "B-7"}, "metadata": {"carrier": "post"}}
+]', expected_version => 2);
+
+-- Read it back.
+SELECT version, position, event_type, payload, metadata
+FROM allsource.read_stream('order-1');
+SELECT allsource.stream_version('order-1') AS version,
+       allsource.partition_for('order-1') AS partition;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds AllSource, runs it preloaded in a private PostgreSQL 15 cluster,
+# shows a short demo and prints how to connect.
+#   scripts/run.sh        set up, build, (re)start the cluster, demo
+#   scripts/run.sh stop   stop the cluster
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/common.sh
+DATA=$STATE_DIR/demo
+
+if [ "${1:-}" = "stop" ]; then
+    cluster_stop "$DATA"
+    log "stopped the cluster in $DATA"
+    exit 0
+fi
+
+scripts/setup.sh
+log "building and installing the extension (release)"
+quietly cargo pgrx install --release --pg-config "$PG_CONFIG"
+# A preloaded library is loaded once by the postmaster: restart to pick up the new build.
+cluster_stop "$DATA"
+port=$(cluster_port "$DATA")
+port=$(free_port "${port:-54320}")
+log "starting PostgreSQL $PG_MAJOR in $DATA on port $port"
+cluster_start "$DATA" "$port"
+
+psql=(psql --no-psqlrc --quiet --host=localhost --port="$port" --username=postgres)
+"${psql[@]}" --dbname=postgres -c "SELECT 1 FROM pg_database WHERE datname = 'allsource'" --tuples-only |
+    grep -q 1 || "${psql[@]}" --dbname=postgres -c "CREATE DATABASE allsource"
+log "demo"
+"${psql[@]}" --dbname=allsource --echo-queries -f scripts/demo.sql
+
+cat <<TXT
+
+AllSource is running. Connect with:
+    psql "host=localhost port=$port user=postgres dbname=allsource"
+Stop it with:
+    scripts/run.sh stop
+TXT

@@ -1,0 +1,65 @@
+-- Tables, sequence and partitions. Runs first in CREATE EXTENSION; the
+-- functions pgrx generates from Rust come after it, sql/finalize.sql last.
+
+-- Global positions. No per-backend cache: positions are taken in the order
+-- transactions ask for them, which the watermark relies on.
+CREATE SEQUENCE allsource.event_position AS bigint NO CYCLE;
+
+CREATE TABLE allsource.streams (
+    stream_id     text        PRIMARY KEY,
+    partition_id  int         NOT NULL,
+    version       bigint      NOT NULL DEFAULT 0,
+    tenant_id     text,
+    -- The checksum of the stream's last event: the next event chains to it
+    -- without reading it.
+    last_checksum bytea,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz
+);
+
+CREATE TABLE allsource.events (
+    position     bigint      NOT NULL,
+    partition_id int         NOT NULL,
+    stream_id    text        NOT NULL,
+    version      bigint      NOT NULL,
+    event_id     uuid        NOT NULL,
+    event_type   text        NOT NULL,
+    tenant_id    text,
+    payload      jsonb       NOT NULL,
+    metadata     jsonb,
+    created_at   timestamptz NOT NULL,
+    checksum     bytea       NOT NULL,
+    -- A partitioned table's unique keys must contain the partition key;
+    -- position and a stream's versions are unique on their own all the same.
+    PRIMARY KEY (position, partition_id),
+    UNIQUE (stream_id, version, partition_id)
+) PARTITION BY LIST (partition_id);
+
+-- event_id is unique across partitions, which a partitioned table's own
+-- indexes cannot enforce: this table does, and finds an event by its id.
+CREATE TABLE allsource.event_ids (
+    event_id     uuid   PRIMARY KEY,
+    partition_id int    NOT NULL,
+    position     bigint NOT NULL
+);
+
+-- One partition per partition id: allsource.partitions, read once, now.
+DO $partitions$
+DECLARE
+    setting text := current_setting('allsource.partitions', true);
+    partition_count int;
+BEGIN
+    IF setting IS NULL OR setting = '' THEN
+        partition_count := 32;
+    ELSIF setting !~ '^\s*[0-9]{1,4}\s*$' OR setting::int NOT BETWEEN 1 AND 1024 THEN
+        RAISE EXCEPTION 'invalid value for allsource.partitions: "%"', setting
+            USING ERRCODE = '22023', HINT = 'Use a whole number from 1 to 1024.';
+    ELSE
+        partition_count := setting::int;
+    END IF;
+    FOR p IN 0 .. partition_count - 1 LOOP
+        EXECUTE format('CREATE TABLE allsource.events_p%s PARTITION OF allsource.events FOR VALUES IN (%s)', p, p);
+    END LOOP;
+END
+$partitions$;

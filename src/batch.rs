@@ -1,0 +1,395 @@
+//! New events as the append path takes them, from `append`'s arguments or
+//! parsed from `append_batch`'s JSON array.
+
+use crate::error::{Error, Result};
+use crate::jsontext::jsonb_text;
+use crate::validate::{self, MAX_BATCH_EVENTS};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One event to append, its JSON already in jsonb text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_type: String,
+    /// The caller's id; `None` gets a random one at append time.
+    pub event_id: Option<Uuid>,
+    pub payload: String,
+    pub metadata: Option<String>,
+}
+
+impl NewEvent {
+    /// Bytes of payload and metadata text, what `allsource.max_event_bytes` limits.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.metadata.as_ref().map_or(0, String::len)
+    }
+}
+
+const KEYS: [&str; 4] = ["type", "payload", "metadata", "id"];
+
+/// Parses `append_batch`'s `events`: a non-empty JSON array of
+/// `{"type": …, "payload": …, "metadata": …, "id": …}`, `metadata` and `id`
+/// optional. Errors name the element and key, e.g. `events[2].type`.
+pub fn parse_batch(events: &Value, max_event_bytes: usize) -> Result<Vec<NewEvent>> {
+    let items = events.as_array().ok_or_else(|| {
+        Error::invalid_argument(
+            "events",
+            format!("must be a JSON array of events, not {}", kind(events)),
+        )
+    })?;
+    if items.is_empty() {
+        return Err(Error::invalid_argument(
+            "events",
+            "must contain at least one event",
+        ));
+    }
+    if items.len() > MAX_BATCH_EVENTS {
+        return Err(Error::invalid_argument(
+            "events",
+            format!(
+                "has {} events, the limit is {MAX_BATCH_EVENTS} per batch",
+                items.len()
+            ),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let event = parse_event(index, item)?;
+        validate::event_size(&format!("events[{index}]"), event.size(), max_event_bytes)?;
+        if let Some(id) = event.event_id {
+            if let Some(first) = parsed
+                .iter()
+                .position(|e: &NewEvent| e.event_id == Some(id))
+            {
+                return Err(Error::invalid_argument(
+                    &format!("events[{index}].id"),
+                    format!("{id} is also the id of events[{first}]"),
+                ));
+            }
+        }
+        parsed.push(event);
+    }
+    Ok(parsed)
+}
+
+fn parse_event(index: usize, item: &Value) -> Result<NewEvent> {
+    let at = |key: &str| format!("events[{index}].{key}");
+    let object = item.as_object().ok_or_else(|| {
+        Error::invalid_argument(
+            &format!("events[{index}]"),
+            format!("must be a JSON object, not {}", kind(item)),
+        )
+    })?;
+    if let Some(unknown) = object.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(Error::invalid_argument(
+            &format!("events[{index}]"),
+            format!(
+                "has an unknown key \"{unknown}\"; the keys are type, payload, metadata and id"
+            ),
+        ));
+    }
+    let event_type = match object.get("type") {
+        Some(Value::String(t)) => validate::name(&at("type"), Some(t))?.to_string(),
+        Some(other) => {
+            return Err(Error::invalid_argument(
+                &at("type"),
+                format!("must be a string, not {}", kind(other)),
+            ))
+        }
+        None => return Err(Error::invalid_argument(&at("type"), "is missing")),
+    };
+    let payload = object
+        .get("payload")
+        .map(jsonb_text)
+        .ok_or_else(|| Error::invalid_argument(&at("payload"), "is missing"))?;
+    let metadata = match object.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m) => Some(jsonb_text(m)),
+    };
+    let event_id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Uuid::parse_str(s).map_err(|e| {
+            Error::invalid_argument(&at("id"), format!("\"{s}\" is not a UUID ({e})"))
+        })?),
+        Some(other) => {
+            return Err(Error::invalid_argument(
+                &at("id"),
+                format!("must be a UUID string, not {}", kind(other)),
+            ))
+        }
+    };
+    Ok(NewEvent {
+        event_type,
+        event_id,
+        payload,
+        metadata,
+    })
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Where an append landed: versions and positions of its first and last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_version: i64,
+    pub last_version: i64,
+    pub first_position: i64,
+    pub last_position: i64,
+}
+
+/// An event already in the store, as the idempotency check needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub stream_id: String,
+    pub version: i64,
+    pub position: i64,
+    pub event_type: String,
+    pub payload: String,
+}
+
+/// Decides what an append means when some of its event ids already exist.
+///
+/// `Ok(None)`: none exists, append normally. `Ok(Some(appended))`: every event
+/// exists with the same stream, type and payload, in consecutive versions: a
+/// retry, which returns where the originals landed and writes nothing.
+/// `Err(ZA003)`: an id exists with other content, or the call mixes existing
+/// and new events.
+pub fn replay_of(
+    stream_id: &str,
+    events: &[NewEvent],
+    stored: impl Fn(&Uuid) -> Option<StoredEvent>,
+) -> Result<Option<Appended>> {
+    let found: Vec<Option<StoredEvent>> = events
+        .iter()
+        .map(|e| e.event_id.as_ref().and_then(&stored))
+        .collect();
+    if found.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut first: Option<&StoredEvent> = None;
+    for (index, (event, stored)) in events.iter().zip(&found).enumerate() {
+        let Some(stored) = stored else {
+            let (id, of) = found
+                .iter()
+                .zip(events)
+                .find_map(|(s, e)| s.as_ref().map(|s| (e.event_id.unwrap(), s)))
+                .expect("at least one event was found");
+            return Err(Error::event_id_reused(
+                &id.to_string(),
+                format!(
+                    "it is version {} of stream \"{}\", but this call also carries new events (events[{index}]); a retry must repeat the original call exactly",
+                    of.version, of.stream_id
+                ),
+            ));
+        };
+        let id = event.event_id.expect("found events have ids").to_string();
+        let differs = if stored.stream_id != stream_id {
+            Some(format!(
+                "it belongs to stream \"{}\", not \"{stream_id}\"",
+                stored.stream_id
+            ))
+        } else if stored.event_type != event.event_type {
+            Some(format!(
+                "its type is \"{}\", not \"{}\"",
+                stored.event_type, event.event_type
+            ))
+        } else if stored.payload != event.payload {
+            Some(format!(
+                "its payload differs from the one stored at version {}",
+                stored.version
+            ))
+        } else if first.is_some_and(|f| stored.version != f.version + index as i64) {
+            Some("the original events were appended in another order or in other calls".to_string())
+        } else {
+            None
+        };
+        if let Some(difference) = differs {
+            return Err(Error::event_id_reused(&id, difference));
+        }
+        first.get_or_insert(stored);
+    }
+    let first = first.expect("at least one event was found");
+    let last = found
+        .last()
+        .and_then(Option::as_ref)
+        .expect("all events were found");
+    Ok(Some(Appended {
+        first_version: first.version,
+        last_version: last.version,
+        first_position: first.position,
+        last_position: last.position,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn event(id: u128, event_type: &str, payload: &str) -> NewEvent {
+        NewEvent {
+            event_type: event_type.into(),
+            event_id: Some(Uuid::from_u128(id)),
+            payload: payload.into(),
+            metadata: None,
+        }
+    }
+
+    fn stored(version: i64, event_type: &str, payload: &str) -> StoredEvent {
+        StoredEvent {
+            stream_id: "s".into(),
+            version,
+            position: version * 10,
+            event_type: event_type.into(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn replay_returns_the_originals() {
+        let events = [event(1, "A", "1"), event(2, "B", "2")];
+        let lookup = |id: &Uuid| match id.as_u128() {
+            1 => Some(stored(4, "A", "1")),
+            2 => Some(stored(5, "B", "2")),
+            _ => None,
+        };
+        assert_eq!(
+            replay_of("s", &events, lookup).unwrap(),
+            Some(Appended {
+                first_version: 4,
+                last_version: 5,
+                first_position: 40,
+                last_position: 50
+            })
+        );
+        assert_eq!(replay_of("s", &[event(9, "A", "1")], lookup).unwrap(), None);
+    }
+
+    #[test]
+    fn replay_refuses_changed_content() {
+        let lookup = |_: &Uuid| Some(stored(1, "A", "1"));
+        for (stream, e) in [
+            ("other", event(1, "A", "1")),
+            ("s", event(1, "B", "1")),
+            ("s", event(1, "A", "2")),
+        ] {
+            let err = replay_of(stream, &[e], lookup).unwrap_err();
+            assert_eq!(err.sqlstate, "ZA003");
+            assert!(err.message.contains(&Uuid::from_u128(1).to_string()));
+        }
+    }
+
+    #[test]
+    fn replay_refuses_a_mix_of_old_and_new() {
+        let lookup = |id: &Uuid| (id.as_u128() == 1).then(|| stored(1, "A", "1"));
+        let err = replay_of("s", &[event(1, "A", "1"), event(2, "A", "1")], lookup).unwrap_err();
+        assert_eq!(err.sqlstate, "ZA003");
+        let mut anonymous = event(0, "A", "1");
+        anonymous.event_id = None;
+        assert!(replay_of("s", &[anonymous, event(1, "A", "1")], lookup).is_err());
+    }
+
+    #[test]
+    fn replay_refuses_reordered_originals() {
+        let lookup = |id: &Uuid| match id.as_u128() {
+            1 => Some(stored(2, "A", "1")),
+            2 => Some(stored(1, "A", "1")),
+            _ => None,
+        };
+        assert!(replay_of("s", &[event(1, "A", "1"), event(2, "A", "1")], lookup).is_err());
+    }
+
+    #[test]
+    fn parses_events_in_order() {
+        let events = json!([
+            {"type": "A", "payload": {"x": 1}},
+            {"type": "B", "payload": [1, 2], "metadata": {"by": "me"}, "id": "00112233-4455-6677-8899-aabbccddeeff"},
+            {"type": "C", "payload": null, "metadata": null}
+        ]);
+        let parsed = parse_batch(&events, LIMIT).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].event_type, "A");
+        assert_eq!(parsed[0].payload, r#"{"x": 1}"#);
+        assert_eq!(parsed[1].metadata.as_deref(), Some(r#"{"by": "me"}"#));
+        assert_eq!(
+            parsed[1].event_id.unwrap().to_string(),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
+        assert_eq!(parsed[2].payload, "null");
+        assert_eq!(parsed[2].metadata, None);
+    }
+
+    fn error_for(events: Value) -> Error {
+        parse_batch(&events, LIMIT).unwrap_err()
+    }
+
+    #[test]
+    fn bad_shapes_name_the_place() {
+        let cases = [
+            (json!({"type": "A"}), "\"events\""),
+            (json!([]), "\"events\""),
+            (json!([1]), "\"events[0]\""),
+            (json!([{"payload": {}}]), "\"events[0].type\""),
+            (json!([{"type": "", "payload": {}}]), "\"events[0].type\""),
+            (json!([{"type": 5, "payload": {}}]), "\"events[0].type\""),
+            (
+                json!([{"type": "A", "payload": {}}, {"type": "A"}]),
+                "\"events[1].payload\"",
+            ),
+            (
+                json!([{"type": "A", "payload": {}, "id": "nope"}]),
+                "\"events[0].id\"",
+            ),
+            (
+                json!([{"type": "A", "payload": {}, "id": 7}]),
+                "\"events[0].id\"",
+            ),
+            (
+                json!([{"type": "A", "payload": {}, "typo": 1}]),
+                "\"events[0]\"",
+            ),
+        ];
+        for (events, place) in cases {
+            let err = error_for(events.clone());
+            assert_eq!(err.sqlstate, "22023", "{events}");
+            assert!(err.message.contains(place), "{events}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_in_one_batch_are_refused() {
+        let id = "00112233-4455-6677-8899-aabbccddeeff";
+        let err = error_for(json!([
+            {"type": "A", "payload": 1, "id": id},
+            {"type": "B", "payload": 2, "id": id}
+        ]));
+        assert!(err.message.contains("events[1].id"), "{}", err.message);
+    }
+
+    #[test]
+    fn oversized_events_are_refused_with_54000() {
+        let events = json!([{"type": "A", "payload": "x".repeat(100)}]);
+        let err = parse_batch(&events, 50).unwrap_err();
+        assert_eq!(err.sqlstate, "54000");
+        assert!(err.message.contains("events[0]"));
+    }
+
+    #[test]
+    fn too_many_events_are_refused() {
+        let events = Value::Array(vec![
+            json!({"type": "A", "payload": 1});
+            MAX_BATCH_EVENTS + 1
+        ]);
+        assert_eq!(error_for(events).sqlstate, "22023");
+    }
+}

@@ -1,0 +1,39 @@
+//! Argument checks for the read functions written in SQL (sql/finalize.sql):
+//! they call these so every function validates with the same rules and words.
+
+use crate::sql::raise::or_raise;
+use crate::validate;
+use pgrx::prelude::*;
+
+/// Internal: raises 22023 unless `stream_id` is a valid stream id.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_stream_id(stream_id: Option<&str>) {
+    or_raise(validate::name("stream_id", stream_id));
+}
+
+/// Internal: raises 22023 unless `read_stream`'s arguments are valid.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_read_stream(
+    stream_id: Option<&str>,
+    from_version: Option<i64>,
+    max_count: Option<i32>,
+    backward: Option<bool>,
+) {
+    or_raise((|| {
+        validate::name("stream_id", stream_id)?;
+        validate::in_range(
+            "from_version",
+            validate::required("from_version", from_version)?,
+            0,
+            i64::MAX,
+        )?;
+        validate::in_range(
+            "max_count",
+            validate::required("max_count", max_count)?,
+            0,
+            i32::MAX,
+        )?;
+        validate::required("backward", backward)?;
+        Ok(())
+    })());
+}

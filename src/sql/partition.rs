@@ -1,0 +1,29 @@
+//! `allsource.partition_for`.
+
+use crate::error::Error;
+use crate::partition::{self, MAX_PARTITIONS};
+use crate::sql::raise::or_raise;
+use crate::validate;
+use pgrx::prelude::*;
+
+/// The partition that owns `stream_id`: see [`partition::partition_for`].
+/// Without `partition_count`, the extension's own count.
+#[pg_extern(stable, parallel_safe)]
+fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>, "NULL")) -> i32 {
+    let result = validate::name("stream_id", stream_id).and_then(|stream_id| {
+        let count = match partition_count {
+            Some(count) => validate::in_range("partition_count", count, 1, MAX_PARTITIONS)?,
+            None => Spi::get_one::<i32>("SELECT allsource.partition_count()")
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    Error::new(
+                        "55000",
+                        "allsource has no partitions; is the extension installed?",
+                    )
+                })?,
+        };
+        Ok(partition::partition_for(stream_id, count as u32) as i32)
+    });
+    or_raise(result)
+}

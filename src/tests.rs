@@ -1,0 +1,1 @@
+//! `#[pg_test]`s: run inside a real PostgreSQL by `cargo pgrx test`.
