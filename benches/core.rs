@@ -1,1 +1,83 @@
-fn main() {}
+//! Criterion benches of the pure-Rust core: what an append spends outside
+//! PostgreSQL. `cargo bench --bench core`.
+
+use allsource::batch::parse_batch;
+use allsource::checksum::{checksum, EventFields, GENESIS};
+use allsource::jsontext::jsonb_text;
+use allsource::partition::partition_for;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::{json, Value};
+
+/// A JSON object whose jsonb text is about `bytes` long.
+fn payload_of(bytes: usize) -> Value {
+    let fields = (bytes / 40).max(1);
+    let mut object = serde_json::Map::new();
+    for i in 0..fields {
+        object.insert(format!("field_{i:04}"), json!(format!("value-{i:020}")));
+    }
+    Value::Object(object)
+}
+
+fn bench_partition(c: &mut Criterion) {
+    c.bench_function("partition_for", |b| {
+        b.iter(|| partition_for(black_box("customer-1234567"), black_box(32)))
+    });
+}
+
+fn bench_checksum(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checksum");
+    for size in [200, 2_000, 64_000] {
+        let payload = jsonb_text(&payload_of(size));
+        group.throughput(Throughput::Bytes(payload.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &payload, |b, payload| {
+            b.iter(|| {
+                let event = EventFields {
+                    stream_id: "order-1",
+                    version: 7,
+                    event_type: "OrderPlaced",
+                    event_id: [7; 16],
+                    payload,
+                    metadata: Some(r#"{"user": "alice"}"#),
+                    created_at_unix_micros: 1_767_225_600_000_000,
+                };
+                checksum(black_box(&event), &GENESIS)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_jsonb_text(c: &mut Criterion) {
+    let mut group = c.benchmark_group("jsonb_text");
+    for size in [200, 2_000, 64_000] {
+        let value = payload_of(size);
+        group.throughput(Throughput::Bytes(jsonb_text(&value).len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &value, |b, value| {
+            b.iter(|| jsonb_text(black_box(value)))
+        });
+    }
+    group.finish();
+}
+
+fn bench_parse_batch(c: &mut Criterion) {
+    let events = Value::Array(
+        (0..100)
+            .map(|i| json!({"type": "ItemAdded", "payload": payload_of(200), "metadata": {"n": i}}))
+            .collect(),
+    );
+    let mut group = c.benchmark_group("parse_batch");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("100x200B", |b| {
+        b.iter(|| parse_batch(black_box(&events), 1 << 20).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_partition,
+    bench_checksum,
+    bench_jsonb_text,
+    bench_parse_batch
+);
+criterion_main!(benches);

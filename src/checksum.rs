@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(encoding.len(), 1 + 4 + 7 + 8 + 4 + 11 + 16 + 32 + 1 + 8);
         assert_eq!(
             hex(&checksum(&event, &GENESIS)),
-            "TEST_VECTOR_CHECKSUM",
+            "205e6ad34393386b772f1c2bed4f777b9309d9093d5ca47f74a5299f50659aa7",
             "encoding was {}",
             hex(&encoding)
         );

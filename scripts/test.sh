@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up what is missing and runs every test: formatting and lints, the
+# pure-Rust unit tests and #[pg_test]s inside PostgreSQL (cargo pgrx's test
+# cluster), then the driver tests against a private cluster with the
+# extension preloaded. Works as root: PostgreSQL runs as the postgres user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/common.sh
+started=$SECONDS
+
+scripts/setup.sh
+
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
+
+log "unit tests and #[pg_test]s (PostgreSQL $PG_MAJOR)"
+PGRX_DATA=$STATE_DIR/pgrx-test
+mkdir -p "$PGRX_DATA" && chmod 700 "$PGRX_DATA"
+[ "$(id -u)" -ne 0 ] || chown postgres: "$STATE_DIR" "$PGRX_DATA"
+# What `cargo pgrx test pg15 --runas postgres --pgdata DIR` does, limited to the library's tests.
+CARGO_PGRX_TEST_RUNAS=$( [ "$(id -u)" -eq 0 ] && echo postgres || id -un ) \
+CARGO_PGRX_TEST_PGDATA=$PGRX_DATA \
+PGRX_FEATURES="pg$PG_MAJOR" \
+    cargo test --features "pg$PG_MAJOR pg_test" --lib
+
+log "driver tests against a preloaded server"
+quietly cargo pgrx install --pg-config "$PG_CONFIG"
+DRIVER_DATA=$STATE_DIR/driver-test
+cluster_stop "$DRIVER_DATA"
+rm -rf "$DRIVER_DATA"
+port=$(free_port 54330)
+cluster_start "$DRIVER_DATA" "$port" "max_connections = 200
+fsync = off"
+trap 'cluster_stop "$DRIVER_DATA"' EXIT
+ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres" \
+    cargo test --test driver -- --test-threads 2
+
+log "all tests passed in $((SECONDS - started)) s"

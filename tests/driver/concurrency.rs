@@ -1,0 +1,241 @@
+//! Many sessions appending to one stream at once.
+
+use crate::{sqlstate, TestDb};
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+const SESSIONS: usize = 64;
+
+/// Checks the stream's versions are exactly 1..=n, positions unique and
+/// increasing with the version, and the stream row agrees.
+fn assert_gapless(db: &TestDb, stream: &str, n: i64) {
+    let mut client = db.connect();
+    let rows = client
+        .query(
+            "SELECT version, position FROM allsource.events WHERE stream_id = $1 ORDER BY version",
+            &[&stream],
+        )
+        .unwrap();
+    let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        versions,
+        (1..=n).collect::<Vec<_>>(),
+        "versions of {stream} are 1..={n}"
+    );
+    let positions: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase with versions"
+    );
+    let version: i64 = client
+        .query_one("SELECT allsource.stream_version($1)", &[&stream])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, n);
+}
+
+#[test]
+fn sessions_appending_without_expected_version_stay_gapless() {
+    let db = Arc::new(TestDb::new("gapless"));
+    let per_session = 20;
+    let start = Arc::new(Barrier::new(SESSIONS));
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|session| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                start.wait();
+                let mut mine = vec![];
+                for i in 0..per_session {
+                    let row = client
+                        .query_one(
+                            "SELECT version, position FROM allsource.append('hot', 'Tick', jsonb_build_object('session', $1::int, 'i', $2::int))",
+                            &[&(session as i32), &(i as i32)],
+                        )
+                        .unwrap();
+                    mine.push((row.get::<_, i64>(0), row.get::<_, i64>(1)));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for worker in workers {
+        let mine = worker.join().unwrap();
+        assert!(
+            mine.windows(2).all(|w| w[0].0 < w[1].0),
+            "a session's own versions increase"
+        );
+        for (version, _) in mine {
+            assert!(seen.insert(version), "version {version} was returned twice");
+        }
+    }
+    assert_gapless(&db, "hot", (SESSIONS * per_session) as i64);
+}
+
+#[test]
+fn exactly_one_writer_wins_each_expected_version() {
+    let db = Arc::new(TestDb::new("one_winner"));
+    let rounds = 15i64;
+    let start = Arc::new(Barrier::new(SESSIONS));
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|session| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                let mut wins = vec![];
+                for round in 0..rounds {
+                    // Everyone tries the same expected version at the same moment.
+                    start.wait();
+                    let attempt = client.query_one(
+                        "SELECT version FROM allsource.append('contested', 'Claim', jsonb_build_object('session', $1::int), expected_version => $2)",
+                        &[&(session as i32), &round],
+                    );
+                    match attempt {
+                        Ok(row) => {
+                            assert_eq!(row.get::<_, i64>(0), round + 1);
+                            wins.push(round);
+                        }
+                        Err(e) => assert_eq!(sqlstate(&e), "ZA001", "{e}"),
+                    }
+                    start.wait();
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut winners_per_round = vec![0; rounds as usize];
+    for worker in workers {
+        for round in worker.join().unwrap() {
+            winners_per_round[round as usize] += 1;
+        }
+    }
+    assert_eq!(
+        winners_per_round,
+        vec![1; rounds as usize],
+        "one winner per expected version"
+    );
+    assert_gapless(&db, "contested", rounds);
+}
+
+#[test]
+fn batches_and_single_appends_interleave_without_gaps() {
+    let db = Arc::new(TestDb::new("mixed"));
+    let start = Arc::new(Barrier::new(SESSIONS));
+    let batch = 5;
+    let per_session = 6;
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|session| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                start.wait();
+                let mut ranges = vec![];
+                for _ in 0..per_session {
+                    if session % 2 == 0 {
+                        let row = client
+                            .query_one(
+                                "SELECT first_version, last_version FROM allsource.append_batch('mixed',
+                                     (SELECT jsonb_agg(jsonb_build_object('type', 'B', 'payload', i)) FROM generate_series(1, $1) i))",
+                                &[&batch],
+                            )
+                            .unwrap();
+                        ranges.push((row.get::<_, i64>(0), row.get::<_, i64>(1)));
+                    } else {
+                        let row = client
+                            .query_one("SELECT version FROM allsource.append('mixed', 'S', '1')", &[])
+                            .unwrap();
+                        let v: i64 = row.get(0);
+                        ranges.push((v, v));
+                    }
+                }
+                ranges
+            })
+        })
+        .collect();
+    let mut ranges: Vec<(i64, i64)> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    ranges.sort();
+    // The returned ranges tile 1..=total with no overlap: each batch got consecutive versions.
+    let mut next = 1;
+    for (first, last) in &ranges {
+        assert_eq!(*first, next, "ranges {ranges:?}");
+        next = last + 1;
+    }
+    let total = (SESSIONS / 2 * per_session * batch as usize + SESSIONS / 2 * per_session) as i64;
+    assert_eq!(next - 1, total);
+    assert_gapless(&db, "mixed", total);
+}
+
+#[test]
+fn concurrent_retries_of_one_event_store_it_once() {
+    let db = Arc::new(TestDb::new("idempotent"));
+    let start = Arc::new(Barrier::new(16));
+    let same_stream: Vec<_> = (0..16)
+        .map(|_| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                start.wait();
+                let row = client
+                    .query_one(
+                        "SELECT version, position FROM allsource.append('once', 'T', '{\"a\": 1}',
+                             event_id => '00000000-0000-0000-0000-000000000001')",
+                        &[],
+                    )
+                    .unwrap();
+                (row.get::<_, i64>(0), row.get::<_, i64>(1))
+            })
+        })
+        .collect();
+    let results: HashSet<(i64, i64)> = same_stream.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(
+        results.len(),
+        1,
+        "every retry got the original back: {results:?}"
+    );
+    assert_gapless(&db, "once", 1);
+
+    // The same new id sent to different streams at once: one stream gets it, the others ZA003.
+    let start = Arc::new(Barrier::new(16));
+    let other_streams: Vec<_> = (0..16)
+        .map(|i| {
+            let (db, start) = (db.clone(), start.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                start.wait();
+                client
+                    .query_one(
+                        "SELECT version FROM allsource.append($1, 'T', '1', event_id => '00000000-0000-0000-0000-000000000002')",
+                        &[&format!("stream-{i}")],
+                    )
+                    .map_err(|e| sqlstate(&e))
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = other_streams
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|code| code == "ZA003"),
+        "{outcomes:?}"
+    );
+    let stored: i64 = db
+        .connect()
+        .query_one("SELECT count(*) FROM allsource.events WHERE event_id = '00000000-0000-0000-0000-000000000002'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+}
