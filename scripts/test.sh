@@ -37,4 +37,14 @@ trap 'cluster_stop "$DRIVER_DATA"' EXIT
 ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres" \
     cargo test --test driver -- --test-threads 2
 
+log "without shared_preload_libraries"
+PLAIN_DATA=$STATE_DIR/plain-test
+cluster_stop "$PLAIN_DATA"
+rm -rf "$PLAIN_DATA"
+plain_port=$(free_port $((port + 1)))
+cluster_start "$PLAIN_DATA" "$plain_port" "shared_preload_libraries = ''"
+trap 'cluster_stop "$DRIVER_DATA"; cluster_stop "$PLAIN_DATA"' EXIT
+psql --no-psqlrc --quiet --host=localhost --port="$plain_port" --username=postgres --dbname=postgres \
+    -f tests/without_preload.sql
+
 log "all tests passed in $((SECONDS - started)) s"

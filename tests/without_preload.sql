@@ -1,0 +1,19 @@
+-- Run by scripts/test.sh against a server that does NOT preload allsource:
+-- everything that needs no shared memory must work. psql stops at the first error.
+\set ON_ERROR_STOP on
+SELECT current_setting('shared_preload_libraries') = '' AS not_preloaded \gset
+\if :not_preloaded
+\else
+  \echo 'expected a server without shared_preload_libraries'
+  SELECT 1/0;
+\endif
+CREATE EXTENSION allsource;
+SELECT version FROM allsource.append('plain', 'T', '{"a": 1}', expected_version => 0) \gset
+SELECT last_version FROM allsource.append_batch('plain', '[{"type": "T", "payload": 2}]', expected_version => 1) \gset
+SELECT count(*) AS events FROM allsource.read_stream('plain') \gset
+SELECT (:version = 1 AND :last_version = 2 AND :events = 2 AND allsource.stream_version('plain') = 2) AS ok \gset
+\if :ok
+  \echo 'without preloading: append, append_batch, read_stream and stream_version work'
+\else
+  SELECT 1/0;
+\endif
