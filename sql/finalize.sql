@@ -101,3 +101,25 @@ AS $$
 $$;
 COMMENT ON FUNCTION allsource.partition_stats() IS
     'One row per partition, empty ones included: streams, events, bytes on disk (table and indexes), last position.';
+
+CREATE FUNCTION allsource.verify_gapless(stream_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    stream_version bigint;
+    event_count bigint;
+    lowest bigint;
+    highest bigint;
+BEGIN
+    PERFORM allsource._check_stream_id(verify_gapless.stream_id);
+    SELECT s.version INTO stream_version FROM allsource.streams s WHERE s.stream_id = verify_gapless.stream_id;
+    SELECT count(*), min(e.version), max(e.version) INTO event_count, lowest, highest
+    FROM allsource.events e WHERE e.stream_id = verify_gapless.stream_id;
+    -- Versions are unique per stream (an index says so), so n events spanning
+    -- 1..n are exactly 1, 2, …, n.
+    RETURN event_count = coalesce(stream_version, 0)
+       AND (event_count = 0 OR (lowest = 1 AND highest = event_count));
+END
+$$;
+COMMENT ON FUNCTION allsource.verify_gapless(text) IS
+    'True when the stream''s events are exactly versions 1..its version (an unknown stream with no events is gapless).';

@@ -11,6 +11,7 @@ pub mod error;
 pub mod jsontext;
 pub mod partition;
 pub mod validate;
+pub mod verify;
 
 mod settings;
 mod sql;

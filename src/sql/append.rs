@@ -13,10 +13,11 @@ use crate::jsontext::jsonb_text;
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::raise::or_raise;
+use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
-use pgrx::{IntoDatum, JsonB, PgOid, Uuid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{JsonB, PgOid, Uuid};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 
@@ -298,10 +299,6 @@ fn plans(client: &SpiClient) -> &'static Plans {
     PLANS.with(|cell| *cell.get_or_init(|| Box::leak(Box::new(Plans::prepare(client)))))
 }
 
-fn oid<T: IntoDatum>() -> PgOid {
-    PgOid::from(T::type_oid())
-}
-
 impl Plans {
     fn prepare(client: &SpiClient) -> Plans {
         let prepare = |sql: &str, args: &[PgOid]| spi(client.prepare_mut(sql, args)).keep();
@@ -360,9 +357,4 @@ impl Plans {
             ),
         }
     }
-}
-
-/// SPI's own errors (as opposed to PostgreSQL's, which unwind) mean a bug here.
-fn spi<T>(result: SpiResult<T>) -> T {
-    result.unwrap_or_else(|e| panic!("allsource internal SPI error: {e}"))
 }

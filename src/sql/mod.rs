@@ -6,3 +6,17 @@ mod checks;
 mod guard;
 mod partition;
 mod raise;
+mod verify;
+
+use pgrx::spi::SpiResult;
+use pgrx::{IntoDatum, PgOid};
+
+/// SPI's own errors (as opposed to PostgreSQL's, which unwind) mean a bug here.
+fn spi<T>(result: SpiResult<T>) -> T {
+    result.unwrap_or_else(|e| panic!("allsource internal SPI error: {e}"))
+}
+
+/// The type OID of a Rust type, for preparing statements.
+fn oid<T: IntoDatum>() -> PgOid {
+    PgOid::from(T::type_oid())
+}

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod concurrency;
+mod integrity;
 
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
