@@ -7,6 +7,10 @@ PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PG_BIN/pg_config
 # Data directories live outside /root so the postgres user can reach them.
 STATE_DIR=/var/tmp/allsource
+DEMO_DATA=$STATE_DIR/demo
+# Ports below Linux's ephemeral range (32768+), where client sockets never sit.
+DEMO_PORT=25432
+TEST_PORT=25442
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -43,16 +47,25 @@ CONF
         { tail -n 30 "$dir/server.log" >&2; return 1; }
 }
 
+# Installing a build copies over the library a running server has mapped,
+# which crashes it: stop the demo cluster first (scripts/run.sh starts it again).
+stop_demo_for_install() {
+    if [ -f "$DEMO_DATA/postmaster.pid" ]; then
+        log "stopping the demo cluster while the extension is reinstalled (scripts/run.sh restarts it)"
+        cluster_stop "$DEMO_DATA"
+    fi
+}
+
+install_extension() {
+    stop_demo_for_install
+    quietly cargo pgrx install --pg-config "$PG_CONFIG" "$@"
+}
+
 cluster_stop() {
     local dir=$1
     if [ -f "$dir/postmaster.pid" ]; then
         as_pg "$PG_BIN/pg_ctl" --pgdata="$dir" --mode=fast --wait stop >/dev/null || true
     fi
-}
-
-# The port a cluster was configured with, if any.
-cluster_port() {
-    sed -n 's/^port = //p' "$1/allsource.conf" 2>/dev/null || true
 }
 
 # Runs a noisy command, showing its output only if it fails.

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
-DATA=$STATE_DIR/demo
+DATA=$DEMO_DATA
 
 if [ "${1:-}" = "stop" ]; then
     cluster_stop "$DATA"
@@ -16,11 +16,8 @@ fi
 
 scripts/setup.sh
 log "building and installing the extension (release)"
-quietly cargo pgrx install --release --pg-config "$PG_CONFIG"
-# A preloaded library is loaded once by the postmaster: restart to pick up the new build.
-cluster_stop "$DATA"
-port=$(cluster_port "$DATA")
-port=$(free_port "${port:-54320}")
+install_extension --release
+port=$(free_port $DEMO_PORT)
 log "starting PostgreSQL $PG_MAJOR in $DATA on port $port"
 cluster_start "$DATA" "$port"
 

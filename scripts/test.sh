@@ -16,6 +16,7 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 
 log "unit tests and #[pg_test]s (PostgreSQL $PG_MAJOR)"
+stop_demo_for_install  # the pgrx test harness installs the extension too
 PGRX_DATA=$STATE_DIR/pgrx-test
 mkdir -p "$PGRX_DATA" && chmod 700 "$PGRX_DATA"
 [ "$(id -u)" -ne 0 ] || chown postgres: "$STATE_DIR" "$PGRX_DATA"
@@ -26,11 +27,11 @@ PGRX_FEATURES="pg$PG_MAJOR" \
     cargo test --features "pg$PG_MAJOR pg_test" --lib
 
 log "driver tests against a preloaded server"
-quietly cargo pgrx install --pg-config "$PG_CONFIG"
+install_extension
 DRIVER_DATA=$STATE_DIR/driver-test
 cluster_stop "$DRIVER_DATA"
 rm -rf "$DRIVER_DATA"
-port=$(free_port 54330)
+port=$(free_port $TEST_PORT)
 cluster_start "$DRIVER_DATA" "$port" "max_connections = 200
 fsync = off"
 trap 'cluster_stop "$DRIVER_DATA"' EXIT
@@ -44,7 +45,15 @@ rm -rf "$PLAIN_DATA"
 plain_port=$(free_port $((port + 1)))
 cluster_start "$PLAIN_DATA" "$plain_port" "shared_preload_libraries = ''"
 trap 'cluster_stop "$DRIVER_DATA"; cluster_stop "$PLAIN_DATA"' EXIT
-psql --no-psqlrc --quiet --host=localhost --port="$plain_port" --username=postgres --dbname=postgres \
-    -f tests/without_preload.sql
+plain_psql=(psql --no-psqlrc --quiet --host=localhost --port="$plain_port" --username=postgres --dbname=postgres)
+"${plain_psql[@]}" -f tests/without_preload.sql
+
+log "independent audit: scripts/audit_checksums.py recomputes the chains in Python"
+scripts/audit_checksums.py --host=localhost --port="$plain_port" --username=postgres --dbname=postgres
+"${plain_psql[@]}" -c "SET session_replication_role = replica; UPDATE allsource.events SET payload = '\"forged\"' WHERE version = 2"
+if scripts/audit_checksums.py --host=localhost --port="$plain_port" --username=postgres --dbname=postgres; then
+    echo "the audit script missed a forged payload" >&2
+    exit 1
+fi
 
 log "all tests passed in $((SECONDS - started)) s"
