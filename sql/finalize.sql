@@ -123,3 +123,87 @@ END
 $$;
 COMMENT ON FUNCTION allsource.verify_gapless(text) IS
     'True when the stream''s events are exactly versions 1..its version (an unknown stream with no events is gapless).';
+
+-- Categories: a stream "order-1" belongs to category "order". This index
+-- serves read_category in position order; read_all uses the primary key.
+CREATE INDEX events_category_position ON allsource.events (split_part(stream_id, '-', 1), position);
+
+-- Reads in global order stop at the watermark, and read with a snapshot
+-- taken after computing it (the next statement, under READ COMMITTED).
+-- REPEATABLE READ and SERIALIZABLE keep the transaction's first snapshot,
+-- older than the watermark: events below it could be missing from that
+-- snapshot and be skipped for ever, so those levels are refused.
+CREATE FUNCTION allsource._require_read_committed(function_name text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '% needs READ COMMITTED, not %', function_name, upper(current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Under this isolation level the transaction''s snapshot predates the watermark, so events below it could be invisible and skipped.',
+                  HINT = 'Read the global order in a READ COMMITTED transaction (the default).';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION allsource.read_all(
+    after_position bigint DEFAULT 0,
+    max_count int DEFAULT 1000,
+    event_types text[] DEFAULT NULL,
+    partition_id int DEFAULT NULL
+) RETURNS SETOF allsource.events
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    upto bigint;
+BEGIN
+    PERFORM allsource._check_read_all(read_all.after_position, read_all.max_count, read_all.partition_id, allsource.partition_count());
+    PERFORM allsource._require_read_committed('allsource.read_all');
+    upto := allsource.watermark();
+    IF read_all.partition_id IS NULL THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.position > read_all.after_position AND e.position <= upto
+              AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+            ORDER BY e.position LIMIT read_all.max_count;
+    ELSE
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.partition_id = read_all.partition_id
+              AND e.position > read_all.after_position AND e.position <= upto
+              AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+            ORDER BY e.position LIMIT read_all.max_count;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION allsource.read_all(bigint, int, text[], int) IS
+    'Events after after_position in position order, never past the watermark; optionally of some types or one partition.';
+
+CREATE FUNCTION allsource.read_category(
+    category text,
+    after_position bigint DEFAULT 0,
+    max_count int DEFAULT 1000,
+    consumer_group_member int DEFAULT NULL,
+    consumer_group_size int DEFAULT NULL
+) RETURNS SETOF allsource.events
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    upto bigint;
+BEGIN
+    PERFORM allsource._check_read_category(read_category.category, read_category.after_position, read_category.max_count,
+                                           read_category.consumer_group_member, read_category.consumer_group_size);
+    PERFORM allsource._require_read_committed('allsource.read_category');
+    upto := allsource.watermark();
+    RETURN QUERY
+        SELECT e.* FROM allsource.events e
+        WHERE split_part(e.stream_id, '-', 1) = split_part(read_category.category, '-', 1)
+          AND (e.stream_id = read_category.category OR starts_with(e.stream_id, read_category.category || '-'))
+          AND e.position > read_category.after_position AND e.position <= upto
+          AND (read_category.consumer_group_size IS NULL
+               OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
+        ORDER BY e.position LIMIT read_category.max_count;
+END
+$$;
+COMMENT ON FUNCTION allsource.read_category(text, bigint, int, int, int) IS
+    'Events of the streams named category or category-…, in position order, never past the watermark; with a consumer group, only the streams of that member.';

@@ -12,9 +12,10 @@ pub mod jsontext;
 pub mod partition;
 pub mod validate;
 pub mod verify;
+pub mod watermark;
 
 mod settings;
-mod sql;
+pub(crate) mod sql;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -24,11 +25,14 @@ pgrx::pg_module_magic!();
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
-/// Runs when a backend loads the library, preloaded or not: defines the
-/// settings. Nothing here needs `shared_preload_libraries` yet.
+/// Runs when a process loads the library: defines the settings and the
+/// transaction callbacks, and, when preloading, the shared memory of the
+/// watermark. Without preloading everything but `watermark()`, `inflight()`
+/// and the reads that need them works.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    sql::watermark::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

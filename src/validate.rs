@@ -60,6 +60,32 @@ pub fn event_size(argument: &str, bytes: usize, max_event_bytes: usize) -> Resul
     Ok(())
 }
 
+/// A consumer group: member and size both NULL (no group), or a size in
+/// 1..=1024 (the partition hash's range) and a member in `[0, size)`.
+pub fn consumer_group(member: Option<i32>, size: Option<i32>) -> Result<()> {
+    match (member, size) {
+        (None, None) => Ok(()),
+        (Some(member), Some(size)) => {
+            in_range(
+                "consumer_group_size",
+                size,
+                1,
+                crate::partition::MAX_PARTITIONS,
+            )?;
+            in_range("consumer_group_member", member, 0, size - 1)?;
+            Ok(())
+        }
+        (None, Some(_)) => Err(Error::invalid_argument(
+            "consumer_group_member",
+            "must be given with consumer_group_size",
+        )),
+        (Some(_), None) => Err(Error::invalid_argument(
+            "consumer_group_size",
+            "must be given with consumer_group_member",
+        )),
+    }
+}
+
 /// What the caller expects of the stream's version before an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -155,6 +181,28 @@ mod tests {
         assert!(event_size("payload", 100, 100).is_ok());
         let err = event_size("payload", 101, 100).unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::PROGRAM_LIMIT_EXCEEDED);
+    }
+
+    #[test]
+    fn consumer_groups() {
+        assert!(consumer_group(None, None).is_ok());
+        assert!(consumer_group(Some(0), Some(1)).is_ok());
+        assert!(consumer_group(Some(3), Some(4)).is_ok());
+        for (member, size) in [
+            (Some(4), Some(4)),
+            (Some(-1), Some(4)),
+            (Some(0), Some(0)),
+            (Some(0), None),
+            (None, Some(2)),
+            (Some(0), Some(1025)),
+        ] {
+            let err = consumer_group(member, size).unwrap_err();
+            assert_eq!(
+                err.sqlstate,
+                sqlstate::INVALID_PARAMETER_VALUE,
+                "{member:?} {size:?}"
+            );
+        }
     }
 
     #[test]

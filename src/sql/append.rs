@@ -13,6 +13,7 @@ use crate::jsontext::jsonb_text;
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::raise::or_raise;
+use crate::sql::watermark;
 use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
@@ -110,6 +111,7 @@ fn append_events(
         }
         expected.check(stream_id, head.version)?;
 
+        watermark::before_taking_positions(client);
         let positions = take_positions(client, plans, events.len());
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {
@@ -157,6 +159,7 @@ fn append_events(
             ));
         }
 
+        watermark::appended(head.partition_id, positions[positions.len() - 1]);
         let last_version = head.version + events.len() as i64;
         spi(client.update(
             &plans.update_stream,

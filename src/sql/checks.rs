@@ -37,3 +37,58 @@ fn _check_read_stream(
         Ok(())
     })());
 }
+
+/// Internal: raises 22023 unless `read_all`'s arguments are valid.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_read_all(
+    after_position: Option<i64>,
+    max_count: Option<i32>,
+    partition_id: Option<i32>,
+    partition_count: i32,
+) {
+    or_raise((|| {
+        validate::in_range(
+            "after_position",
+            validate::required("after_position", after_position)?,
+            0,
+            i64::MAX,
+        )?;
+        validate::in_range(
+            "max_count",
+            validate::required("max_count", max_count)?,
+            0,
+            i32::MAX,
+        )?;
+        if let Some(partition_id) = partition_id {
+            validate::in_range("partition_id", partition_id, 0, partition_count - 1)?;
+        }
+        Ok(())
+    })());
+}
+
+/// Internal: raises 22023 unless `read_category`'s arguments are valid.
+#[pg_extern(immutable, parallel_safe)]
+fn _check_read_category(
+    category: Option<&str>,
+    after_position: Option<i64>,
+    max_count: Option<i32>,
+    consumer_group_member: Option<i32>,
+    consumer_group_size: Option<i32>,
+) {
+    or_raise((|| {
+        validate::name("category", category)?;
+        validate::in_range(
+            "after_position",
+            validate::required("after_position", after_position)?,
+            0,
+            i64::MAX,
+        )?;
+        validate::in_range(
+            "max_count",
+            validate::required("max_count", max_count)?,
+            0,
+            i32::MAX,
+        )?;
+        validate::consumer_group(consumer_group_member, consumer_group_size)
+    })());
+}

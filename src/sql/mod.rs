@@ -7,6 +7,7 @@ mod guard;
 mod partition;
 mod raise;
 mod verify;
+pub mod watermark;
 
 use pgrx::spi::SpiResult;
 use pgrx::{IntoDatum, PgOid};

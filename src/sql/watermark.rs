@@ -1,0 +1,218 @@
+//! The watermark in PostgreSQL: the in-flight registry ([`crate::watermark`])
+//! in shared memory, one slot per backend (indexed by `pgprocno`); the
+//! transaction callback that empties a slot once its transaction's outcome is
+//! visible; `watermark()`, `inflight()`; and the one-per-transaction
+//! `NOTIFY allsource_events`.
+//!
+//! The slot is emptied in `XACT_EVENT_COMMIT` / `XACT_EVENT_ABORT`, which
+//! PostgreSQL (13 to 18) calls after `ProcArrayEndTransaction`: by then new
+//! snapshots see the commit. A backend that dies is cleaned up by its abort
+//! (FATAL exits abort the open transaction) and, after a crash, by the
+//! postmaster re-creating shared memory.
+
+use crate::error::Error;
+use crate::sql::raise::or_raise;
+use crate::sql::spi;
+use crate::watermark::{watermark as watermark_of, Claim, Slot};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Upper bound on `pgprocno` (max_connections + workers + prepared transactions).
+const MAX_SLOTS: usize = 8192;
+
+#[repr(C)]
+struct Registry {
+    slots: [Slot; MAX_SLOTS],
+}
+
+// SAFETY: plain atomics, no pointers: valid in any process that maps it.
+unsafe impl PGRXSharedMemory for Registry {}
+
+static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"allsource_inflight_registry") };
+
+/// Set in the postmaster when loaded through shared_preload_libraries and
+/// inherited by every backend it forks.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This transaction appended: it may not be prepared.
+    static APPENDED: Cell<bool> = const { Cell::new(false) };
+    /// Highest position appended per partition in this transaction, notified at commit.
+    static TO_NOTIFY: RefCell<BTreeMap<i32, i64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// From `_PG_init`: shared memory when preloading, transaction callbacks always.
+pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(
+            REGISTRY = Registry {
+                slots: std::array::from_fn(|_| Slot::default())
+            }
+        );
+        PRELOADED.store(true, Ordering::Relaxed);
+    }
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
+    }
+}
+
+/// Whether the library was preloaded; the error to raise otherwise.
+pub fn require_preloaded(function: &str) -> crate::error::Result<()> {
+    if PRELOADED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    Err(Error::new(
+        "55000",
+        format!("{function} needs allsource in shared_preload_libraries"),
+    )
+    .with_hint(
+        "Add allsource to shared_preload_libraries in postgresql.conf and restart PostgreSQL.",
+    ))
+}
+
+fn my_slot() -> Option<&'static Slot> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let index = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
+    Some(REGISTRY.get().slots.get(index).unwrap_or_else(|| {
+        panic!("backend number {index} exceeds allsource's {MAX_SLOTS} in-flight slots; lower max_connections")
+    }))
+}
+
+/// Slots that can be in use: one per PGPROC.
+fn live_slots() -> &'static [Slot] {
+    let count = unsafe { (*pg_sys::ProcGlobal).allProcCount } as usize;
+    &REGISTRY.get().slots[..count.min(MAX_SLOTS)]
+}
+
+/// The last position the sequence handed out (0 before the first).
+fn last_handed_out(client: &SpiClient) -> i64 {
+    let table = spi(client.select(
+        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM allsource.event_position",
+        None,
+        &[],
+    ));
+    spi(table.first().get_one::<i64>()).expect("a sequence has a last value")
+}
+
+/// Call before taking positions: publishes this transaction's lower bound.
+pub fn before_taking_positions(client: &SpiClient) {
+    APPENDED.with(|a| a.set(true));
+    if let Some(slot) = my_slot() {
+        if !slot.is_held() {
+            let claim = Claim {
+                lowest: last_handed_out(client) + 1,
+                database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+                pid: unsafe { pg_sys::MyProcPid },
+                since: unsafe { pg_sys::GetCurrentTimestamp() },
+            };
+            slot.hold(claim);
+        }
+    }
+}
+
+/// Records an append for this transaction's commit notification.
+pub fn appended(partition_id: i32, last_position: i64) {
+    TO_NOTIFY.with(|n| {
+        let mut n = n.borrow_mut();
+        let entry = n.entry(partition_id).or_insert(last_position);
+        *entry = (*entry).max(last_position);
+    });
+}
+
+fn end_of_transaction() {
+    if let Some(slot) = my_slot() {
+        slot.release();
+    }
+    APPENDED.with(|a| a.set(false));
+    TO_NOTIFY.with(|n| n.borrow_mut().clear());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => notify_appends(),
+        XACT_EVENT_PRE_PREPARE if APPENDED.with(Cell::get) => {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that appended to allsource",
+                "allsource",
+            )
+            .set_detail("The watermark cannot yet follow a prepared transaction's events.")
+            .set_hint("Commit the appends without two-phase commit.")
+            .report(PgLogLevel::ERROR);
+        }
+        XACT_EVENT_COMMIT
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_PREPARE => end_of_transaction(),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    end_of_transaction();
+}
+
+/// One notification per partition this transaction appended to, queued now
+/// (pre-commit, where SQL can no longer run) and delivered by PostgreSQL once
+/// the commit is done.
+fn notify_appends() {
+    let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    for (partition_id, last_position) in pending {
+        let payload =
+            format!(r#"{{"partition_id": {partition_id}, "last_position": {last_position}}}"#);
+        // SAFETY: pg_notify takes two text arguments and returns void.
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::pg_notify,
+                &["allsource_events".into_datum(), payload.into_datum()],
+            );
+        }
+    }
+}
+
+/// The highest position P such that no event at or below P can still become visible.
+#[pg_extern(volatile, parallel_unsafe)]
+fn watermark() -> i64 {
+    or_raise(require_preloaded("allsource.watermark()"));
+    let last = Spi::connect(|client| last_handed_out(client));
+    watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
+}
+
+/// The transactions holding the watermark back, lowest first.
+#[pg_extern(volatile, parallel_unsafe)]
+fn inflight() -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(lowest_position, i64),
+        name!(since, TimestampWithTimeZone),
+    ),
+> {
+    or_raise(require_preloaded("allsource.inflight()"));
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mut claims: Vec<Claim> = live_slots()
+        .iter()
+        .filter_map(Slot::claim)
+        .filter(|c| c.database == database)
+        .collect();
+    claims.sort_by_key(|c| c.lowest);
+    TableIterator::new(claims.into_iter().map(|c| {
+        let since = TimestampWithTimeZone::try_from(c.since).expect("a valid timestamp");
+        (c.pid, c.lowest, since)
+    }))
+}
