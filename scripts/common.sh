@@ -43,7 +43,8 @@ $extra
 CONF
     grep -q "include_if_exists = 'allsource.conf'" "$dir/postgresql.conf" ||
         echo "include_if_exists = 'allsource.conf'" | as_pg tee -a "$dir/postgresql.conf" >/dev/null
-    as_pg "$PG_BIN/pg_ctl" --pgdata="$dir" --log="$dir/server.log" --wait start >/dev/null ||
+    # Without RUST_BACKTRACE: pgrx would append Rust backtraces to error details.
+    as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" --pgdata="$dir" --log="$dir/server.log" --wait start >/dev/null ||
         { tail -n 30 "$dir/server.log" >&2; return 1; }
 }
 

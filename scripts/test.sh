@@ -33,10 +33,13 @@ cluster_stop "$DRIVER_DATA"
 rm -rf "$DRIVER_DATA"
 port=$(free_port $TEST_PORT)
 cluster_start "$DRIVER_DATA" "$port" "max_connections = 200
+max_prepared_transactions = 10
 fsync = off"
 trap 'cluster_stop "$DRIVER_DATA"' EXIT
-ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres" \
-    cargo test --test driver -- --test-threads 2
+export ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres"
+cargo test --test driver -- --test-threads 2 --skip crash_
+log "driver test that kills a backend (alone: the server restarts every session)"
+cargo test --test driver -- crash_
 
 log "without shared_preload_libraries"
 PLAIN_DATA=$STATE_DIR/plain-test

@@ -779,4 +779,49 @@ mod tests {
             assert_eq!(first_bad, Some(expected), "case {case}: {sql}: {problem:?}");
         }
     }
+
+    #[pg_test]
+    fn an_open_append_holds_the_watermark_below_its_position() {
+        let before: i64 = one("SELECT allsource.watermark()");
+        let position: i64 = one("SELECT position FROM allsource.append('watermark/own', 'T', '1')");
+        assert!(position > before);
+        let mark: i64 = one("SELECT allsource.watermark()");
+        assert!(
+            mark < position,
+            "watermark {mark} must stay below our uncommitted position {position}"
+        );
+        assert!(one::<bool>(&format!(
+            "SELECT lowest_position <= {position} AND since BETWEEN now() AND clock_timestamp()
+             FROM allsource.inflight() WHERE pid = pg_backend_pid()"
+        )));
+        // Our own uncommitted event is past the watermark, so read_all does not return it.
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM allsource.read_all({before}) WHERE position = {position}"
+            )),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn global_reads_refuse_bad_arguments_and_snapshot_isolation() {
+        let cases = [
+            ("SELECT * FROM allsource.read_all(-1)", "22023", "\"after_position\""),
+            ("SELECT * FROM allsource.read_all(0, -1)", "22023", "\"max_count\""),
+            ("SELECT * FROM allsource.read_all(NULL)", "22023", "\"after_position\""),
+            ("SELECT * FROM allsource.read_all(partition_id => 32)", "22023", "\"partition_id\""),
+            ("SELECT * FROM allsource.read_all(partition_id => -1)", "22023", "\"partition_id\""),
+            ("SELECT * FROM allsource.read_category('')", "22023", "\"category\""),
+            ("SELECT * FROM allsource.read_category(NULL)", "22023", "\"category\""),
+            ("SELECT * FROM allsource.read_category('c', -5)", "22023", "\"after_position\""),
+            ("SELECT * FROM allsource.read_category('c', consumer_group_member => 2, consumer_group_size => 2)", "22023", "\"consumer_group_member\""),
+            ("SELECT * FROM allsource.read_category('c', consumer_group_member => -1, consumer_group_size => 2)", "22023", "\"consumer_group_member\""),
+            ("SELECT * FROM allsource.read_category('c', consumer_group_member => 0, consumer_group_size => 0)", "22023", "\"consumer_group_size\""),
+            ("SELECT * FROM allsource.read_category('c', consumer_group_member => 0)", "22023", "\"consumer_group_size\""),
+            ("SELECT * FROM allsource.read_category('c', consumer_group_size => 3)", "22023", "\"consumer_group_member\""),
+        ];
+        for (query, code, words) in cases {
+            assert_fails(query, code, words);
+        }
+    }
 }

@@ -17,3 +17,24 @@ SELECT (:version = 1 AND :last_version = 2 AND :events = 2 AND allsource.stream_
 \else
   SELECT 1/0;
 \endif
+
+-- What needs shared memory says so, with 55000.
+DO $$
+DECLARE
+    failures int := 0;
+    call text;
+BEGIN
+    FOREACH call IN ARRAY ARRAY['SELECT allsource.watermark()', 'SELECT * FROM allsource.inflight()',
+                                'SELECT * FROM allsource.read_all()', 'SELECT * FROM allsource.read_category(''c'')']
+    LOOP
+        BEGIN
+            EXECUTE call;
+        EXCEPTION WHEN SQLSTATE '55000' THEN
+            failures := failures + 1;
+        END;
+    END LOOP;
+    IF failures <> 4 THEN
+        RAISE EXCEPTION 'only % of 4 calls raised 55000 without preloading', failures;
+    END IF;
+END $$;
+\echo 'without preloading: watermark, inflight, read_all and read_category raise 55000'

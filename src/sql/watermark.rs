@@ -42,6 +42,8 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// This transaction appended: it may not be prepared.
     static APPENDED: Cell<bool> = const { Cell::new(false) };
+    /// The exit callback is registered (once per backend, on first claim).
+    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// Highest position appended per partition in this transaction, notified at commit.
     static TO_NOTIFY: RefCell<BTreeMap<i32, i64>> = const { RefCell::new(BTreeMap::new()) };
 }
@@ -56,10 +58,7 @@ pub fn init() {
         );
         PRELOADED.store(true, Ordering::Relaxed);
     }
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
-        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
-    }
+    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
 }
 
 /// Whether the library was preloaded; the error to raise otherwise.
@@ -77,7 +76,8 @@ pub fn require_preloaded(function: &str) -> crate::error::Result<()> {
 }
 
 fn my_slot() -> Option<&'static Slot> {
-    if !PRELOADED.load(Ordering::Relaxed) {
+    // Only backends have a PGPROC slot to claim; the postmaster has none.
+    if !PRELOADED.load(Ordering::Relaxed) || unsafe { pg_sys::MyProc.is_null() } {
         return None;
     }
     let index = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
@@ -113,6 +113,10 @@ pub fn before_taking_positions(client: &SpiClient) {
                 pid: unsafe { pg_sys::MyProcPid },
                 since: unsafe { pg_sys::GetCurrentTimestamp() },
             };
+            if !EXIT_CALLBACK.with(|r| r.replace(true)) {
+                // A backend that exits without ending its transaction still frees its slot.
+                unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+            }
             slot.hold(claim);
         }
     }
@@ -189,7 +193,7 @@ fn notify_appends() {
 #[pg_extern(volatile, parallel_unsafe)]
 fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
-    let last = Spi::connect(|client| last_handed_out(client));
+    let last = Spi::connect(last_handed_out);
     watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
 

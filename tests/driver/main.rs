@@ -4,7 +4,9 @@
 
 mod bad_input;
 mod concurrency;
+mod crash;
 mod integrity;
+mod watermark;
 
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -39,6 +41,10 @@ impl TestDb {
             .batch_execute("CREATE EXTENSION allsource")
             .unwrap();
         db
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn connect(&self) -> Client {
