@@ -6,6 +6,9 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// Largest payload plus metadata of one event, in bytes of jsonb text.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
+/// Whether committing appends send `NOTIFY allsource_events`.
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Partition count, read by CREATE EXTENSION only (sql/schema.sql).
 static PARTITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_PARTITIONS);
 
@@ -19,6 +22,14 @@ pub fn register() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_bool_guc(
+        c"allsource.notify",
+        c"Send NOTIFY allsource_events when a transaction that appended commits.",
+        c"One notification per partition per transaction. Each notifying commit takes PostgreSQL's notification lock, which serialises those commits: turn it off where subscribers poll instead.",
+        &NOTIFY,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"allsource.partitions",

@@ -111,7 +111,7 @@ fn append_events(
         }
         expected.check(stream_id, head.version)?;
 
-        watermark::before_taking_positions(client);
+        watermark::before_taking_positions();
         let positions = take_positions(client, plans, events.len());
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {

@@ -12,10 +12,8 @@
 
 use crate::error::Error;
 use crate::sql::raise::or_raise;
-use crate::sql::spi;
 use crate::watermark::{watermark as watermark_of, Claim, Slot};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -92,23 +90,30 @@ fn live_slots() -> &'static [Slot] {
     &REGISTRY.get().slots[..count.min(MAX_SLOTS)]
 }
 
-/// The last position the sequence handed out (0 before the first).
-fn last_handed_out(client: &SpiClient) -> i64 {
-    let table = spi(client.select(
-        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM allsource.event_position",
-        None,
-        &[],
-    ));
-    spi(table.first().get_one::<i64>()).expect("a sequence has a last value")
+/// The last position the sequence handed out (0 before the first), read
+/// straight from the sequence: no SPI, no plan.
+fn last_handed_out() -> i64 {
+    // SAFETY: catalog lookups by name, then pg_sequence_last_value(regclass),
+    // which returns NULL until the sequence is first used.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"allsource".as_ptr(), false);
+        let sequence = pg_sys::get_relname_relid(c"event_position".as_ptr(), namespace);
+        assert!(
+            sequence != pg_sys::InvalidOid,
+            "allsource.event_position is missing"
+        );
+        pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[sequence.into_datum()])
+            .unwrap_or(0)
+    }
 }
 
 /// Call before taking positions: publishes this transaction's lower bound.
-pub fn before_taking_positions(client: &SpiClient) {
+pub fn before_taking_positions() {
     APPENDED.with(|a| a.set(true));
     if let Some(slot) = my_slot() {
         if !slot.is_held() {
             let claim = Claim {
-                lowest: last_handed_out(client) + 1,
+                lowest: last_handed_out() + 1,
                 database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
                 pid: unsafe { pg_sys::MyProcPid },
                 since: unsafe { pg_sys::GetCurrentTimestamp() },
@@ -122,8 +127,12 @@ pub fn before_taking_positions(client: &SpiClient) {
     }
 }
 
-/// Records an append for this transaction's commit notification.
+/// Records an append for this transaction's commit notification, unless
+/// `allsource.notify` is off.
 pub fn appended(partition_id: i32, last_position: i64) {
+    if !crate::settings::NOTIFY.get() {
+        return;
+    }
     TO_NOTIFY.with(|n| {
         let mut n = n.borrow_mut();
         let entry = n.entry(partition_id).or_insert(last_position);
@@ -193,7 +202,7 @@ fn notify_appends() {
 #[pg_extern(volatile, parallel_unsafe)]
 fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
-    let last = Spi::connect(last_handed_out);
+    let last = last_handed_out();
     watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
 

@@ -453,4 +453,12 @@ fn one_notification_per_partition_per_transaction_after_commit() {
         drain(&mut listener).is_empty(),
         "a rollback notifies nobody"
     );
+
+    writer
+        .batch_execute("SET allsource.notify = off; SELECT allsource.append('n-1', 'T', '{}'); RESET allsource.notify")
+        .unwrap();
+    assert!(
+        drain(&mut listener).is_empty(),
+        "allsource.notify = off sends nothing"
+    );
 }
