@@ -22,3 +22,8 @@ SELECT version, position, event_type, payload, metadata
 FROM allsource.read_stream('order-1');
 SELECT allsource.stream_version('order-1') AS version,
        allsource.partition_for('order-1') AS partition;
+
+-- The global order, up to the watermark, and the hash chain verified.
+SELECT allsource.watermark();
+SELECT position, stream_id, event_type FROM allsource.read_all(after_position => 0);
+SELECT * FROM allsource.verify_stream('order-1');

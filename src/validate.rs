@@ -47,6 +47,21 @@ pub fn in_range<T: PartialOrd + std::fmt::Display>(
     Ok(value)
 }
 
+/// A required number that must not be negative (offsets, counts, positions).
+pub fn non_negative<T: PartialOrd + Default + std::fmt::Display>(
+    argument: &str,
+    value: Option<T>,
+) -> Result<T> {
+    let value = required(argument, value)?;
+    if value < T::default() {
+        return Err(Error::invalid_argument(
+            argument,
+            format!("{value} is negative"),
+        ));
+    }
+    Ok(value)
+}
+
 /// Payload and metadata together, in bytes of their jsonb text, against
 /// `allsource.max_event_bytes`.
 pub fn event_size(argument: &str, bytes: usize, max_event_bytes: usize) -> Result<()> {
@@ -203,6 +218,14 @@ mod tests {
                 "{member:?} {size:?}"
             );
         }
+    }
+
+    #[test]
+    fn non_negative_numbers() {
+        assert_eq!(non_negative("max_count", Some(0)), Ok(0));
+        assert_eq!(non_negative("after_position", Some(7i64)), Ok(7));
+        assert!(non_negative("max_count", Some(-1)).is_err());
+        assert!(non_negative::<i32>("max_count", None).is_err());
     }
 
     #[test]

@@ -21,18 +21,8 @@ fn _check_read_stream(
 ) {
     or_raise((|| {
         validate::name("stream_id", stream_id)?;
-        validate::in_range(
-            "from_version",
-            validate::required("from_version", from_version)?,
-            0,
-            i64::MAX,
-        )?;
-        validate::in_range(
-            "max_count",
-            validate::required("max_count", max_count)?,
-            0,
-            i32::MAX,
-        )?;
+        validate::non_negative("from_version", from_version)?;
+        validate::non_negative("max_count", max_count)?;
         validate::required("backward", backward)?;
         Ok(())
     })());
@@ -47,18 +37,8 @@ fn _check_read_all(
     partition_count: i32,
 ) {
     or_raise((|| {
-        validate::in_range(
-            "after_position",
-            validate::required("after_position", after_position)?,
-            0,
-            i64::MAX,
-        )?;
-        validate::in_range(
-            "max_count",
-            validate::required("max_count", max_count)?,
-            0,
-            i32::MAX,
-        )?;
+        validate::non_negative("after_position", after_position)?;
+        validate::non_negative("max_count", max_count)?;
         if let Some(partition_id) = partition_id {
             validate::in_range("partition_id", partition_id, 0, partition_count - 1)?;
         }
@@ -77,18 +57,8 @@ fn _check_read_category(
 ) {
     or_raise((|| {
         validate::name("category", category)?;
-        validate::in_range(
-            "after_position",
-            validate::required("after_position", after_position)?,
-            0,
-            i64::MAX,
-        )?;
-        validate::in_range(
-            "max_count",
-            validate::required("max_count", max_count)?,
-            0,
-            i32::MAX,
-        )?;
+        validate::non_negative("after_position", after_position)?;
+        validate::non_negative("max_count", max_count)?;
         validate::consumer_group(consumer_group_member, consumer_group_size)
     })());
 }

@@ -1,11 +1,34 @@
 //! Many sessions appending to one stream at once.
 
 use crate::{sqlstate, TestDb};
+use postgres::Client;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
 const SESSIONS: usize = 64;
+
+/// Runs `work` in `sessions` connections that all start at the same moment;
+/// `work` gets its client, its session number and the shared barrier.
+fn in_sessions<T: Send + 'static>(
+    db: &Arc<TestDb>,
+    sessions: usize,
+    work: impl Fn(&mut Client, usize, &Barrier) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let start = Arc::new(Barrier::new(sessions));
+    let work = Arc::new(work);
+    let workers: Vec<_> = (0..sessions)
+        .map(|session| {
+            let (db, start, work) = (db.clone(), start.clone(), work.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                start.wait();
+                work(&mut client, session, &start)
+            })
+        })
+        .collect();
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
+}
 
 /// Checks the stream's versions are exactly 1..=n, positions unique and
 /// increasing with the version, and the stream row agrees.
@@ -39,30 +62,21 @@ fn assert_gapless(db: &TestDb, stream: &str, n: i64) {
 fn sessions_appending_without_expected_version_stay_gapless() {
     let db = Arc::new(TestDb::new("gapless"));
     let per_session = 20;
-    let start = Arc::new(Barrier::new(SESSIONS));
-    let workers: Vec<_> = (0..SESSIONS)
-        .map(|session| {
-            let (db, start) = (db.clone(), start.clone());
-            thread::spawn(move || {
-                let mut client = db.connect();
-                start.wait();
-                let mut mine = vec![];
-                for i in 0..per_session {
-                    let row = client
-                        .query_one(
-                            "SELECT version, position FROM allsource.append('hot', 'Tick', jsonb_build_object('session', $1::int, 'i', $2::int))",
-                            &[&(session as i32), &(i as i32)],
-                        )
-                        .unwrap();
-                    mine.push((row.get::<_, i64>(0), row.get::<_, i64>(1)));
-                }
-                mine
+    let results = in_sessions(&db, SESSIONS, move |client, session, _| {
+        (0..per_session)
+            .map(|i| {
+                let row = client
+                    .query_one(
+                        "SELECT version, position FROM allsource.append('hot', 'Tick', jsonb_build_object('session', $1::int, 'i', $2::int))",
+                        &[&(session as i32), &(i as i32)],
+                    )
+                    .unwrap();
+                (row.get::<_, i64>(0), row.get::<_, i64>(1))
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    });
     let mut seen = HashSet::new();
-    for worker in workers {
-        let mine = worker.join().unwrap();
+    for mine in results {
         assert!(
             mine.windows(2).all(|w| w[0].0 < w[1].0),
             "a session's own versions increase"
@@ -78,38 +92,29 @@ fn sessions_appending_without_expected_version_stay_gapless() {
 fn exactly_one_writer_wins_each_expected_version() {
     let db = Arc::new(TestDb::new("one_winner"));
     let rounds = 15i64;
-    let start = Arc::new(Barrier::new(SESSIONS));
-    let workers: Vec<_> = (0..SESSIONS)
-        .map(|session| {
-            let (db, start) = (db.clone(), start.clone());
-            thread::spawn(move || {
-                let mut client = db.connect();
-                let mut wins = vec![];
-                for round in 0..rounds {
-                    // Everyone tries the same expected version at the same moment.
-                    start.wait();
-                    let attempt = client.query_one(
-                        "SELECT version FROM allsource.append('contested', 'Claim', jsonb_build_object('session', $1::int), expected_version => $2)",
-                        &[&(session as i32), &round],
-                    );
-                    match attempt {
-                        Ok(row) => {
-                            assert_eq!(row.get::<_, i64>(0), round + 1);
-                            wins.push(round);
-                        }
-                        Err(e) => assert_eq!(sqlstate(&e), "ZA001", "{e}"),
-                    }
-                    start.wait();
+    let wins = in_sessions(&db, SESSIONS, move |client, session, everyone| {
+        let mut wins = vec![];
+        for round in 0..rounds {
+            // Everyone tries the same expected version at the same moment.
+            everyone.wait();
+            let attempt = client.query_one(
+                "SELECT version FROM allsource.append('contested', 'Claim', jsonb_build_object('session', $1::int), expected_version => $2)",
+                &[&(session as i32), &round],
+            );
+            match attempt {
+                Ok(row) => {
+                    assert_eq!(row.get::<_, i64>(0), round + 1);
+                    wins.push(round);
                 }
-                wins
-            })
-        })
-        .collect();
-    let mut winners_per_round = vec![0; rounds as usize];
-    for worker in workers {
-        for round in worker.join().unwrap() {
-            winners_per_round[round as usize] += 1;
+                Err(e) => assert_eq!(sqlstate(&e), "ZA001", "{e}"),
+            }
+            everyone.wait();
         }
+        wins
+    });
+    let mut winners_per_round = vec![0; rounds as usize];
+    for round in wins.into_iter().flatten() {
+        winners_per_round[round as usize] += 1;
     }
     assert_eq!(
         winners_per_round,
@@ -122,42 +127,31 @@ fn exactly_one_writer_wins_each_expected_version() {
 #[test]
 fn batches_and_single_appends_interleave_without_gaps() {
     let db = Arc::new(TestDb::new("mixed"));
-    let start = Arc::new(Barrier::new(SESSIONS));
     let batch = 5;
     let per_session = 6;
-    let workers: Vec<_> = (0..SESSIONS)
-        .map(|session| {
-            let (db, start) = (db.clone(), start.clone());
-            thread::spawn(move || {
-                let mut client = db.connect();
-                start.wait();
-                let mut ranges = vec![];
-                for _ in 0..per_session {
-                    if session % 2 == 0 {
-                        let row = client
-                            .query_one(
-                                "SELECT first_version, last_version FROM allsource.append_batch('mixed',
-                                     (SELECT jsonb_agg(jsonb_build_object('type', 'B', 'payload', i)) FROM generate_series(1, $1) i))",
-                                &[&batch],
-                            )
-                            .unwrap();
-                        ranges.push((row.get::<_, i64>(0), row.get::<_, i64>(1)));
-                    } else {
-                        let row = client
-                            .query_one("SELECT version FROM allsource.append('mixed', 'S', '1')", &[])
-                            .unwrap();
-                        let v: i64 = row.get(0);
-                        ranges.push((v, v));
-                    }
+    let ranges = in_sessions(&db, SESSIONS, move |client, session, _| {
+        (0..per_session)
+            .map(|_| {
+                if session % 2 == 0 {
+                    let row = client
+                        .query_one(
+                            "SELECT first_version, last_version FROM allsource.append_batch('mixed',
+                                 (SELECT jsonb_agg(jsonb_build_object('type', 'B', 'payload', i)) FROM generate_series(1, $1) i))",
+                            &[&batch],
+                        )
+                        .unwrap();
+                    (row.get::<_, i64>(0), row.get::<_, i64>(1))
+                } else {
+                    let v: i64 = client
+                        .query_one("SELECT version FROM allsource.append('mixed', 'S', '1')", &[])
+                        .unwrap()
+                        .get(0);
+                    (v, v)
                 }
-                ranges
             })
-        })
-        .collect();
-    let mut ranges: Vec<(i64, i64)> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+            .collect::<Vec<_>>()
+    });
+    let mut ranges: Vec<(i64, i64)> = ranges.into_iter().flatten().collect();
     ranges.sort();
     // The returned ranges tile 1..=total with no overlap: each batch got consecutive versions.
     let mut next = 1;
@@ -173,25 +167,18 @@ fn batches_and_single_appends_interleave_without_gaps() {
 #[test]
 fn concurrent_retries_of_one_event_store_it_once() {
     let db = Arc::new(TestDb::new("idempotent"));
-    let start = Arc::new(Barrier::new(16));
-    let same_stream: Vec<_> = (0..16)
-        .map(|_| {
-            let (db, start) = (db.clone(), start.clone());
-            thread::spawn(move || {
-                let mut client = db.connect();
-                start.wait();
-                let row = client
-                    .query_one(
-                        "SELECT version, position FROM allsource.append('once', 'T', '{\"a\": 1}',
-                             event_id => '00000000-0000-0000-0000-000000000001')",
-                        &[],
-                    )
-                    .unwrap();
-                (row.get::<_, i64>(0), row.get::<_, i64>(1))
-            })
-        })
-        .collect();
-    let results: HashSet<(i64, i64)> = same_stream.into_iter().map(|w| w.join().unwrap()).collect();
+    let results: HashSet<(i64, i64)> = in_sessions(&db, 16, |client, _, _| {
+        let row = client
+            .query_one(
+                "SELECT version, position FROM allsource.append('once', 'T', '{\"a\": 1}',
+                     event_id => '00000000-0000-0000-0000-000000000001')",
+                &[],
+            )
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    })
+    .into_iter()
+    .collect();
     assert_eq!(
         results.len(),
         1,
@@ -200,26 +187,15 @@ fn concurrent_retries_of_one_event_store_it_once() {
     assert_gapless(&db, "once", 1);
 
     // The same new id sent to different streams at once: one stream gets it, the others ZA003.
-    let start = Arc::new(Barrier::new(16));
-    let other_streams: Vec<_> = (0..16)
-        .map(|i| {
-            let (db, start) = (db.clone(), start.clone());
-            thread::spawn(move || {
-                let mut client = db.connect();
-                start.wait();
-                client
-                    .query_one(
-                        "SELECT version FROM allsource.append($1, 'T', '1', event_id => '00000000-0000-0000-0000-000000000002')",
-                        &[&format!("stream-{i}")],
-                    )
-                    .map_err(|e| sqlstate(&e))
-            })
-        })
-        .collect();
-    let outcomes: Vec<_> = other_streams
-        .into_iter()
-        .map(|w| w.join().unwrap())
-        .collect();
+    let outcomes = in_sessions(&db, 16, |client, i, _| {
+        client
+            .query_one(
+                "SELECT version FROM allsource.append($1, 'T', '1', event_id => '00000000-0000-0000-0000-000000000002')",
+                &[&format!("stream-{i}")],
+            )
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e))
+    });
     assert_eq!(
         outcomes.iter().filter(|o| o.is_ok()).count(),
         1,
@@ -234,7 +210,10 @@ fn concurrent_retries_of_one_event_store_it_once() {
     );
     let stored: i64 = db
         .connect()
-        .query_one("SELECT count(*) FROM allsource.events WHERE event_id = '00000000-0000-0000-0000-000000000002'", &[])
+        .query_one(
+            "SELECT count(*) FROM allsource.events WHERE event_id = '00000000-0000-0000-0000-000000000002'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(stored, 1);
