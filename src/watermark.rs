@@ -23,7 +23,8 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
 
 /// One backend's claim: the lowest position its open transaction may commit.
-#[repr(C)]
+/// A cache line each, so backends writing their own slots do not contend.
+#[repr(C, align(64))]
 #[derive(Default)]
 pub struct Slot {
     /// 0 when empty; positions start at 1.

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Upper bound on `pgprocno` (max_connections + workers + prepared transactions).
+/// Upper bound on `pgprocno` (max_connections + workers + prepared
+/// transactions); 64 bytes each, 512 KiB in all.
 const MAX_SLOTS: usize = 8192;
 
 #[repr(C)]
@@ -40,6 +41,9 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// This transaction appended: it may not be prepared.
     static APPENDED: Cell<bool> = const { Cell::new(false) };
+    /// This backend's slot holds a claim (saves touching shared memory at
+    /// the end of every transaction that never appended).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// The exit callback is registered (once per backend, on first claim).
     static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// Highest position appended per partition in this transaction, notified at commit.
@@ -111,7 +115,8 @@ fn last_handed_out() -> i64 {
 pub fn before_taking_positions() {
     APPENDED.with(|a| a.set(true));
     if let Some(slot) = my_slot() {
-        if !slot.is_held() {
+        // A transaction keeps its first claim: the lowest it may commit.
+        if !HOLDING.with(Cell::get) {
             let claim = Claim {
                 lowest: last_handed_out() + 1,
                 database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
@@ -122,7 +127,11 @@ pub fn before_taking_positions() {
                 // A backend that exits without ending its transaction still frees its slot.
                 unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
             }
+            // The slot is ours alone (one per PGPROC); clearing first drops
+            // anything a previous owner of this PGPROC could have left.
+            slot.release();
             slot.hold(claim);
+            HOLDING.with(|h| h.set(true));
         }
     }
 }
@@ -141,8 +150,10 @@ pub fn appended(partition_id: i32, last_position: i64) {
 }
 
 fn end_of_transaction() {
-    if let Some(slot) = my_slot() {
-        slot.release();
+    if HOLDING.with(|h| h.replace(false)) {
+        if let Some(slot) = my_slot() {
+            slot.release();
+        }
     }
     APPENDED.with(|a| a.set(false));
     TO_NOTIFY.with(|n| n.borrow_mut().clear());
