@@ -65,10 +65,6 @@ impl Slot {
         self.lowest.store(0, Ordering::SeqCst);
     }
 
-    pub fn is_held(&self) -> bool {
-        self.lowest.load(Ordering::SeqCst) != 0
-    }
-
     pub fn claim(&self) -> Option<Claim> {
         let lowest = self.lowest.load(Ordering::SeqCst);
         (lowest != 0).then(|| Claim {
