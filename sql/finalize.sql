@@ -133,8 +133,8 @@ CREATE INDEX events_category_position ON allsource.events (split_part(stream_id,
 -- REPEATABLE READ and SERIALIZABLE keep the transaction's first snapshot,
 -- older than the watermark: events below it could be missing from that
 -- snapshot and be skipped for ever, so those levels are refused.
-CREATE FUNCTION allsource._require_read_committed(function_name text) RETURNS void
-LANGUAGE plpgsql STABLE
+CREATE FUNCTION allsource._watermark_for_read(function_name text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -143,6 +143,7 @@ BEGIN
                   DETAIL = 'Under this isolation level the transaction''s snapshot predates the watermark, so events below it could be invisible and skipped.',
                   HINT = 'Read the global order in a READ COMMITTED transaction (the default).';
     END IF;
+    RETURN allsource.watermark();
 END
 $$;
 
@@ -158,8 +159,7 @@ DECLARE
     upto bigint;
 BEGIN
     PERFORM allsource._check_read_all(read_all.after_position, read_all.max_count, read_all.partition_id, allsource.partition_count());
-    PERFORM allsource._require_read_committed('allsource.read_all');
-    upto := allsource.watermark();
+    upto := allsource._watermark_for_read('allsource.read_all');
     IF read_all.partition_id IS NULL THEN
         RETURN QUERY
             SELECT e.* FROM allsource.events e
@@ -193,8 +193,7 @@ DECLARE
 BEGIN
     PERFORM allsource._check_read_category(read_category.category, read_category.after_position, read_category.max_count,
                                            read_category.consumer_group_member, read_category.consumer_group_size);
-    PERFORM allsource._require_read_committed('allsource.read_category');
-    upto := allsource.watermark();
+    upto := allsource._watermark_for_read('allsource.read_category');
     RETURN QUERY
         SELECT e.* FROM allsource.events e
         WHERE split_part(e.stream_id, '-', 1) = split_part(read_category.category, '-', 1)
