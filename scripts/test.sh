@@ -34,6 +34,7 @@ rm -rf "$DRIVER_DATA"
 port=$(free_port $TEST_PORT)
 cluster_start "$DRIVER_DATA" "$port" "max_connections = 200
 max_prepared_transactions = 10
+max_worker_processes = 32
 fsync = off"
 trap 'cluster_stop "$DRIVER_DATA"' EXIT
 export ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres"

@@ -27,12 +27,13 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Runs when a process loads the library: defines the settings and the
 /// transaction callbacks, and, when preloading, the shared memory of the
-/// watermark. Without preloading everything but `watermark()`, `inflight()`
+/// watermark and of the notification boards. Without preloading everything but `watermark()`, `inflight()`
 /// and the reads that need them works.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     sql::watermark::init();
+    sql::notify::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

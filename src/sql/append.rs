@@ -13,7 +13,7 @@ use crate::jsontext::jsonb_text;
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::raise::or_raise;
-use crate::sql::watermark;
+use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
@@ -159,7 +159,7 @@ fn append_events(
             ));
         }
 
-        watermark::appended(head.partition_id, positions[positions.len() - 1]);
+        notify::appended(head.partition_id, positions[positions.len() - 1]);
         let last_version = head.version + events.len() as i64;
         spi(client.update(
             &plans.update_stream,

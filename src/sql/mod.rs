@@ -4,6 +4,7 @@
 mod append;
 mod checks;
 mod guard;
+pub mod notify;
 mod partition;
 mod raise;
 mod verify;

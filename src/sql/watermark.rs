@@ -1,8 +1,8 @@
 //! The watermark in PostgreSQL: the in-flight registry ([`crate::watermark`])
 //! in shared memory, one slot per backend (indexed by `pgprocno`); the
 //! transaction callback that empties a slot once its transaction's outcome is
-//! visible; `watermark()`, `inflight()`; and the one-per-transaction
-//! `NOTIFY allsource_events`.
+//! visible; `watermark()`, `inflight()`; and the refusal to prepare a
+//! transaction that appended.
 //!
 //! The slot is emptied in `XACT_EVENT_COMMIT` / `XACT_EVENT_ABORT`, which
 //! PostgreSQL (13 to 18) calls after `ProcArrayEndTransaction`: by then new
@@ -15,8 +15,7 @@ use crate::sql::raise::or_raise;
 use crate::watermark::{watermark as watermark_of, Claim, Slot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,7 +35,7 @@ static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"allsource_infligh
 
 /// Set in the postmaster when loaded through shared_preload_libraries and
 /// inherited by every backend it forks.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
+pub(crate) static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This transaction appended: it may not be prepared.
@@ -46,8 +45,6 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// The exit callback is registered (once per backend, on first claim).
     static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
-    /// Highest position appended per partition in this transaction, notified at commit.
-    static TO_NOTIFY: RefCell<BTreeMap<i32, i64>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// From `_PG_init`: shared memory when preloading, transaction callbacks always.
@@ -136,19 +133,6 @@ pub fn before_taking_positions() {
     }
 }
 
-/// Records an append for this transaction's commit notification, unless
-/// `allsource.notify` is off.
-pub fn appended(partition_id: i32, last_position: i64) {
-    if !crate::settings::NOTIFY.get() {
-        return;
-    }
-    TO_NOTIFY.with(|n| {
-        let mut n = n.borrow_mut();
-        let entry = n.entry(partition_id).or_insert(last_position);
-        *entry = (*entry).max(last_position);
-    });
-}
-
 fn end_of_transaction() {
     if HOLDING.with(|h| h.replace(false)) {
         if let Some(slot) = my_slot() {
@@ -156,7 +140,6 @@ fn end_of_transaction() {
         }
     }
     APPENDED.with(|a| a.set(false));
-    TO_NOTIFY.with(|n| n.borrow_mut().clear());
 }
 
 #[pg_guard]
@@ -166,7 +149,6 @@ unsafe extern "C-unwind" fn on_transaction_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT => notify_appends(),
         XACT_EVENT_PRE_PREPARE if APPENDED.with(Cell::get) => {
             pgrx::pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -189,24 +171,6 @@ unsafe extern "C-unwind" fn on_transaction_event(
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     end_of_transaction();
-}
-
-/// One notification per partition this transaction appended to, queued now
-/// (pre-commit, where SQL can no longer run) and delivered by PostgreSQL once
-/// the commit is done.
-fn notify_appends() {
-    let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
-    for (partition_id, last_position) in pending {
-        let payload =
-            format!(r#"{{"partition_id": {partition_id}, "last_position": {last_position}}}"#);
-        // SAFETY: pg_notify takes two text arguments and returns void.
-        unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::pg_notify,
-                &["allsource_events".into_datum(), payload.into_datum()],
-            );
-        }
-    }
 }
 
 /// The highest position P such that no event at or below P can still become visible.

@@ -380,22 +380,106 @@ fn a_transaction_that_appended_cannot_be_prepared() {
         .unwrap();
 }
 
+/// Notifications received within `wait` after a round trip.
+fn notifications(listener: &mut Client, wait: Duration) -> Vec<String> {
+    listener.batch_execute("SELECT 1").unwrap();
+    let mut notes = listener.notifications();
+    let mut iter = notes.timeout_iter(wait);
+    let mut payloads = vec![];
+    while let Some(note) = iter.next().unwrap() {
+        payloads.push(note.payload().to_string());
+    }
+    payloads
+}
+
+#[test]
+fn a_burst_of_commits_is_coalesced_and_its_last_position_notified() {
+    let db = Arc::new(TestDb::new("notify_burst"));
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN allsource_events").unwrap();
+    let partition: i32 = listener
+        .query_one("SELECT allsource.partition_for('burst-0')", &[])
+        .unwrap()
+        .get(0);
+    // Streams of one partition, so every commit concerns the same notification.
+    let streams: Vec<String> = listener
+        .query(
+            "SELECT s FROM (SELECT 'burst-' || i AS s FROM generate_series(0, 2000) i) c
+             WHERE allsource.partition_for(s) = $1 LIMIT 8",
+            &[&partition],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let writers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let db = db.clone();
+            thread::spawn(move || {
+                let mut client = db.connect();
+                (0..50)
+                    .map(|_| {
+                        client
+                            .query_one(
+                                "SELECT position FROM allsource.append($1, 'T', '{}')",
+                                &[&stream],
+                            )
+                            .unwrap()
+                            .get::<_, i64>(0)
+                    })
+                    .max()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let last = writers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .max()
+        .unwrap();
+    let received = notifications(&mut listener, Duration::from_millis(500));
+    let commits = 8 * 50;
+    assert!(!received.is_empty());
+    assert!(
+        received.len() < commits / 4,
+        "{} notifications for {commits} commits: not coalesced",
+        received.len()
+    );
+    assert_eq!(
+        received.last().unwrap(),
+        &format!(r#"{{"partition_id": {partition}, "last_position": {last}}}"#),
+        "the last notification carries the last committed position"
+    );
+}
+
+#[test]
+fn the_notifier_lets_its_database_be_dropped() {
+    let db = TestDb::new("notify_drop");
+    let name = format!("{}_victim", db.name());
+    let mut admin = db.connect();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let url = std::env::var("ALLSOURCE_TEST_URL").unwrap();
+    let mut client = Client::connect(&format!("{url} dbname={name}"), postgres::NoTls).unwrap();
+    client
+        .batch_execute("CREATE EXTENSION allsource; SELECT allsource.append('s', 'T', '{}')")
+        .unwrap();
+    drop(client);
+    // The notifier exits after two idle seconds; DROP DATABASE waits up to five for other sessions.
+    admin
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .unwrap();
+}
+
 #[test]
 fn one_notification_per_partition_per_transaction_after_commit() {
     let db = TestDb::new("watermark_notify");
     let mut listener = db.connect();
     listener.batch_execute("LISTEN allsource_events").unwrap();
     let mut writer = db.connect();
-    let drain = |listener: &mut Client| -> Vec<String> {
-        listener.batch_execute("SELECT 1").unwrap();
-        let mut notes = listener.notifications();
-        let mut payloads = vec![];
-        let mut iter = notes.timeout_iter(Duration::from_millis(300));
-        while let Some(note) = iter.next().unwrap() {
-            payloads.push(note.payload().to_string());
-        }
-        payloads
-    };
+    let drain = |listener: &mut Client| notifications(listener, Duration::from_millis(300));
 
     let mut tx = writer.transaction().unwrap();
     let mut last = 0i64;

@@ -1,0 +1,285 @@
+//! `NOTIFY allsource_events`, coalesced.
+//!
+//! A transaction that appended records, per partition, the highest position
+//! it wrote. Preloaded, its commit publishes those positions to a per-database
+//! board in shared memory and wakes that database's notifier, a background
+//! worker that sends at most one notification per partition every
+//! [`NOTIFY_INTERVAL`], carrying the highest position published: a burst of
+//! committing appends becomes a few notifications, and the last of them is
+//! never lost (the notifier sends whatever is newer than what it sent). Commits
+//! never take PostgreSQL's notification lock themselves. The notifier starts
+//! on demand and exits after [`NOTIFIER_IDLE_EXIT`] without work, so it does
+//! not hold its database open. Without preloading, each transaction sends
+//! its own notifications at commit instead.
+
+use crate::partition::MAX_PARTITIONS;
+use crate::sql::watermark::PRELOADED;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The shortest time between two notifications for one partition.
+pub const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
+/// A notifier with nothing to send for this long exits.
+pub const NOTIFIER_IDLE_EXIT: Duration = Duration::from_secs(2);
+/// Databases with their own board; beyond that, transactions notify themselves.
+const MAX_DATABASES: usize = 64;
+/// A notifier registered but not running after this long is started again.
+const START_TIMEOUT_MICROS: i64 = 10_000_000;
+
+/// `notifier` states besides a running worker's `pgprocno + 1`.
+const NO_NOTIFIER: i32 = 0;
+const STARTING: i32 = -1;
+
+#[repr(C)]
+struct DatabaseBoard {
+    /// The database's OID; 0 while the board is free.
+    database: AtomicU32,
+    notifier: AtomicI32,
+    /// When `notifier` became STARTING (PostgreSQL timestamp).
+    starting_since: AtomicI64,
+    /// Highest committed position per partition not yet known to be notified.
+    pending: [AtomicI64; MAX_PARTITIONS as usize],
+}
+
+#[repr(C)]
+struct Boards {
+    databases: [DatabaseBoard; MAX_DATABASES],
+}
+
+// SAFETY: plain atomics, no pointers.
+unsafe impl PGRXSharedMemory for Boards {}
+
+static BOARDS: PgAtomic<Boards> = unsafe { PgAtomic::new(c"allsource_notify_boards") };
+
+thread_local! {
+    /// Highest position appended per partition in this transaction.
+    static TO_NOTIFY: RefCell<BTreeMap<i32, i64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// From `_PG_init`: the boards when preloading, the transaction callback always.
+pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(
+            BOARDS = Boards {
+                databases: std::array::from_fn(|_| DatabaseBoard {
+                    database: AtomicU32::new(0),
+                    notifier: AtomicI32::new(NO_NOTIFIER),
+                    starting_since: AtomicI64::new(0),
+                    pending: std::array::from_fn(|_| AtomicI64::new(0)),
+                })
+            }
+        );
+    }
+    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+}
+
+/// Records an append for this transaction's notification, unless
+/// `allsource.notify` is off.
+pub fn appended(partition_id: i32, last_position: i64) {
+    if !crate::settings::NOTIFY.get() {
+        return;
+    }
+    TO_NOTIFY.with(|n| {
+        let mut n = n.borrow_mut();
+        let entry = n.entry(partition_id).or_insert(last_position);
+        *entry = (*entry).max(last_position);
+    });
+}
+
+fn current_database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// This database's board, claimed on first use; `None` without preloading
+/// or when every board is taken.
+fn board(database: u32) -> Option<&'static DatabaseBoard> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let boards = &BOARDS.get().databases;
+    boards
+        .iter()
+        .find(|b| b.database.load(Ordering::SeqCst) == database)
+        .or_else(|| {
+            boards.iter().find(|b| {
+                b.database
+                    .compare_exchange(0, database, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                    || b.database.load(Ordering::SeqCst) == database
+            })
+        })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut c_void,
+) {
+    use pg_sys::XactEvent::*;
+    let appended = TO_NOTIFY.with(|n| !n.borrow().is_empty());
+    match event {
+        // Without a board, queue our own notifications; PostgreSQL sends them after the commit.
+        XACT_EVENT_PRE_COMMIT if appended && board(current_database()).is_none() => {
+            let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            for (partition_id, last_position) in pending {
+                send(partition_id, last_position);
+            }
+        }
+        // The commit is visible: hand the positions to the notifier.
+        XACT_EVENT_COMMIT if appended => {
+            let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            if let Some(board) = board(current_database()) {
+                publish(board, &pending);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE if appended => {
+            TO_NOTIFY.with(|n| n.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+/// Publishes committed positions, then makes sure a notifier will see them:
+/// wakes the running one or starts one. The notifier, before it exits, clears
+/// its state and then looks at `pending` once more, so either it sees these
+/// positions or this commit sees it gone and starts another.
+fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
+    for (&partition, &position) in positions {
+        if let Some(slot) = board.pending.get(partition as usize) {
+            slot.fetch_max(position, Ordering::SeqCst);
+        }
+    }
+    let notifier = board.notifier.load(Ordering::SeqCst);
+    if notifier > 0 {
+        wake(notifier - 1);
+        return;
+    }
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let stale_start = notifier == STARTING
+        && now - board.starting_since.load(Ordering::SeqCst) > START_TIMEOUT_MICROS;
+    if (notifier == NO_NOTIFIER
+        && board
+            .notifier
+            .compare_exchange(NO_NOTIFIER, STARTING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok())
+        || stale_start
+    {
+        board.starting_since.store(now, Ordering::SeqCst);
+        start_notifier(board);
+    }
+}
+
+fn wake(pgprocno: i32) {
+    // SAFETY: pgprocno indexes ProcGlobal->allProcs; SetLatch on any PGPROC's
+    // latch is what PostgreSQL itself does to wake a process.
+    unsafe {
+        let proc = (*pg_sys::ProcGlobal).allProcs.add(pgprocno as usize);
+        pg_sys::SetLatch(&raw mut (*proc).procLatch);
+    }
+}
+
+fn start_notifier(board: &DatabaseBoard) {
+    let database = board.database.load(Ordering::SeqCst);
+    let started =
+        BackgroundWorkerBuilder::new(&format!("allsource notifier for database {database}"))
+            .set_type("allsource notifier")
+            .set_library("allsource")
+            .set_function("allsource_notifier_main")
+            .set_argument(Some(pg_sys::Datum::from(database)))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            .load_dynamic();
+    if started.is_err() {
+        board.notifier.store(NO_NOTIFIER, Ordering::SeqCst);
+        pgrx::warning!(
+            "allsource could not start its notifier (max_worker_processes reached?); notifications wait for the next commit"
+        );
+    }
+}
+
+/// Queues `NOTIFY allsource_events` in the current transaction.
+fn send(partition_id: i32, last_position: i64) {
+    let payload =
+        format!(r#"{{"partition_id": {partition_id}, "last_position": {last_position}}}"#);
+    // SAFETY: pg_notify takes two text arguments and returns void.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &["allsource_events".into_datum(), payload.into_datum()],
+        );
+    }
+}
+
+/// The notifier: one per database while there is something to send.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = argument.value() as u32;
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    let Some(board) = board(database) else { return };
+    let me = unsafe { (*pg_sys::MyProc).pgprocno } + 1;
+    board.notifier.store(me, Ordering::SeqCst);
+
+    let mut sent = vec![0i64; MAX_PARTITIONS as usize];
+    let mut last_work = Instant::now();
+    loop {
+        let news: Vec<(i32, i64)> = board
+            .pending
+            .iter()
+            .zip(&sent)
+            .enumerate()
+            .filter_map(|(p, (pending, &sent))| {
+                let position = pending.load(Ordering::SeqCst);
+                (position > sent).then_some((p as i32, position))
+            })
+            .collect();
+        if !news.is_empty() {
+            BackgroundWorker::transaction(|| {
+                for &(partition, position) in &news {
+                    send(partition, position);
+                }
+            });
+            for (partition, position) in news {
+                sent[partition as usize] = position;
+            }
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= NOTIFIER_IDLE_EXIT {
+            // Step down, then look once more: a commit that saw us running
+            // may have published after our last look.
+            board.notifier.store(NO_NOTIFIER, Ordering::SeqCst);
+            let more = board
+                .pending
+                .iter()
+                .zip(&sent)
+                .any(|(p, &s)| p.load(Ordering::SeqCst) > s);
+            if !more
+                || board
+                    .notifier
+                    .compare_exchange(NO_NOTIFIER, me, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                return;
+            }
+            last_work = Instant::now();
+        }
+        // Coalesce: at most one round per interval; a commit's latch wakes us early only after it.
+        std::thread::sleep(NOTIFY_INTERVAL);
+        if !BackgroundWorker::wait_latch(Some(NOTIFIER_IDLE_EXIT)) {
+            board
+                .notifier
+                .compare_exchange(me, NO_NOTIFIER, Ordering::SeqCst, Ordering::SeqCst)
+                .ok();
+            return;
+        }
+    }
+}
