@@ -4,9 +4,10 @@
 //! it wrote. Preloaded, its commit publishes those positions to a per-database
 //! board in shared memory and wakes that database's notifier, a background
 //! worker that sends at most one notification per partition every
-//! [`NOTIFY_INTERVAL`], carrying the highest position published: a burst of
-//! committing appends becomes a few notifications, and the last of them is
-//! never lost (the notifier sends whatever is newer than what it sent). Commits
+//! [`NOTIFY_INTERVAL`], carrying the highest position published since its
+//! last round: a burst of committing appends becomes a few notifications, and
+//! the last of them is never lost (the notifier takes what is pending each
+//! round). Commits
 //! never take PostgreSQL's notification lock themselves. The notifier starts
 //! on demand and exits after [`NOTIFIER_IDLE_EXIT`] without work, so it does
 //! not hold its database open. Without preloading, each transaction sends
@@ -43,9 +44,12 @@ struct DatabaseBoard {
     /// The database's OID; 0 while the board is free.
     database: AtomicU32,
     notifier: AtomicI32,
+    /// The running notifier's pid, to tell it from a later user of its PGPROC.
+    notifier_pid: AtomicI32,
     /// When `notifier` became STARTING (PostgreSQL timestamp).
     starting_since: AtomicI64,
-    /// Highest committed position per partition not yet known to be notified.
+    /// Highest committed position per partition since the notifier's last
+    /// round; 0 when nothing is pending.
     pending: [AtomicI64; MAX_PARTITIONS as usize],
 }
 
@@ -72,6 +76,7 @@ pub fn init() {
                 databases: std::array::from_fn(|_| DatabaseBoard {
                     database: AtomicU32::new(0),
                     notifier: AtomicI32::new(NO_NOTIFIER),
+                    notifier_pid: AtomicI32::new(0),
                     starting_since: AtomicI64::new(0),
                     pending: std::array::from_fn(|_| AtomicI64::new(0)),
                 })
@@ -158,32 +163,41 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
         }
     }
     let notifier = board.notifier.load(Ordering::SeqCst);
-    if notifier > 0 {
-        wake(notifier - 1);
+    if notifier > 0 && wake(notifier - 1, board.notifier_pid.load(Ordering::SeqCst)) {
         return;
     }
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let stale_start = notifier == STARTING
-        && now - board.starting_since.load(Ordering::SeqCst) > START_TIMEOUT_MICROS;
-    if (notifier == NO_NOTIFIER
-        && board
+    let take_over = |from: i32| {
+        board
             .notifier
-            .compare_exchange(NO_NOTIFIER, STARTING, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok())
-        || stale_start
-    {
+            .compare_exchange(from, STARTING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    };
+    let start = match notifier {
+        NO_NOTIFIER => take_over(NO_NOTIFIER),
+        // Registered but never ran (the postmaster could not start it).
+        STARTING => now - board.starting_since.load(Ordering::SeqCst) > START_TIMEOUT_MICROS,
+        // Died without stepping down (an error ends a worker): replace it.
+        running => take_over(running),
+    };
+    if start {
         board.starting_since.store(now, Ordering::SeqCst);
         start_notifier(board);
     }
 }
 
-fn wake(pgprocno: i32) {
+/// Sets the notifier's latch; false if that PGPROC no longer runs it.
+fn wake(pgprocno: i32, pid: i32) -> bool {
     // SAFETY: pgprocno indexes ProcGlobal->allProcs; SetLatch on any PGPROC's
     // latch is what PostgreSQL itself does to wake a process.
     unsafe {
         let proc = (*pg_sys::ProcGlobal).allProcs.add(pgprocno as usize);
+        if (*proc).pid != pid {
+            return false;
+        }
         pg_sys::SetLatch(&raw mut (*proc).procLatch);
     }
+    true
 }
 
 fn start_notifier(board: &DatabaseBoard) {
@@ -228,20 +242,22 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     let Some(board) = board(database) else { return };
     let me = unsafe { (*pg_sys::MyProc).pgprocno } + 1;
+    board
+        .notifier_pid
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
     board.notifier.store(me, Ordering::SeqCst);
 
-    let mut sent = vec![0i64; MAX_PARTITIONS as usize];
+    let pending = || board.pending.iter().any(|p| p.load(Ordering::SeqCst) > 0);
     let mut last_work = Instant::now();
     loop {
+        // Take what is pending; commits after this start the next round.
         let news: Vec<(i32, i64)> = board
             .pending
             .iter()
-            .zip(&sent)
             .enumerate()
-            .filter_map(|(p, (pending, &sent))| {
-                let position = pending.load(Ordering::SeqCst);
-                (position > sent).then_some((p as i32, position))
-            })
+            .filter(|(_, p)| p.load(Ordering::SeqCst) > 0)
+            .map(|(partition, p)| (partition as i32, p.swap(0, Ordering::SeqCst)))
+            .filter(|&(_, position)| position > 0)
             .collect();
         if !news.is_empty() {
             BackgroundWorker::transaction(|| {
@@ -249,20 +265,12 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
                     send(partition, position);
                 }
             });
-            for (partition, position) in news {
-                sent[partition as usize] = position;
-            }
             last_work = Instant::now();
         } else if last_work.elapsed() >= NOTIFIER_IDLE_EXIT {
             // Step down, then look once more: a commit that saw us running
             // may have published after our last look.
             board.notifier.store(NO_NOTIFIER, Ordering::SeqCst);
-            let more = board
-                .pending
-                .iter()
-                .zip(&sent)
-                .any(|(p, &s)| p.load(Ordering::SeqCst) > s);
-            if !more
+            if !pending()
                 || board
                     .notifier
                     .compare_exchange(NO_NOTIFIER, me, Ordering::SeqCst, Ordering::SeqCst)

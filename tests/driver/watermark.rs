@@ -545,4 +545,17 @@ fn one_notification_per_partition_per_transaction_after_commit() {
         drain(&mut listener).is_empty(),
         "allsource.notify = off sends nothing"
     );
+
+    // Positions restart with a new extension: notifications follow them.
+    writer
+        .batch_execute(
+            "DROP EXTENSION allsource; CREATE EXTENSION allsource; SELECT allsource.append('n-1', 'T', '{}')",
+        )
+        .unwrap();
+    assert_eq!(
+        drain(&mut listener),
+        vec![format!(
+            r#"{{"partition_id": {partition}, "last_position": 1}}"#
+        )]
+    );
 }
