@@ -160,6 +160,8 @@ DECLARE
 BEGIN
     PERFORM allsource._check_read_all(read_all.after_position, read_all.max_count, read_all.partition_id, allsource.partition_count());
     upto := allsource._watermark_for_read('allsource.read_all');
+    -- Two statements rather than "partition_id IS NULL OR …": PL/pgSQL's generic
+    -- plan can prune partitions only on a plain equality.
     IF read_all.partition_id IS NULL THEN
         RETURN QUERY
             SELECT e.* FROM allsource.events e

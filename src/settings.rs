@@ -45,5 +45,5 @@ pub fn register() {
 
 /// `allsource.max_event_bytes` as a byte count.
 pub fn max_event_bytes() -> usize {
-    MAX_EVENT_BYTES.get().max(1) as usize
+    MAX_EVENT_BYTES.get() as usize
 }

@@ -3,6 +3,7 @@
 //! stuck afterwards. Kills the whole server's sessions, so scripts/test.sh
 //! runs it alone, after the other driver tests.
 
+use crate::watermark::{holder, inflight_count};
 use crate::TestDb;
 use postgres::Client;
 use std::thread;
@@ -26,19 +27,8 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     observer
         .batch_execute("SELECT allsource.append('before', 'T', '{}')")
         .unwrap();
-    let mut victim = db.connect();
-    victim
-        .batch_execute("BEGIN; SELECT allsource.append('lost', 'T', '{}')")
-        .unwrap();
-    let pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let held: i64 = observer
-        .query_one("SELECT count(*) FROM allsource.inflight()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(held, 1);
+    // Holds a slot (holder asserts it) in an open transaction appending to 'held'.
+    let (victim, pid) = holder(&db, &mut observer);
 
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -50,11 +40,11 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     thread::sleep(Duration::from_millis(500));
 
     let mut client = reconnect(&db);
-    let held: i64 = client
-        .query_one("SELECT count(*) FROM allsource.inflight()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(held, 0, "no slot survives the restart");
+    assert_eq!(
+        inflight_count(&mut client),
+        0,
+        "no slot survives the restart"
+    );
     let (mark, last): (i64, i64) = {
         let row = client
             .query_one(
@@ -70,7 +60,7 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     );
     let lost: i64 = client
         .query_one(
-            "SELECT count(*) FROM allsource.read_all() WHERE stream_id = 'lost'",
+            "SELECT count(*) FROM allsource.read_all() WHERE stream_id = 'held'",
             &[],
         )
         .unwrap()

@@ -22,6 +22,12 @@ fn server_url() -> String {
     )
 }
 
+/// A session on `database` of the test server.
+pub fn connect_to(database: &str) -> Client {
+    Client::connect(&format!("{} dbname={database}", server_url()), NoTls)
+        .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
+}
+
 impl TestDb {
     pub fn new(test: &str) -> TestDb {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -31,8 +37,7 @@ impl TestDb {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut admin =
-            Client::connect(&format!("{} dbname=postgres", server_url()), NoTls).unwrap();
+        let mut admin = connect_to("postgres");
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
@@ -48,8 +53,7 @@ impl TestDb {
     }
 
     pub fn connect(&self) -> Client {
-        Client::connect(&format!("{} dbname={}", server_url(), self.name), NoTls)
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
+        connect_to(&self.name)
     }
 }
 

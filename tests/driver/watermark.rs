@@ -1,7 +1,7 @@
 //! The watermark through a real driver: followers never skip or repeat an
 //! event while writers commit out of order, roll back, and die.
 
-use crate::{sqlstate, TestDb};
+use crate::{connect_to, sqlstate, TestDb};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Transaction};
 use rand::rngs::StdRng;
@@ -254,7 +254,7 @@ fn followers_see_every_committed_event_once_in_order() {
     );
 }
 
-fn inflight_count(client: &mut Client) -> i64 {
+pub fn inflight_count(client: &mut Client) -> i64 {
     client
         .query_one("SELECT count(*) FROM allsource.inflight()", &[])
         .unwrap()
@@ -285,7 +285,7 @@ fn wait_until_free(client: &mut Client, what: &str) {
 }
 
 /// A session that appended and is left open: returns it and its pid.
-fn holder(db: &TestDb, observer: &mut Client) -> (Client, i32) {
+pub fn holder(db: &TestDb, observer: &mut Client) -> (Client, i32) {
     let mut client = db.connect();
     client
         .batch_execute("BEGIN; SELECT allsource.append('held', 'T', '{}')")
@@ -461,8 +461,7 @@ fn the_notifier_lets_its_database_be_dropped() {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
-    let url = std::env::var("ALLSOURCE_TEST_URL").unwrap();
-    let mut client = Client::connect(&format!("{url} dbname={name}"), postgres::NoTls).unwrap();
+    let mut client = connect_to(&name);
     client
         .batch_execute("CREATE EXTENSION allsource; SELECT allsource.append('s', 'T', '{}')")
         .unwrap();
