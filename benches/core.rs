@@ -3,8 +3,11 @@
 
 use allsource::batch::parse_batch;
 use allsource::checksum::{checksum, EventFields, GENESIS};
+use allsource::ingest::QueuedEvent;
 use allsource::jsontext::jsonb_text;
 use allsource::partition::partition_for;
+use allsource::ring::HeapRing;
+use allsource::validate::ExpectedVersion;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
 
@@ -73,11 +76,70 @@ fn bench_parse_batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// The ingest queue's ring: one 200-byte event pushed, taken, read and
+/// released (what `enqueue` and a worker do per event), alone and with a
+/// producer and a consumer on two threads.
+fn bench_ring(c: &mut Criterion) {
+    let entry = QueuedEvent {
+        stream_id: "order-1234".into(),
+        expected: ExpectedVersion::Any,
+        enqueued_at: 0,
+        event: allsource::batch::NewEvent {
+            event_type: "OrderPlaced".into(),
+            event_id: None,
+            payload: jsonb_text(&payload_of(200)),
+            metadata: None,
+        },
+    }
+    .encode();
+    let mut group = c.benchmark_group("ring");
+    group.throughput(Throughput::Elements(1));
+    let heap = HeapRing::new(1024);
+    let ring = heap.ring();
+    let mut out = Vec::with_capacity(512);
+    group.bench_function("push_take_release_200B", |b| {
+        b.iter(|| {
+            ring.push(black_box(&entry)).unwrap();
+            let taken = ring.take().unwrap();
+            out.clear();
+            ring.read(taken, &mut out);
+            ring.release(taken);
+        })
+    });
+    const BATCH: u64 = 10_000;
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("two_threads_10k_200B", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..BATCH {
+                        while ring.push(&entry).is_err() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+                let mut out = Vec::with_capacity(512);
+                let mut got = 0;
+                while got < BATCH {
+                    if let Some(taken) = ring.take() {
+                        out.clear();
+                        ring.read(taken, &mut out);
+                        ring.release(taken);
+                        got += 1;
+                    }
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_partition,
     bench_checksum,
     bench_jsonb_text,
-    bench_parse_batch
+    bench_parse_batch,
+    bench_ring
 );
 criterion_main!(benches);

@@ -13,7 +13,8 @@ scripts/setup.sh
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --quiet --all-targets -- -D warnings
+# The driver tests are `test = false` (they need a server), so name them too.
+cargo clippy --quiet --all-targets --test driver -- -D warnings
 
 log "unit tests and #[pg_test]s (PostgreSQL $PG_MAJOR)"
 stop_demo_for_install  # the pgrx test harness installs the extension too
@@ -35,12 +36,17 @@ port=$(free_port $TEST_PORT)
 cluster_start "$DRIVER_DATA" "$port" "max_connections = 200
 max_prepared_transactions = 10
 max_worker_processes = 32
+allsource.database = 'allsource_queue'
 fsync = off"
 trap 'cluster_stop "$DRIVER_DATA"' EXIT
+as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres allsource_queue
 export ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres"
-cargo test --test driver -- --test-threads 2 --skip crash_
-log "driver test that kills a backend (alone: the server restarts every session)"
-cargo test --test driver -- crash_
+export ALLSOURCE_TEST_PGDATA=$DRIVER_DATA ALLSOURCE_TEST_PG_BIN=$PG_BIN
+cargo test --test driver -- --test-threads 2 --skip crash_ --skip queue_
+log "driver tests of the ingest queue (one at a time: they share the workers' database, some restart the server)"
+cargo test --test driver -- --test-threads 1 queue_
+log "driver tests that kill a backend or a worker (alone: the server restarts every session)"
+cargo test --test driver -- --test-threads 1 crash_
 
 log "without shared_preload_libraries"
 PLAIN_DATA=$STATE_DIR/plain-test

@@ -5,8 +5,10 @@
 -- transactions ask for them, which the watermark relies on.
 CREATE SEQUENCE allsource.event_position AS bigint NO CYCLE;
 
+-- Stream ids are identifiers, not prose: byte order (COLLATE "C") makes every
+-- comparison on them a memcmp, in the keys and indexes below.
 CREATE TABLE allsource.streams (
-    stream_id     text        PRIMARY KEY,
+    stream_id     text        COLLATE "C" PRIMARY KEY,
     partition_id  int         NOT NULL,
     version       bigint      NOT NULL DEFAULT 0,
     tenant_id     text,
@@ -21,7 +23,7 @@ CREATE TABLE allsource.streams (
 CREATE TABLE allsource.events (
     position     bigint      NOT NULL,
     partition_id int         NOT NULL,
-    stream_id    text        NOT NULL,
+    stream_id    text        COLLATE "C" NOT NULL,
     version      bigint      NOT NULL,
     event_id     uuid        NOT NULL,
     event_type   text        NOT NULL,

@@ -8,8 +8,12 @@
 pub mod batch;
 pub mod checksum;
 pub mod error;
+pub mod ingest;
 pub mod jsontext;
 pub mod partition;
+pub mod plan;
+pub mod ring;
+pub mod stats;
 pub mod validate;
 pub mod verify;
 pub mod watermark;
@@ -34,6 +38,8 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     sql::watermark::init();
     sql::notify::init();
+    sql::stats::init();
+    sql::ingest::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

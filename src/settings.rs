@@ -2,6 +2,7 @@
 
 use crate::partition::{DEFAULT_PARTITIONS, MAX_PARTITIONS};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
 /// Largest payload plus metadata of one event, in bytes of jsonb text.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
@@ -12,7 +13,62 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Partition count, read by CREATE EXTENSION only (sql/schema.sql).
 static PARTITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_PARTITIONS);
 
+/// The database the ingest workers append in.
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// Ingest workers, one per lane of the queue.
+pub static INGEST_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+/// Shared memory for queued events, in bytes.
+pub static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024 * 1024);
+
+/// Ticket results the server keeps for `await_ticket`.
+pub static TICKET_RESULTS: GucSetting<i32> = GucSetting::<i32>::new(1 << 19);
+
+/// Most queued events a worker appends in one transaction.
+pub static BATCH_MAX: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// How long a worker waits for a batch to fill, in ms.
+pub static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// How long `enqueue` waits for room in a full queue, in ms.
+pub static ENQUEUE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The most ingest workers (lanes) the queue can have.
+pub const MAX_INGEST_WORKERS: i32 = 64;
+
 pub fn register() {
+    GucRegistry::define_int_guc(
+        c"allsource.batch_max",
+        c"Most queued events an ingest worker appends in one transaction.",
+        c"",
+        &BATCH_MAX,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.flush_interval_ms",
+        c"How long an ingest worker waits for a batch to fill before appending it.",
+        c"0 appends what is queued at once; events that arrive meanwhile form the next batch.",
+        &FLUSH_INTERVAL_MS,
+        0,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.enqueue_timeout_ms",
+        c"How long enqueue() waits for room when the queue is full.",
+        c"0 raises SQLSTATE 53400 at once.",
+        &ENQUEUE_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"allsource.max_event_bytes",
         c"Largest event AllSource accepts: payload plus metadata, in bytes of jsonb text.",
@@ -39,6 +95,52 @@ pub fn register() {
         1,
         MAX_PARTITIONS,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    // PostgreSQL accepts server-start settings only from a preloaded library.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        register_server_start_settings();
+    }
+}
+
+/// The ingest queue's shape, fixed when the server starts.
+fn register_server_start_settings() {
+    GucRegistry::define_string_guc(
+        c"allsource.database",
+        c"Database in which the ingest workers append queued events.",
+        c"enqueue() works in this database only. Takes effect at server start.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.ingest_workers",
+        c"Background workers that append queued events; each drains its own lane of the queue.",
+        c"A stream always goes to the same lane, so its queued events are appended in the order they were enqueued. 0 disables the queue. Takes effect at server start.",
+        &INGEST_WORKERS,
+        0,
+        MAX_INGEST_WORKERS,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.queue_size",
+        c"Shared memory for queued events, shared equally by the lanes.",
+        c"Events take 256-byte slots: about 70 bytes plus their ids, type, payload and metadata. Takes effect at server start.",
+        &QUEUE_SIZE,
+        64 * 1024,
+        1024 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.ticket_results",
+        c"How many recent tickets' results the server keeps for await_ticket().",
+        c"32 bytes each in shared memory. An older ticket's result is gone: await_ticket() raises 22023. Takes effect at server start.",
+        &TICKET_RESULTS,
+        1024,
+        1 << 28,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
 }

@@ -824,4 +824,64 @@ mod tests {
             assert_fails(query, code, words);
         }
     }
+
+    #[pg_test]
+    fn enqueue_checks_arguments_first_then_the_database() {
+        let cases = [
+            (
+                "SELECT allsource.enqueue(NULL, 'T', '{}')",
+                "22023",
+                "\"stream_id\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', '', '{}')",
+                "22023",
+                "\"event_type\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', NULL)",
+                "22023",
+                "\"payload\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', '{}', expected_version => -7)",
+                "22023",
+                "\"expected_version\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', to_jsonb(repeat('x', 1100000)))",
+                "54000",
+                "payload",
+            ),
+            // The test database is not allsource.database (postgres): the workers do not append here.
+            (
+                "SELECT allsource.enqueue('s', 'T', '{}')",
+                "55000",
+                "\"postgres\"",
+            ),
+            (
+                "SELECT * FROM allsource.await_ticket(1)",
+                "55000",
+                "\"postgres\"",
+            ),
+        ];
+        for (query, code, words) in cases {
+            assert_fails(query, code, words);
+        }
+    }
+
+    #[pg_test]
+    fn stats_count_conflicts_as_they_happen() {
+        let conflicts = || one::<i64>("SELECT conflicts FROM allsource.stats()");
+        let before = conflicts();
+        assert_fails(
+            "SELECT allsource.append('stats-conflict', 'T', '{}', expected_version => 5)",
+            "ZA001",
+            "stats-conflict",
+        );
+        // Other tests run at the same time and may conflict too.
+        assert!(conflicts() > before);
+        let workers: i64 = one("SELECT count(*) FROM allsource.ingest_workers()");
+        assert_eq!(workers, 1, "allsource.ingest_workers defaults to 1");
+    }
 }

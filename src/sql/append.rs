@@ -1,18 +1,22 @@
-//! `allsource.append` and `allsource.append_batch`: one code path for both.
+//! `allsource.append` and `allsource.append_batch`, and the path they share
+//! with the ingest workers.
 //!
 //! The stream row is the lock. Under it: the idempotency check, the expected
-//! version, positions from the sequence, the chained checksums, one
-//! multi-row insert, and the stream row's new version and last checksum.
+//! version ([`crate::plan`] decides both), positions from the sequence, one
+//! multi-row insert for every stream, and the stream rows' new versions and
+//! last checksums.
 //! Versions are gapless because only the lock holder advances them and a
 //! rollback undoes them.
 
-use crate::batch::{parse_batch, replay_of, Appended, NewEvent, StoredEvent};
-use crate::checksum::{self, EventFields, CHECKSUM_LEN, GENESIS};
+use crate::batch::{parse_batch, Appended, NewEvent, StoredEvent};
+use crate::checksum::{self, GENESIS};
 use crate::error::{Error, Result};
 use crate::jsontext::jsonb_text;
+use crate::plan::{self, Head, Refused, Request, Row};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::raise::or_raise;
+use crate::sql::stats::{self, Call};
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
@@ -21,6 +25,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{JsonB, PgOid, Uuid};
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Appends one event to a stream; returns its version and global position.
 #[pg_extern]
@@ -32,22 +37,13 @@ fn append(
     expected_version: default!(Option<i64>, "NULL"),
     event_id: default!(Option<Uuid>, "NULL"),
 ) -> TableIterator<'static, (name!(version, i64), name!(position, i64))> {
+    let started = Instant::now();
     let result = (|| {
-        let stream_id = validate::name("stream_id", stream_id)?;
-        let event_type = validate::name("event_type", event_type)?.to_string();
-        let payload = jsonb_text(&validate::required("payload", payload)?.0);
-        let metadata = metadata.map(|m| jsonb_text(&m.0));
+        let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        let event = NewEvent {
-            event_type,
-            event_id: event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes())),
-            payload,
-            metadata,
-        };
-        validate::event_size("payload", event.size(), settings::max_event_bytes())?;
-        append_events(stream_id, &[event], expected)
+        append_one(stream_id, &[event], expected)
     })();
-    let appended = or_raise(result);
+    let appended = or_raise(stats::direct_append(result, Call::Append, started));
     TableIterator::once((appended.first_version, appended.first_position))
 }
 
@@ -66,6 +62,7 @@ fn append_batch(
         name!(last_position, i64),
     ),
 > {
+    let started = Instant::now();
     let result = (|| {
         let stream_id = validate::name("stream_id", stream_id)?;
         let events = parse_batch(
@@ -73,9 +70,9 @@ fn append_batch(
             settings::max_event_bytes(),
         )?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        append_events(stream_id, &events, expected)
+        append_one(stream_id, &events, expected)
     })();
-    let a = or_raise(result);
+    let a = or_raise(stats::direct_append(result, Call::AppendBatch, started));
     TableIterator::once((
         a.first_version,
         a.last_version,
@@ -84,66 +81,80 @@ fn append_batch(
     ))
 }
 
-/// The stream row, locked for this transaction.
-struct StreamHead {
-    partition_id: i32,
-    version: i64,
-    last_checksum: [u8; CHECKSUM_LEN],
-    deleted: bool,
+/// Checks the arguments that describe one event (`append` and `enqueue`).
+pub(crate) fn new_event<'a>(
+    stream_id: Option<&'a str>,
+    event_type: Option<&str>,
+    payload: Option<JsonB>,
+    metadata: Option<JsonB>,
+    event_id: Option<Uuid>,
+) -> Result<(&'a str, NewEvent)> {
+    let stream_id = validate::name("stream_id", stream_id)?;
+    let event_type = validate::name("event_type", event_type)?.to_string();
+    let payload = jsonb_text(&validate::required("payload", payload)?.0);
+    let metadata = metadata.map(|m| jsonb_text(&m.0));
+    let event = NewEvent {
+        event_type,
+        event_id: event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes())),
+        payload,
+        metadata,
+    };
+    validate::event_size("payload", event.size(), settings::max_event_bytes())?;
+    Ok((stream_id, event))
 }
 
-/// Appends `events` (at least one) to `stream_id` inside the caller's transaction.
-fn append_events(
-    stream_id: &str,
-    events: &[NewEvent],
-    expected: ExpectedVersion,
-) -> Result<Appended> {
+fn append_one(stream_id: &str, events: &[NewEvent], expected: ExpectedVersion) -> Result<Appended> {
+    let request = Request {
+        stream_id,
+        events,
+        expected,
+    };
+    append_requests(&[request])?
+        .pop()
+        .expect("one result per request")
+        .map_err(|refused| refused.error)
+}
+
+/// Appends each request in the caller's transaction: the one path of
+/// `append`, `append_batch` and the ingest workers. Requests are decided
+/// before anything is written, so each fails alone; one result per request.
+///
+/// The outer error means the transaction wrote rows it must not keep (an
+/// event id registered by a concurrent transaction): raise it.
+pub(crate) fn append_requests(
+    requests: &[Request],
+) -> Result<Vec<std::result::Result<Appended, Refused>>> {
     let _writing = WriteGuard::new();
     Spi::connect_mut(|client| {
         let plans = plans(client);
-        let head = lock_stream(client, plans, stream_id);
-        if head.deleted {
-            return Err(Error::stream_deleted(stream_id));
-        }
-        if let Some(original) = replay_of(stream_id, events, stored_events(client, plans, events))?
-        {
-            return Ok(original);
-        }
-        expected.check(stream_id, head.version)?;
-
-        watermark::before_taking_positions();
-        let positions = take_positions(client, plans, events.len());
+        let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let (heads, row_ids) = lock_streams(client, plans, &streams);
+        let stored = stored_events(client, plans, requests.iter().flat_map(|r| r.events));
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {
             pg_sys::GetCurrentTransactionStartTimestamp()
         });
-        let mut rows = EventRows::with_capacity(events.len());
-        let mut previous = head.last_checksum;
-        for (offset, (event, &position)) in events.iter().zip(&positions).enumerate() {
-            let version = head.version + 1 + offset as i64;
-            let event_id = event.event_id.unwrap_or_else(uuid::Uuid::new_v4);
-            previous = checksum::checksum(
-                &EventFields {
-                    stream_id,
-                    version,
-                    event_type: &event.event_type,
-                    event_id: *event_id.as_bytes(),
-                    payload: &event.payload,
-                    metadata: event.metadata.as_deref(),
-                    created_at_unix_micros: created_at,
-                },
-                &previous,
-            );
-            rows.push(position, version, event_id, event, previous);
+        // Time-ordered ids: new ones land at the right edge of event_ids' index.
+        let plan = plan::plan(requests, heads, stored, created_at, uuid::Uuid::now_v7);
+        if plan.rows.is_empty() {
+            return Ok(plan.results(&[]));
         }
 
+        watermark::before_taking_positions();
+        let positions = take_positions(client, plans, plan.rows.len());
+        let mut rows = EventRows::with_capacity(plan.rows.len());
+        for (row, &position) in plan.rows.iter().zip(&positions) {
+            rows.push(position, row);
+        }
         let registered = spi(client.update(
             &plans.insert_events,
             None,
             &[
-                head.partition_id.into(),
-                stream_id.into(),
                 rows.positions.into(),
+                rows.partition_ids.into(),
+                rows.stream_ids.into(),
                 rows.versions.into(),
                 rows.event_ids.into(),
                 rows.event_types.into(),
@@ -152,36 +163,37 @@ fn append_events(
                 rows.checksums.into(),
             ],
         ));
-        if registered.len() != events.len() {
+        if registered.len() != plan.rows.len() {
             return Err(Error::event_id_reused(
                 "of this append",
                 "another transaction appended an event with the same id at the same time",
             ));
         }
+        for (row, &position) in plan.rows.iter().zip(&positions) {
+            notify::appended(row.partition_id, position);
+        }
 
-        notify::appended(head.partition_id, positions[positions.len() - 1]);
-        let last_version = head.version + events.len() as i64;
+        let (mut ids, mut versions, mut checksums) = (Vec::new(), Vec::new(), Vec::new());
+        for (stream_id, head) in plan.touched_heads() {
+            ids.push(row_ids[stream_id].clone());
+            versions.push(head.version);
+            checksums.push(head.last_checksum.to_vec());
+        }
         spi(client.update(
-            &plans.update_stream,
+            &plans.update_streams,
             None,
-            &[
-                stream_id.into(),
-                last_version.into(),
-                previous.to_vec().into(),
-            ],
+            &[ids.into(), versions.into(), checksums.into()],
         ));
-        Ok(Appended {
-            first_version: head.version + 1,
-            last_version,
-            first_position: positions[0],
-            last_position: positions[positions.len() - 1],
-        })
+        stats::appended_in_transaction(plan.rows.len() as u64);
+        Ok(plan.results(&positions))
     })
 }
 
 /// Column arrays for the multi-row insert.
 struct EventRows {
     positions: Vec<i64>,
+    partition_ids: Vec<i32>,
+    stream_ids: Vec<String>,
     versions: Vec<i64>,
     event_ids: Vec<Uuid>,
     event_types: Vec<String>,
@@ -194,6 +206,8 @@ impl EventRows {
     fn with_capacity(n: usize) -> Self {
         EventRows {
             positions: Vec::with_capacity(n),
+            partition_ids: Vec::with_capacity(n),
+            stream_ids: Vec::with_capacity(n),
             versions: Vec::with_capacity(n),
             event_ids: Vec::with_capacity(n),
             event_types: Vec::with_capacity(n),
@@ -203,52 +217,70 @@ impl EventRows {
         }
     }
 
-    fn push(
-        &mut self,
-        position: i64,
-        version: i64,
-        id: uuid::Uuid,
-        event: &NewEvent,
-        checksum: [u8; CHECKSUM_LEN],
-    ) {
+    fn push(&mut self, position: i64, row: &Row) {
         self.positions.push(position);
-        self.versions.push(version);
-        self.event_ids.push(Uuid::from_bytes(*id.as_bytes()));
-        self.event_types.push(event.event_type.clone());
-        self.payloads.push(event.payload.clone());
-        self.metadata.push(event.metadata.clone());
-        self.checksums.push(checksum.to_vec());
+        self.partition_ids.push(row.partition_id);
+        self.stream_ids.push(row.stream_id.to_string());
+        self.versions.push(row.version);
+        self.event_ids
+            .push(Uuid::from_bytes(*row.event_id.as_bytes()));
+        self.event_types.push(row.event.event_type.clone());
+        self.payloads.push(row.event.payload.clone());
+        self.metadata.push(row.event.metadata.clone());
+        self.checksums.push(row.checksum.to_vec());
     }
 }
 
-/// Locks the stream row, creating it (version 0) on first use. A concurrent
-/// creator makes our insert a no-op after it commits; then the row is there
-/// to lock.
-fn lock_stream(client: &mut SpiClient, plans: &Plans, stream_id: &str) -> StreamHead {
+/// Locks the rows of `streams` (sorted, so that concurrent batches lock in
+/// the same order), creating missing ones (version 0). A concurrent creator
+/// makes our insert a no-op after it commits; then the row is there to lock.
+/// Also returns each locked row's `ctid`: the final update finds the rows by
+/// it, without a second index lookup (no one else can move a row we locked).
+fn lock_streams<'a>(
+    client: &mut SpiClient,
+    plans: &Plans,
+    streams: &[&'a str],
+) -> (HashMap<&'a str, Head>, HashMap<&'a str, String>) {
+    let mut heads = HashMap::with_capacity(streams.len());
+    let mut row_ids = HashMap::with_capacity(streams.len());
     loop {
-        for plan in [&plans.lock_stream, &plans.create_stream] {
-            let table = spi(client.update(plan, None, &[stream_id.into()]));
-            if let Some(row) = table.into_iter().next() {
-                let checksum: Option<Vec<u8>> = spi(row.get(3));
-                return StreamHead {
-                    partition_id: spi(row.get(1)).expect("partition_id is NOT NULL"),
-                    version: spi(row.get(2)).expect("version is NOT NULL"),
-                    last_checksum: checksum.and_then(|c| c.try_into().ok()).unwrap_or(GENESIS),
-                    deleted: spi(row.get(4)).expect("deleted is computed"),
-                };
+        for plan in [&plans.lock_streams, &plans.create_streams] {
+            let missing: Vec<&str> = streams
+                .iter()
+                .copied()
+                .filter(|s| !heads.contains_key(s))
+                .collect();
+            if missing.is_empty() {
+                return (heads, row_ids);
+            }
+            for row in spi(client.update(plan, None, &[missing.into()])) {
+                let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
+                let checksum: Option<Vec<u8>> = spi(row.get(4));
+                let key = streams[streams
+                    .binary_search(&stream_id.as_str())
+                    .expect("only asked-for streams come back")];
+                heads.insert(
+                    key,
+                    Head {
+                        partition_id: spi(row.get(2)).expect("partition_id is NOT NULL"),
+                        version: spi(row.get(3)).expect("version is NOT NULL"),
+                        last_checksum: checksum.and_then(|c| c.try_into().ok()).unwrap_or(GENESIS),
+                        deleted: spi(row.get(5)).expect("deleted is computed"),
+                    },
+                );
+                row_ids.insert(key, spi(row.get(6)).expect("ctid is never NULL"));
             }
         }
     }
 }
 
 /// Looks up the events among `events` whose ids are already stored.
-fn stored_events(
+fn stored_events<'e>(
     client: &SpiClient,
     plans: &Plans,
-    events: &[NewEvent],
+    events: impl Iterator<Item = &'e NewEvent>,
 ) -> impl Fn(&uuid::Uuid) -> Option<StoredEvent> {
     let ids: Vec<Uuid> = events
-        .iter()
         .filter_map(|e| e.event_id)
         .map(|id| Uuid::from_bytes(*id.as_bytes()))
         .collect();
@@ -284,15 +316,16 @@ fn take_positions(client: &SpiClient, plans: &Plans, count: usize) -> Vec<i64> {
 
 /// SPI statements, prepared once per backend.
 struct Plans {
-    lock_stream: OwnedPreparedStatement,
-    create_stream: OwnedPreparedStatement,
+    lock_streams: OwnedPreparedStatement,
+    create_streams: OwnedPreparedStatement,
     find_events: OwnedPreparedStatement,
     take_positions: OwnedPreparedStatement,
     insert_events: OwnedPreparedStatement,
-    update_stream: OwnedPreparedStatement,
+    update_streams: OwnedPreparedStatement,
 }
 
-const STREAM_HEAD: &str = "partition_id, version, last_checksum, deleted_at IS NOT NULL";
+const STREAM_HEAD: &str =
+    "stream_id, partition_id, version, last_checksum, deleted_at IS NOT NULL, ctid::text";
 
 thread_local! {
     static PLANS: OnceCell<&'static Plans> = const { OnceCell::new() };
@@ -306,17 +339,21 @@ impl Plans {
     fn prepare(client: &SpiClient) -> Plans {
         let prepare = |sql: &str, args: &[PgOid]| spi(client.prepare_mut(sql, args)).keep();
         Plans {
-            lock_stream: prepare(
-                &format!("SELECT {STREAM_HEAD} FROM allsource.streams WHERE stream_id = $1 FOR UPDATE"),
-                &[oid::<String>()],
+            lock_streams: prepare(
+                &format!(
+                    "SELECT {STREAM_HEAD} FROM allsource.streams WHERE stream_id = ANY ($1) \
+                     ORDER BY stream_id FOR UPDATE"
+                ),
+                &[oid::<Vec<String>>()],
             ),
-            create_stream: prepare(
+            create_streams: prepare(
                 &format!(
                     "INSERT INTO allsource.streams (stream_id, partition_id) \
-                     VALUES ($1, allsource.partition_for($1, allsource.partition_count())) \
+                     SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())) \
+                     FROM unnest($1::text[]) AS id ORDER BY id \
                      ON CONFLICT (stream_id) DO NOTHING RETURNING {STREAM_HEAD}"
                 ),
-                &[oid::<String>()],
+                &[oid::<Vec<String>>()],
             ),
             find_events: prepare(
                 "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text \
@@ -333,18 +370,19 @@ impl Plans {
                 "WITH inserted AS ( \
                    INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, \
                                                  event_type, payload, metadata, created_at, checksum) \
-                   SELECT u.position, $1, $2, u.version, u.event_id, u.event_type, \
+                   SELECT u.position, u.partition_id, u.stream_id, u.version, u.event_id, u.event_type, \
                           u.payload::jsonb, u.metadata::jsonb, now(), u.checksum \
-                   FROM unnest($3, $4, $5, $6, $7, $8, $9) \
-                        AS u(position, version, event_id, event_type, payload, metadata, checksum) \
-                   RETURNING event_id, position) \
+                   FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                        AS u(position, partition_id, stream_id, version, event_id, event_type, \
+                             payload, metadata, checksum) \
+                   RETURNING event_id, partition_id, position) \
                  INSERT INTO allsource.event_ids (event_id, partition_id, position) \
-                 SELECT event_id, $1, position FROM inserted \
+                 SELECT event_id, partition_id, position FROM inserted \
                  ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                 &[
-                    oid::<i32>(),
-                    oid::<String>(),
                     oid::<Vec<i64>>(),
+                    oid::<Vec<i32>>(),
+                    oid::<Vec<String>>(),
                     oid::<Vec<i64>>(),
                     oid::<Vec<Uuid>>(),
                     oid::<Vec<String>>(),
@@ -353,10 +391,12 @@ impl Plans {
                     oid::<Vec<Vec<u8>>>(),
                 ],
             ),
-            update_stream: prepare(
-                "UPDATE allsource.streams SET version = $2, last_checksum = $3, updated_at = now() \
-                 WHERE stream_id = $1",
-                &[oid::<String>(), oid::<i64>(), oid::<Vec<u8>>()],
+            update_streams: prepare(
+                "UPDATE allsource.streams s \
+                 SET version = u.version, last_checksum = u.last_checksum, updated_at = now() \
+                 FROM unnest($1::tid[], $2::bigint[], $3::bytea[]) AS u(row_id, version, last_checksum) \
+                 WHERE s.ctid = ANY ($1::tid[]) AND s.ctid = u.row_id",
+                &[oid::<Vec<String>>(), oid::<Vec<i64>>(), oid::<Vec<Vec<u8>>>()],
             ),
         }
     }

@@ -4,12 +4,15 @@
 mod append;
 mod checks;
 mod guard;
+pub mod ingest;
 pub mod notify;
 mod partition;
 mod raise;
+pub mod stats;
 mod verify;
 pub mod watermark;
 
+use pgrx::pg_sys;
 use pgrx::spi::SpiResult;
 use pgrx::{IntoDatum, PgOid};
 
@@ -21,4 +24,23 @@ fn spi<T>(result: SpiResult<T>) -> T {
 /// The type OID of a Rust type, for preparing statements.
 fn oid<T: IntoDatum>() -> PgOid {
     PgOid::from(T::type_oid())
+}
+
+/// Sets the latch of the process at `pgprocno`; with `pid`, only if that
+/// PGPROC still belongs to it (returns false otherwise).
+fn wake(pgprocno: i32, pid: Option<i32>) -> bool {
+    // SAFETY: pgprocno indexes ProcGlobal->allProcs; SetLatch on any PGPROC's
+    // latch is what PostgreSQL itself does to wake a process.
+    unsafe {
+        let count = (*pg_sys::ProcGlobal).allProcCount as i32;
+        if !(0..count).contains(&pgprocno) {
+            return false;
+        }
+        let proc = (*pg_sys::ProcGlobal).allProcs.add(pgprocno as usize);
+        if pid.is_some_and(|pid| (*proc).pid != pid) {
+            return false;
+        }
+        pg_sys::SetLatch(&raw mut (*proc).procLatch);
+    }
+    true
 }

@@ -14,6 +14,7 @@
 //! its own notifications at commit instead.
 
 use crate::partition::MAX_PARTITIONS;
+use crate::sql::wake;
 use crate::sql::watermark::PRELOADED;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -163,7 +164,12 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
         }
     }
     let notifier = board.notifier.load(Ordering::SeqCst);
-    if notifier > 0 && wake(notifier - 1, board.notifier_pid.load(Ordering::SeqCst)) {
+    if notifier > 0
+        && wake(
+            notifier - 1,
+            Some(board.notifier_pid.load(Ordering::SeqCst)),
+        )
+    {
         return;
     }
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -184,20 +190,6 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
         board.starting_since.store(now, Ordering::SeqCst);
         start_notifier(board);
     }
-}
-
-/// Sets the notifier's latch; false if that PGPROC no longer runs it.
-fn wake(pgprocno: i32, pid: i32) -> bool {
-    // SAFETY: pgprocno indexes ProcGlobal->allProcs; SetLatch on any PGPROC's
-    // latch is what PostgreSQL itself does to wake a process.
-    unsafe {
-        let proc = (*pg_sys::ProcGlobal).allProcs.add(pgprocno as usize);
-        if (*proc).pid != pid {
-            return false;
-        }
-        pg_sys::SetLatch(&raw mut (*proc).procLatch);
-    }
-    true
 }
 
 fn start_notifier(board: &DatabaseBoard) {

@@ -23,6 +23,11 @@ fn make_sqlstate(code: &str) -> c_int {
     })
 }
 
+/// The five characters of a packed SQLSTATE (PostgreSQL's `unpack_sql_state`).
+pub fn unpack_sqlstate(code: c_int) -> [u8; 5] {
+    std::array::from_fn(|i| ((code >> (6 * i)) & 0x3F) as u8 + b'0')
+}
+
 fn c_text(text: &str) -> CString {
     CString::new(text.replace('\0', "\\0")).expect("NUL bytes were replaced")
 }
@@ -81,5 +86,11 @@ mod tests {
             make_sqlstate("42501"),
             pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32
         );
+        for code in ["ZA001", "40P01", "XX000", "53400"] {
+            assert_eq!(
+                &super::unpack_sqlstate(make_sqlstate(code)),
+                code.as_bytes()
+            );
+        }
     }
 }

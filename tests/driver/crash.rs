@@ -4,21 +4,9 @@
 //! runs it alone, after the other driver tests.
 
 use crate::watermark::{holder, inflight_count};
-use crate::TestDb;
-use postgres::Client;
+use crate::{reconnect_to, TestDb};
 use std::thread;
-use std::time::{Duration, Instant};
-
-fn reconnect(db: &TestDb) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match std::panic::catch_unwind(|| db.connect()) {
-            Ok(client) => return client,
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
@@ -39,7 +27,7 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     drop(observer);
     thread::sleep(Duration::from_millis(500));
 
-    let mut client = reconnect(&db);
+    let mut client = reconnect_to(db.name());
     assert_eq!(
         inflight_count(&mut client),
         0,
@@ -74,4 +62,98 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
         .unwrap()
         .get(0);
     assert!(after > mark, "appends continue above the watermark");
+}
+
+#[test]
+fn crash_kill_9_of_an_ingest_worker_mid_batch_loses_no_committed_ticket() {
+    use crate::queue::{await_ticket, fresh_queue_db, queue_session, try_await_ticket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use uuid::Uuid;
+
+    let mut admin = fresh_queue_db();
+    let crashed = Arc::new(AtomicBool::new(false));
+    // Sessions keep the worker busy: ten events in flight each, then their results.
+    let sessions: Vec<_> = (0..16)
+        .map(|s| {
+            let crashed = crashed.clone();
+            thread::spawn(move || {
+                let mut client = queue_session();
+                let mut committed = Vec::new();
+                'run: while !crashed.load(Ordering::SeqCst) {
+                    let mut in_flight = Vec::new();
+                    for i in 0..10 {
+                        let id = Uuid::new_v4();
+                        match client.query_one(
+                            "SELECT allsource.enqueue($1, 'T', '{\"n\": 1}', event_id => $2)",
+                            &[&format!("kill-{s}-{}", i % 3), &id],
+                        ) {
+                            Ok(row) => in_flight.push((id, row.get::<_, i64>(0))),
+                            Err(_) => break 'run,
+                        }
+                    }
+                    for (id, ticket) in in_flight {
+                        match try_await_ticket(&mut client, ticket, 30_000) {
+                            Ok(outcome) if outcome.status == "committed" => committed.push(id),
+                            Ok(outcome) => panic!("unexpected {outcome:?}"),
+                            Err(_) => break 'run, // the connection died with the server
+                        }
+                    }
+                }
+                committed
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let worker: i32 = admin
+        .query_one(
+            "SELECT pid FROM allsource.ingest_workers() WHERE worker = 0",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &worker.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {worker}");
+    crashed.store(true, Ordering::SeqCst);
+    let committed: Vec<Uuid> = sessions
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    drop(admin);
+    assert!(
+        !committed.is_empty(),
+        "the worker committed before it was killed"
+    );
+
+    let mut client = queue_session();
+    let stored: std::collections::HashSet<Uuid> = client
+        .query("SELECT event_id FROM allsource.events", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing = committed.iter().filter(|id| !stored.contains(id)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} committed tickets missing after the crash",
+        committed.len()
+    );
+    let problems: i64 = client
+        .query_one("SELECT count(*) FROM allsource.verify_all()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(problems, 0);
+    // A new worker runs after the restart.
+    let ticket: i64 = client
+        .query_one("SELECT allsource.enqueue('after-kill', 'T', '{}')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        await_ticket(&mut client, ticket, 30_000).status,
+        "committed"
+    );
 }

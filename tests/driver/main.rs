@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod crash;
 mod integrity;
+mod queue;
 mod watermark;
 
 use postgres::{Client, NoTls};
@@ -24,8 +25,25 @@ fn server_url() -> String {
 
 /// A session on `database` of the test server.
 pub fn connect_to(database: &str) -> Client {
+    try_connect_to(database).unwrap_or_else(|e| panic!("connect to {database}: {e}"))
+}
+
+pub fn try_connect_to(database: &str) -> Result<Client, postgres::Error> {
     Client::connect(&format!("{} dbname={database}", server_url()), NoTls)
-        .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
+}
+
+/// A session on `database`, retried for a minute while the server restarts.
+pub fn reconnect_to(database: &str) -> Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match try_connect_to(database) {
+            Ok(client) => return client,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Err(e) => panic!("connect to {database}: {e}"),
+        }
+    }
 }
 
 impl TestDb {
@@ -75,4 +93,43 @@ pub fn sqlstate(error: &postgres::Error) -> String {
         .code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| panic!("not a server error: {error}"))
+}
+
+/// Restarts the test server (fast shutdown) and waits until it accepts
+/// connections. scripts/test.sh says where it is.
+pub fn restart_server() {
+    let data = std::env::var("ALLSOURCE_TEST_PGDATA").expect("ALLSOURCE_TEST_PGDATA is not set");
+    let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
+    let pg_ctl = format!("{bin}/pg_ctl");
+    let log = format!("{data}/server.log");
+    let args = [
+        "--pgdata",
+        &data,
+        "--log",
+        &log,
+        "--mode=fast",
+        "--wait",
+        "restart",
+    ];
+    // PostgreSQL runs as postgres; root switches to it.
+    let as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let mut command = if as_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &pg_ctl]);
+        c
+    } else {
+        std::process::Command::new(&pg_ctl)
+    };
+    let status = command
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
 }

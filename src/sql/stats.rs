@@ -1,0 +1,199 @@
+//! `allsource.stats()` and `stats_reset()`: the counters of [`crate::stats`]
+//! in shared memory. Appends count when their transaction commits; conflicts
+//! and rejections when they happen.
+
+use crate::batch::Appended;
+use crate::error::{sqlstate, Error, Result};
+use crate::sql::ingest;
+use crate::sql::raise::or_raise;
+use crate::sql::watermark::{require_preloaded, PRELOADED};
+use crate::stats::Counters;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+// SAFETY: plain atomics, no pointers.
+unsafe impl PGRXSharedMemory for Counters {}
+
+static COUNTERS: PgAtomic<Counters> = unsafe { PgAtomic::new(c"allsource_stats") };
+
+/// Counts of this transaction, published when it commits.
+#[derive(Clone, Copy, Default)]
+struct Uncommitted {
+    events: u64,
+    appends: u64,
+    batches: u64,
+}
+
+thread_local! {
+    static UNCOMMITTED: Cell<Uncommitted> = const { Cell::new(Uncommitted { events: 0, appends: 0, batches: 0 }) };
+}
+
+/// From `_PG_init`.
+pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(
+            COUNTERS = {
+                let counters = Counters::default();
+                counters.reset(unsafe { pg_sys::GetCurrentTimestamp() });
+                counters
+            }
+        );
+    }
+    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+}
+
+/// The counters, when preloaded.
+pub fn counters() -> Option<&'static Counters> {
+    PRELOADED.load(Ordering::Relaxed).then(|| COUNTERS.get())
+}
+
+fn add(counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+    if let Some(counters) = counters() {
+        Counters::add(counter(counters), n);
+    }
+}
+
+/// Which SQL function appended.
+#[derive(Clone, Copy)]
+pub enum Call {
+    Append,
+    AppendBatch,
+}
+
+/// Records an `append` or `append_batch` call that took since `started`.
+pub fn direct_append(result: Result<Appended>, call: Call, started: Instant) -> Result<Appended> {
+    if let Some(counters) = counters() {
+        counters
+            .append_latency
+            .record(started.elapsed().as_micros() as u64);
+    }
+    match &result {
+        Ok(_) => UNCOMMITTED.with(|u| {
+            let mut counts = u.get();
+            match call {
+                Call::Append => counts.appends += 1,
+                Call::AppendBatch => counts.batches += 1,
+            }
+            u.set(counts);
+        }),
+        Err(error) => refused(error),
+    }
+    result
+}
+
+/// Counts an append refused by the store's rules (not a bad argument).
+pub fn refused(error: &Error) {
+    match error.sqlstate {
+        sqlstate::WRONG_EXPECTED_VERSION => add(|c| &c.conflicts, 1),
+        sqlstate::STREAM_DELETED | sqlstate::EVENT_ID_REUSED => add(|c| &c.rejects, 1),
+        _ => {}
+    }
+}
+
+/// Counts a worker's rejection that is not one of the store's rules.
+pub fn worker_rejected() {
+    add(|c| &c.rejects, 1);
+}
+
+/// Counts `events` rows written by the current transaction.
+pub fn appended_in_transaction(events: u64) {
+    UNCOMMITTED.with(|u| {
+        let mut counts = u.get();
+        counts.events += events;
+        u.set(counts);
+    });
+}
+
+pub fn enqueued() {
+    add(|c| &c.enqueued, 1);
+}
+
+pub fn worker_committed() {
+    add(|c| &c.worker_commits, 1);
+}
+
+pub fn ticket_finished(micros: u64) {
+    if let Some(counters) = counters() {
+        counters.ticket_latency.record(micros);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            let counts = UNCOMMITTED.with(|u| u.take());
+            if counts.events > 0 || counts.appends > 0 || counts.batches > 0 {
+                add(|c| &c.events_appended, counts.events);
+                add(|c| &c.appends, counts.appends);
+                add(|c| &c.batches, counts.batches);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            UNCOMMITTED.with(|u| u.take());
+        }
+        _ => {}
+    }
+}
+
+/// Counters since the last reset, the queue's depth and the workers running.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn stats() -> TableIterator<
+    'static,
+    (
+        name!(events_appended, i64),
+        name!(appends, i64),
+        name!(batches, i64),
+        name!(enqueued, i64),
+        name!(conflicts, i64),
+        name!(rejects, i64),
+        name!(queue_depth, i64),
+        name!(worker_commits, i64),
+        name!(workers_running, i32),
+        name!(append_p50_us, Option<i64>),
+        name!(append_p99_us, Option<i64>),
+        name!(ticket_p50_us, Option<i64>),
+        name!(ticket_p99_us, Option<i64>),
+        name!(since, TimestampWithTimeZone),
+    ),
+> {
+    or_raise(require_preloaded("allsource.stats()"));
+    let c = COUNTERS.get();
+    let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as i64;
+    let since = TimestampWithTimeZone::try_from(c.since.load(Ordering::Relaxed))
+        .expect("a valid timestamp");
+    TableIterator::once((
+        n(&c.events_appended),
+        n(&c.appends),
+        n(&c.batches),
+        n(&c.enqueued),
+        n(&c.conflicts),
+        n(&c.rejects),
+        ingest::queued_events() as i64,
+        n(&c.worker_commits),
+        ingest::workers_running() as i32,
+        c.append_latency.quantile(0.5).map(|v| v as i64),
+        c.append_latency.quantile(0.99).map(|v| v as i64),
+        c.ticket_latency.quantile(0.5).map(|v| v as i64),
+        c.ticket_latency.quantile(0.99).map(|v| v as i64),
+        since,
+    ))
+}
+
+/// Sets every counter and histogram of `stats()` to zero.
+#[pg_extern(volatile, parallel_unsafe)]
+fn stats_reset() {
+    or_raise(require_preloaded("allsource.stats_reset()"));
+    COUNTERS
+        .get()
+        .reset(unsafe { pg_sys::GetCurrentTimestamp() });
+}
