@@ -23,7 +23,9 @@ rm -rf "$DATA"
 port=$(free_port 25462)
 cluster_start "$DATA" "$port" "max_connections = 300
 shared_buffers = 1GB
-max_wal_size = 4GB"
+max_wal_size = 4GB
+# Pipelined clients keep up to 6,400 events in flight: a full queue makes them wait, not fail.
+allsource.enqueue_timeout_ms = 30000"
 trap 'cluster_stop "$DATA"' EXIT
 psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port="$port" --username=postgres --dbname=postgres)
 "${psql[@]}" -c "CREATE EXTENSION allsource;
@@ -70,9 +72,11 @@ modes=(
 )
 
 run_mode() { # script clients -> transactions per second
-    pgbench --host=localhost --port="$port" --username=postgres --no-vacuum --jobs=2 \
-        --client="$2" --time="$seconds" --file="$DATA/scripts/$1.sql" postgres 2>&1 |
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+    local output
+    output=$(pgbench --host=localhost --port="$port" --username=postgres --no-vacuum --jobs=2 \
+        --client="$2" --time="$seconds" --file="$DATA/scripts/$1.sql" postgres 2>&1) ||
+        { echo "pgbench $1 with $2 clients failed:" >&2; echo "$output" | tail -20 >&2; return 1; }
+    echo "$output" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
 results=$DATA/results.txt
@@ -103,7 +107,7 @@ done
 run_rounds "" "${modes[@]}"
 log "again with allsource.ingest_workers = 2"
 "${psql[@]}" -c "ALTER SYSTEM SET allsource.ingest_workers = 2" >/dev/null
-as_pg "$PG_BIN/pg_ctl" --pgdata="$DATA" --mode=fast --wait restart >/dev/null
+as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" --pgdata="$DATA" --log="$DATA/server.log" --mode=fast --wait restart >/dev/null
 run_rounds "/2w" "${modes[2]}" "${modes[4]}" "${modes[6]}"
 
 median() { grep "^$1 " "$results" | awk '{ print $2 }' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

@@ -13,8 +13,9 @@ scripts/setup.sh
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
-# The driver tests are `test = false` (they need a server), so name them too.
-cargo clippy --quiet --all-targets --test driver -- -D warnings
+cargo clippy --quiet --all-targets -- -D warnings
+# The driver tests are `test = false` (they need a server): --all-targets skips them.
+cargo clippy --quiet --test driver -- -D warnings
 
 log "unit tests and #[pg_test]s (PostgreSQL $PG_MAJOR)"
 stop_demo_for_install  # the pgrx test harness installs the extension too

@@ -54,9 +54,11 @@ fn state_name(state: u32) -> &'static str {
 
 /// How long the postmaster waits before restarting a worker that died.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
-/// A batch that failed is retried event by event; an event that failed on
-/// a deadlock or a serialization failure is retried this often.
+/// A batch that failed is retried event by event; an event that failed for
+/// a reason of the moment (a deadlock, a serialization failure, a lock or
+/// statement timeout, a cancel) is tried this often, [`RETRY_AFTER`] apart.
 const RETRIES: u32 = 3;
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 #[repr(C, align(64))]
 struct QueueHeader {
@@ -463,6 +465,15 @@ fn wake_worker(lane: &Lane) {
 
 /// Sleeps on this process's latch for at most `timeout`; cancellable.
 fn wait_on_latch(timeout: Duration) {
+    sleep_on_latch(timeout);
+    pgrx::check_for_interrupts!();
+}
+
+/// Sleeps on this process's latch for at most `timeout`. Workers use this
+/// one: a cancel request then interrupts their next statement, which they
+/// catch, instead of their main loop. Barriers (DROP DATABASE waits for
+/// every process to absorb one) are absorbed here all the same.
+fn sleep_on_latch(timeout: Duration) {
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -471,8 +482,10 @@ fn wait_on_latch(timeout: Duration) {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
+        if (&raw const pg_sys::ProcSignalBarrierPending).read_volatile() != 0 {
+            pg_sys::ProcessProcSignalBarrier();
+        }
     }
-    pgrx::check_for_interrupts!();
 }
 
 /// Waits until the ticket's event is appended or refused, or `timeout_ms` passes.
@@ -731,7 +744,7 @@ impl Worker {
         } else {
             timeout.min(Duration::from_millis(1))
         };
-        wait_on_latch(nap);
+        sleep_on_latch(nap);
         self.lane.sleeping.store(false, Ordering::SeqCst);
     }
 
@@ -825,7 +838,9 @@ impl Worker {
                     }
                     return;
                 }
-                Err(failure) if failure.retryable && attempt < RETRIES => continue,
+                Err(failure) if failure.retryable && attempt < RETRIES => {
+                    sleep_on_latch(RETRY_AFTER);
+                }
                 Err(failure) => {
                     warning!(
                         "allsource ingest worker {}: ticket {} rejected: {}",
@@ -851,8 +866,8 @@ impl Worker {
 struct Failure {
     message: String,
     sqlstate: [u8; 5],
-    /// A deadlock, a serialization failure or a concurrent id registration:
-    /// the same events may well succeed on a second try.
+    /// Not the events' fault (a deadlock, a timeout, a cancel, a concurrent
+    /// id registration): the same events may well succeed on a second try.
     retryable: bool,
 }
 
@@ -870,6 +885,8 @@ impl From<CaughtError> for Failure {
                 code,
                 PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
                     | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+                    | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+                    | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
             ),
         }
     }

@@ -566,3 +566,53 @@ fn queue_refuses_bad_input_before_queueing_and_other_databases() {
     let message = error.as_db_error().unwrap().message();
     assert!(message.contains(QUEUE_DB), "names the database: {message}");
 }
+
+#[test]
+fn queue_a_cancelled_worker_batch_is_appended_event_by_event() {
+    let mut client = fresh_queue_db();
+    let blocker = block_stream("cancel-0");
+    let tickets: Vec<i64> = (0..20)
+        .map(|i| {
+            client
+                .query_one(
+                    "SELECT allsource.enqueue($1, 'T', '{}')",
+                    &[&format!("cancel-{}", i % 4)],
+                )
+                .unwrap()
+                .get(0)
+        })
+        .collect();
+    // The worker waits for the lock inside its batch: cancel that statement.
+    let worker: i32 = client
+        .query_one(
+            "SELECT pid FROM allsource.ingest_workers() WHERE worker = 0",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &mut client,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {worker} AND wait_event_type = 'Lock'"),
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the worker never waited for the lock");
+        thread::sleep(Duration::from_millis(20));
+    }
+    client
+        .query_one("SELECT pg_cancel_backend($1)", &[&worker])
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    drop(blocker);
+    for ticket in tickets {
+        assert_eq!(
+            await_ticket(&mut client, ticket, 30_000).status,
+            "committed"
+        );
+    }
+    assert_eq!(
+        count(&mut client, "SELECT rejects FROM allsource.stats()"),
+        0
+    );
+    assert_store_is_sound(&mut client);
+}

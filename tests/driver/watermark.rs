@@ -171,7 +171,9 @@ fn followers_see_every_committed_event_once_in_order() {
     let total = Arc::new(AtomicU64::new(0));
     let writers_done = Arc::new(AtomicBool::new(false));
 
-    let readers: Vec<(String, thread::JoinHandle<Vec<(i64, String)>>)> = [
+    // Each reader: its query, and the (position, stream) pairs it received.
+    type Reader = (String, thread::JoinHandle<Vec<(i64, String)>>);
+    let readers: Vec<Reader> = [
         "SELECT position, stream_id FROM allsource.read_all($1, 500)".to_string(),
         "SELECT position, stream_id FROM allsource.read_all($1, 37)".to_string(),
         "SELECT position, stream_id FROM allsource.read_category('cat1', $1, 200)".to_string(),
