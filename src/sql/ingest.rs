@@ -66,6 +66,9 @@ struct QueueHeader {
     slots_per_lane: u64,
     cells_per_lane: u64,
     tickets: Tickets,
+    /// The OID of `allsource.database`, published by the first worker that
+    /// connects (0 until then), so `enqueue` needs no catalog lookup.
+    database: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -214,6 +217,7 @@ unsafe fn initialize(base: *mut u8, layout: &Layout) {
             slots_per_lane: layout.slots_per_lane,
             cells_per_lane: layout.cells_per_lane,
             tickets: Tickets::starting_at(unix_micros, layout.lanes),
+            database: AtomicU32::new(0),
         });
         let lanes = base.add(Layout::lanes_offset()) as *mut Lane;
         for lane in 0..layout.lanes {
@@ -350,9 +354,12 @@ fn queue_here(function: &str) -> Result<Queue> {
         .get()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let serving = std::ffi::CString::new(database.as_str())
-        .ok()
-        .map(|name| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) });
+    let serving = match queue.header().database.load(Ordering::Relaxed) {
+        0 => std::ffi::CString::new(database.as_str())
+            .ok()
+            .map(|name| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) }),
+        oid => Some(pg_sys::Oid::from(oid)),
+    };
     if serving != Some(unsafe { pg_sys::MyDatabaseId }) {
         return Err(Error::new(
             "55000",
@@ -663,6 +670,10 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
         .unwrap_or_else(|| "postgres".into());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let queue = Queue::get().expect("workers start only when preloaded");
+    queue
+        .header()
+        .database
+        .store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::Relaxed);
     let lane = queue.lane(lane_no);
     let worker = Worker {
         queue,
