@@ -23,6 +23,11 @@ FROM allsource.read_stream('order-1');
 SELECT allsource.stream_version('order-1') AS version,
        allsource.partition_for('order-1') AS partition;
 
+-- Fast ingestion: enqueue returns a ticket at once, a background worker appends
+-- queued events in batches; the ticket tells what became of the event.
+SELECT * FROM allsource.await_ticket(allsource.enqueue('sensor-1', 'Reading', '{"celsius": 21.5}'));
+SELECT events_appended, appends, batches, enqueued, conflicts, worker_commits FROM allsource.stats();
+
 -- The global order, up to the watermark, and the hash chain verified.
 SELECT allsource.watermark();
 SELECT position, stream_id, event_type FROM allsource.read_all(after_position => 0);

@@ -19,7 +19,8 @@ log "building and installing the extension (release)"
 install_extension --release
 port=$(free_port $DEMO_PORT)
 log "starting PostgreSQL $PG_MAJOR in $DATA on port $port"
-cluster_start "$DATA" "$port"
+# The ingest workers append in the demo's database.
+cluster_start "$DATA" "$port" "allsource.database = 'allsource'"
 
 psql=(psql --no-psqlrc --quiet --host=localhost --port="$port" --username=postgres)
 "${psql[@]}" --dbname=postgres -c "SELECT 1 FROM pg_database WHERE datname = 'allsource'" --tuples-only |
