@@ -289,7 +289,7 @@ impl ResultCell {
         }
     }
 
-    /// The status of `ticket`, given the last ticket issued in this cell's lane.
+    /// The status of `ticket` as this cell knows it.
     pub fn lookup(&self, ticket: i64) -> Lookup {
         let holder = self.ticket.load(Ordering::SeqCst);
         if holder > ticket {

@@ -557,61 +557,54 @@ fn rejection_reason(sqlstate: &[u8; 5]) -> &'static str {
     }
 }
 
-/// Blocks on this backend's latch until `cell` holds `ticket`'s result.
+/// Blocks on this backend's latch until `cell` holds `ticket`'s result, or
+/// `timeout` passes (then the status is still `Pending`). A cancel while
+/// sleeping leaves our registration behind: at worst one spurious wake-up.
 fn wait_for(cell: &ResultCell, ticket: i64, timeout: Duration) -> Result<Status> {
     let me = unsafe { (*pg_sys::MyProc).pgprocno };
     let deadline = Instant::now() + timeout;
     let mut registered = false;
-    let status = loop {
-        match cell.lookup(ticket) {
-            Lookup::Found(Status::Pending) => {}
-            Lookup::Found(status) => break status,
-            Lookup::Expired => {
-                break_with_cleanup(cell, me, registered);
-                return Err(Error::invalid_argument(
+    let outcome =
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match cell.lookup(ticket) {
+                Lookup::Found(Status::Pending) if !left.is_zero() => {}
+                Lookup::Found(status) => break Ok(status),
+                Lookup::Expired => break Err(Error::invalid_argument(
                     "ticket",
                     format!("the result of {ticket} is no longer kept"),
                 )
                 .with_detail(
                     "The server keeps the results of its last allsource.ticket_results tickets.",
                 )
-                .with_hint("Await tickets sooner, or raise allsource.ticket_results."));
+                .with_hint("Await tickets sooner, or raise allsource.ticket_results.")),
+                Lookup::Unknown => {
+                    break Err(Error::invalid_argument(
+                        "ticket",
+                        format!("{ticket} was never issued"),
+                    ))
+                }
             }
-            Lookup::Unknown => {
-                break_with_cleanup(cell, me, registered);
-                return Err(Error::invalid_argument(
-                    "ticket",
-                    format!("{ticket} was never issued"),
-                ));
+            if !registered {
+                registered = cell.register_waiter(me);
+                if registered {
+                    // Look again before sleeping: the worker publishes, then wakes.
+                    continue;
+                }
             }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Status::Pending;
-        }
-        if !registered {
-            // Registered, look again before sleeping: the worker publishes then wakes.
-            registered = cell.register_waiter(me);
-            if registered {
-                continue;
-            }
-        }
-        // Another backend waits on this ticket too: it holds the wake-up, we poll.
-        let nap = if registered {
-            left
-        } else {
-            left.min(Duration::from_millis(5))
+            // Registered: sleep until woken. Another backend waits on this
+            // ticket too and holds the wake-up: poll.
+            let nap = if registered {
+                left
+            } else {
+                left.min(Duration::from_millis(5))
+            };
+            wait_on_latch(nap);
         };
-        wait_on_latch(nap);
-    };
-    break_with_cleanup(cell, me, registered);
-    Ok(status)
-}
-
-fn break_with_cleanup(cell: &ResultCell, me: i32, registered: bool) {
     if registered {
         cell.unregister_waiter(me);
     }
+    outcome
 }
 
 /// One row per ingest worker: what it is doing and what it did.
