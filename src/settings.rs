@@ -145,6 +145,14 @@ fn register_server_start_settings() {
     );
 }
 
+/// `allsource.database`: where the ingest workers append.
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// `allsource.max_event_bytes` as a byte count.
 pub fn max_event_bytes() -> usize {
     MAX_EVENT_BYTES.get() as usize

@@ -350,10 +350,7 @@ fn queue_here(function: &str) -> Result<Queue> {
                 .with_hint("Set allsource.ingest_workers to 1 or more and restart PostgreSQL."),
         );
     }
-    let database = settings::DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let database = settings::database();
     let serving = match queue.header().database.load(Ordering::Relaxed) {
         0 => std::ffi::CString::new(database.as_str())
             .ok()
@@ -657,10 +654,7 @@ struct Held {
 pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let lane_no = argument.value() as u32;
-    let database = settings::DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "postgres".into());
+    let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let queue = Queue::get().expect("workers start only when preloaded");
     queue
