@@ -18,22 +18,10 @@ seconds=${2:-5}
 DATA=$STATE_DIR/bench-compare
 OUT=benches/results
 
-scripts/setup.sh
-command -v gnuplot >/dev/null || { log "installing gnuplot (for the chart)"; quietly apt-get install -y gnuplot-nox; }
-log "building and installing the release build"
-install_extension --release
-cluster_stop "$DATA"
-rm -rf "$DATA"
-port=$(free_port 25482)
-cluster_start "$DATA" "$port" "max_connections = 300
-shared_buffers = 1GB
-max_wal_size = 8GB
-# Pipelined clients keep up to 6,400 events in flight: a full queue makes them wait, not fail.
-allsource.enqueue_timeout_ms = 30000
+bench_cluster "$DATA" 25482 "max_wal_size = 8GB
 allsource.ingest_workers = ${ALLSOURCE_BENCH_WORKERS:-1}"
-trap 'cluster_stop "$DATA"' EXIT
-psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port="$port" --username=postgres --dbname=postgres)
-payload='{"sku": "SKU-12345", "qty": 3, "price": 19.99, "currency": "EUR", "warehouse": "north-7", "note": "a two hundred byte payload, roughly what an order line event carries in practice, padded to size...."}'
+command -v gnuplot >/dev/null || { log "installing gnuplot (for the chart)"; quietly apt-get install -y gnuplot-nox; }
+payload=$BENCH_PAYLOAD
 
 "${psql[@]}" <<SQL
 CREATE EXTENSION allsource;

@@ -15,25 +15,13 @@ rounds=${1:-3}
 seconds=${2:-10}
 DATA=$STATE_DIR/bench-ingest
 
-scripts/setup.sh
-log "building and installing the release build"
-install_extension --release
-cluster_stop "$DATA"
-rm -rf "$DATA"
-port=$(free_port 25462)
-cluster_start "$DATA" "$port" "max_connections = 300
-shared_buffers = 1GB
-max_wal_size = 4GB
-# Pipelined clients keep up to 6,400 events in flight: a full queue makes them wait, not fail.
-allsource.enqueue_timeout_ms = 30000"
-trap 'cluster_stop "$DATA"' EXIT
-psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port="$port" --username=postgres --dbname=postgres)
+bench_cluster "$DATA" 25462 "max_wal_size = 4GB"
 "${psql[@]}" -c "CREATE EXTENSION allsource;
     CREATE TABLE plain_events (LIKE allsource.events INCLUDING DEFAULTS INCLUDING INDEXES);
     ALTER TABLE plain_events ADD UNIQUE (event_id);
     CREATE SEQUENCE plain_position"
 
-payload='{"sku": "SKU-12345", "qty": 3, "price": 19.99, "currency": "EUR", "warehouse": "north-7", "note": "a two hundred byte payload, roughly what an order line event carries in practice, padded to size...."}'
+payload=$BENCH_PAYLOAD
 mkdir -p "$DATA/scripts"
 script() { cat > "$DATA/scripts/$1.sql"; }
 plain_row="nextval('plain_position'), 0, 's-' || (random() * 9999)::int, currval('plain_position'), gen_random_uuid(), 'Bench', '$payload', now(), '\\x00'"

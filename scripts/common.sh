@@ -80,3 +80,27 @@ quietly() {
     fi
     rm -f "$output"
 }
+
+# Benchmarks (benches/*.sh) send this 200-byte JSON payload.
+BENCH_PAYLOAD='{"sku": "SKU-12345", "qty": 3, "price": 19.99, "currency": "EUR", "warehouse": "north-7", "note": "a two hundred byte payload, roughly what an order line event carries in practice, padded to size...."}'
+
+# bench_cluster DIR PORT [extra postgresql.conf lines]: sets up what is missing,
+# installs the release build and starts a fresh cluster in DIR, stopped on exit;
+# sets $port and $psql (an array: psql on the postgres database, bare output).
+bench_cluster() {
+    local dir=$1
+    scripts/setup.sh
+    log "building and installing the release build"
+    install_extension --release
+    cluster_stop "$dir"
+    rm -rf "$dir"
+    port=$(free_port "$2")
+    cluster_start "$dir" "$port" "max_connections = 300
+shared_buffers = 1GB
+# Pipelined clients keep up to 6,400 events in flight: a full queue makes them wait, not fail.
+allsource.enqueue_timeout_ms = 30000
+${3:-}"
+    # shellcheck disable=SC2064  # the directory is fixed now
+    trap "cluster_stop '$dir'" EXIT
+    psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port="$port" --username=postgres --dbname=postgres)
+}
