@@ -5,7 +5,7 @@
 # random and a hot variant with 10 streams, 1, 8 and 64 clients.
 #
 #   benches/compare.sh [ROUNDS] [SECONDS_PER_RUN]     default 3 rounds of 5 s
-#   ALLSOURCE_BENCH_WORKERS=2 benches/compare.sh      with two ingest workers
+#   ALLSOURCE_BENCH_WORKERS=1 benches/compare.sh      one ingest worker (default: one per core)
 #
 # Ceilings go into plain_events, created LIKE allsource.events (same columns
 # and indexes) with event_id unique. Prints one table of medians with the
@@ -19,7 +19,7 @@ DATA=$STATE_DIR/bench-compare
 OUT=benches/results
 
 bench_cluster "$DATA" 25482 "max_wal_size = 8GB
-allsource.ingest_workers = ${ALLSOURCE_BENCH_WORKERS:-1}"
+allsource.ingest_workers = ${ALLSOURCE_BENCH_WORKERS:-$(nproc)}"
 command -v gnuplot >/dev/null || { log "installing gnuplot (for the chart)"; quietly apt-get install -y gnuplot-nox; }
 payload=$BENCH_PAYLOAD
 
@@ -132,8 +132,24 @@ log "COPY source: 1,000,000 rows"
                        FROM generate_series(1, 1000000) g) TO '$DATA/copy.tsv'"
 "${psql[@]}" -c "CREATE TABLE copy_events (LIKE plain_events INCLUDING ALL)"
 
+# Same-size stores: before each round the plain tables get as many rows as
+# allsource.events has, in the same streams (versions below any appended one),
+# so every mode writes into indexes of about the same size and depth.
+top_up() {
+    "${psql[@]}" <<SQL
+SELECT count(*) AS target FROM allsource.events \\gset
+INSERT INTO plain_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
+SELECT nextval('plain_position'), 0, 's-' || (g % 10000 + 1), currval('plain_position'), gen_random_uuid(), 'Fill', '$payload', now(), '\\x00'
+FROM generate_series(1, :target - (SELECT count(*) FROM plain_events)) g;
+INSERT INTO plpgsql_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
+SELECT nextval('plain_position'), 0, 's-' || (g % 10000 + 1), -nextval('plain_position'), gen_random_uuid(), 'Fill', '$payload', now(), '\\x00'
+FROM generate_series(1, :target - (SELECT count(*) FROM plpgsql_events)) g;
+SQL
+}
+
 for round in $(seq 1 "$rounds"); do
     log "round $round of $rounds"
+    top_up
     for write in "${writes[@]}"; do
         read -r name per sets <<<"$write"
         for streams in $sets; do
@@ -223,7 +239,7 @@ value() { awk -F, -v m="$1" -v s="$2" -v c="$3" -v col="$4" '$1 == m && $2 == s 
 ratio() { awk -v a="$(value "$1" "$2" "$3" 4)" -v b="$(value "$4" "$5" "$6" 4)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
     echo "AllSource benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo),"
-    echo "PostgreSQL $("${psql[@]}" -c 'SHOW server_version'), fsync and synchronous_commit on; medians of $rounds rounds of $seconds s"
+    echo "PostgreSQL $("${psql[@]}" -c 'SHOW server_version'), fsync and synchronous_commit on; $("${psql[@]}" -c "SHOW allsource.ingest_workers") ingest workers; medians of $rounds rounds of $seconds s"
     echo
     printf '%-18s %7s %7s %12s %9s %9s\n' mode streams clients events/s p50_ms p99_ms
     tail -n +2 "$summary" | awk -F, '{ printf "%-18s %7s %7s %12s %9s %9s\n", $1, $2, $3, $4, $5, $6 }'
