@@ -59,6 +59,9 @@ stop_demo_for_install() {
 
 install_extension() {
     stop_demo_for_install
+    # Unlinked first, so the copy is a new file: servers of other jobs keep
+    # the library they have mapped instead of crashing on a rewritten one.
+    rm -f "$("$PG_CONFIG" --pkglibdir)/allsource.so"
     quietly cargo pgrx install --pg-config "$PG_CONFIG" "$@"
 }
 

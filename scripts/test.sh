@@ -16,6 +16,7 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 # The driver tests are `test = false` (they need a server): --all-targets skips them.
 cargo clippy --quiet --test driver -- -D warnings
+cargo clippy --quiet -p allsource-stress --all-targets -- -D warnings
 
 log "unit tests and #[pg_test]s (PostgreSQL $PG_MAJOR)"
 stop_demo_for_install  # the pgrx test harness installs the extension too
@@ -27,6 +28,7 @@ CARGO_PGRX_TEST_RUNAS=$( [ "$(id -u)" -eq 0 ] && echo postgres || id -un ) \
 CARGO_PGRX_TEST_PGDATA=$PGRX_DATA \
 PGRX_FEATURES="pg$PG_MAJOR" \
     cargo test --features "pg$PG_MAJOR pg_test" --lib
+cargo test --quiet -p allsource-stress
 
 log "driver tests against a preloaded server"
 install_extension
@@ -48,6 +50,9 @@ log "driver tests of the ingest queue (one at a time: they share the workers' da
 cargo test --test driver -- --test-threads 1 queue_
 log "driver tests that kill a backend or a worker (alone: the server restarts every session)"
 cargo test --test driver -- --test-threads 1 crash_
+log "stress: 2 minutes of mixed load, crash-restarts of the postmaster, a backend and a worker"
+cargo run --quiet -p allsource-stress -- --url "$ALLSOURCE_TEST_URL dbname=allsource_queue" \
+    --duration 2m --crashes 3 --pgdata "$DRIVER_DATA" --pg-bin "$PG_BIN"
 
 log "without shared_preload_libraries"
 PLAIN_DATA=$STATE_DIR/plain-test
