@@ -9,6 +9,8 @@ mod server;
 mod shared;
 mod writer;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reader::Reader;
 use server::{Fault, Server};
 use shared::{Counters, Mix, Shared};
@@ -243,7 +245,7 @@ fn run(options: &Options) -> Result<(), String> {
 /// Progress, faults and checks until the time is up; then the final check.
 fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
     let started = Instant::now();
-    let crash_every = options.duration / (options.crashes + 1);
+    let crash_times = crash_times(options);
     let mut crashes_done = 0;
     let mut next_check = options.check_every;
     let mut checks = 0;
@@ -269,8 +271,9 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
             );
         }
         let finished = elapsed >= options.duration;
-        let crash_due =
-            crashes_done < options.crashes && elapsed >= crash_every * (crashes_done + 1);
+        let crash_due = crash_times
+            .get(crashes_done as usize)
+            .is_some_and(|&at| elapsed >= at);
         if !finished && !crash_due && elapsed < next_check {
             continue;
         }
@@ -316,6 +319,16 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
     memory.check(options.max_memory_growth_kb)?;
     println!("  anomalies: 0");
     Ok(())
+}
+
+/// Random times, one in each of `crashes` equal slots of the run after the
+/// first slot (so the load is up before the first crash).
+fn crash_times(options: &Options) -> Vec<Duration> {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let slot = options.duration / (options.crashes + 1);
+    (1..=options.crashes)
+        .map(|k| slot * k + slot.mul_f64(rng.gen_range(0.0..0.9)))
+        .collect()
 }
 
 /// Waits for the server, pauses the writers and checks.
