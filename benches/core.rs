@@ -2,7 +2,7 @@
 //! PostgreSQL. `cargo bench --bench core`.
 
 use allsource::batch::parse_batch;
-use allsource::checksum::{checksum, EventFields, GENESIS};
+use allsource::checksum::{checksum, Body, EventFields, GENESIS};
 use allsource::ingest::QueuedEvent;
 use allsource::jsontext::jsonb_text;
 use allsource::partition::partition_for;
@@ -39,8 +39,8 @@ fn bench_checksum(c: &mut Criterion) {
                     version: 7,
                     event_type: "OrderPlaced",
                     event_id: [7; 16],
-                    payload,
-                    metadata: Some(r#"{"user": "alice"}"#),
+                    payload: Body::Text(payload),
+                    metadata: Some(Body::Text(r#"{"user": "alice"}"#)),
                     created_at_unix_micros: 1_767_225_600_000_000,
                 };
                 checksum(black_box(&event), &GENESIS)
@@ -83,6 +83,7 @@ fn bench_ring(c: &mut Criterion) {
     let entry = QueuedEvent {
         stream_id: "order-1234".into(),
         expected: ExpectedVersion::Any,
+        tenant: None,
         enqueued_at: 0,
         event: allsource::batch::NewEvent {
             event_type: "OrderPlaced".into(),

@@ -18,11 +18,15 @@ import uuid
 
 QUERY = """
 SELECT json_build_object(
-    'stream_id', stream_id, 'version', version, 'event_type', event_type,
-    'event_id', event_id, 'payload', payload::text, 'metadata', metadata::text,
-    'created_at', (extract(epoch FROM created_at) * 1000000)::bigint,
-    'checksum', encode(checksum, 'hex'))
-FROM allsource.events {where} ORDER BY stream_id, version
+    'stream_id', e.stream_id, 'version', e.version, 'event_type', e.event_type,
+    'event_id', e.event_id, 'payload', e.payload::text, 'metadata', e.metadata::text,
+    'payload_digest', encode(x.payload_digest, 'hex'),
+    'metadata_digest', encode(x.metadata_digest, 'hex'),
+    'created_at', (extract(epoch FROM e.created_at) * 1000000)::bigint,
+    'checksum', encode(e.checksum, 'hex'))
+FROM allsource.events e
+LEFT JOIN allsource.erased_events x ON x.partition_id = e.partition_id AND x.position = e.position
+{where} ORDER BY e.stream_id, e.version
 """
 
 
@@ -38,11 +42,17 @@ def encoding(event):
     out += struct.pack(">q", event["version"])
     out += length_prefixed(event["event_type"])
     out += uuid.UUID(event["event_id"]).bytes
-    out += hashlib.sha256(event["payload"].encode("utf-8")).digest()
-    if event["metadata"] is None:
+    # A hard delete erased the text and kept its digests.
+    if event["payload_digest"] is not None:
+        out += bytes.fromhex(event["payload_digest"])
+        metadata = event["metadata_digest"] and bytes.fromhex(event["metadata_digest"])
+    else:
+        out += hashlib.sha256(event["payload"].encode("utf-8")).digest()
+        metadata = event["metadata"] and hashlib.sha256(event["metadata"].encode("utf-8")).digest()
+    if metadata is None:
         out += b"\x00"
     else:
-        out += b"\x01" + hashlib.sha256(event["metadata"].encode("utf-8")).digest()
+        out += b"\x01" + metadata
     out += struct.pack(">q", event["created_at"])
     return out
 

@@ -10,6 +10,8 @@ BEGIN
     FOR target IN
         SELECT 'allsource.streams'::regclass
         UNION ALL SELECT 'allsource.event_ids'::regclass
+        UNION ALL SELECT 'allsource.erased_events'::regclass
+        UNION ALL SELECT 'allsource.snapshots'::regclass
         UNION ALL SELECT 'allsource.events'::regclass
         UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'allsource.events'::regclass
     LOOP
@@ -23,6 +25,38 @@ $guards$;
 SELECT pg_catalog.pg_extension_config_dump('allsource.event_position', '');
 REVOKE ALL ON ALL TABLES IN SCHEMA allsource FROM PUBLIC;
 
+-- Tenants. The session's allsource.tenant; NULL when unset or empty.
+CREATE FUNCTION allsource.current_tenant() RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT nullif(pg_catalog.current_setting('allsource.tenant', true), '') $$;
+COMMENT ON FUNCTION allsource.current_tenant() IS
+    'The session''s tenant (SET allsource.tenant), NULL without one: reads and writes are scoped to it.';
+
+-- Row-level security: roles that are neither superusers nor the owner see
+-- their tenant's rows only, also through direct SELECTs. (The functions
+-- filter by tenant themselves, for every role.)
+ALTER TABLE allsource.streams ENABLE ROW LEVEL SECURITY;
+ALTER TABLE allsource.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE allsource.snapshots ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON allsource.streams USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+CREATE POLICY tenant_rows ON allsource.events USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+CREATE POLICY tenant_rows ON allsource.snapshots USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+
+-- Roles: readers read, writers also write through the functions; neither
+-- writes the tables directly. Created once per cluster, kept if they exist.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'allsource_reader') THEN
+        CREATE ROLE allsource_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'allsource_writer') THEN
+        CREATE ROLE allsource_writer NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer;
+GRANT SELECT ON allsource.streams, allsource.events, allsource.snapshots TO allsource_reader, allsource_writer;
+
 CREATE FUNCTION allsource.partition_count() RETURNS int
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT count(*)::int FROM pg_catalog.pg_inherits WHERE inhparent = 'allsource.events'::regclass $$;
@@ -34,7 +68,8 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 BEGIN
     PERFORM allsource._check_stream_id(stream_version.stream_id);
-    RETURN coalesce((SELECT s.version FROM allsource.streams s WHERE s.stream_id = stream_version.stream_id), 0);
+    RETURN coalesce((SELECT s.version FROM allsource.streams s WHERE s.stream_id = stream_version.stream_id
+                     AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()), 0);
 END
 $$;
 COMMENT ON FUNCTION allsource.stream_version(text) IS
@@ -54,7 +89,8 @@ BEGIN
     PERFORM allsource._check_read_stream(read_stream.stream_id, read_stream.from_version, read_stream.max_count, read_stream.backward);
     SELECT s.partition_id INTO stream_partition
     FROM allsource.streams s
-    WHERE s.stream_id = read_stream.stream_id AND s.deleted_at IS NULL;
+    WHERE s.stream_id = read_stream.stream_id AND s.deleted_at IS NULL
+      AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -112,9 +148,11 @@ DECLARE
     highest bigint;
 BEGIN
     PERFORM allsource._check_stream_id(verify_gapless.stream_id);
-    SELECT s.version INTO stream_version FROM allsource.streams s WHERE s.stream_id = verify_gapless.stream_id;
+    SELECT s.version INTO stream_version FROM allsource.streams s WHERE s.stream_id = verify_gapless.stream_id
+        AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
     SELECT count(*), min(e.version), max(e.version) INTO event_count, lowest, highest
-    FROM allsource.events e WHERE e.stream_id = verify_gapless.stream_id;
+    FROM allsource.events e WHERE e.stream_id = verify_gapless.stream_id
+        AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
     -- Versions are unique per stream (an index says so), so n events spanning
     -- 1..n are exactly 1, 2, …, n.
     RETURN event_count = coalesce(stream_version, 0)
@@ -167,6 +205,7 @@ BEGIN
             SELECT e.* FROM allsource.events e
             WHERE e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+              AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
             ORDER BY e.position LIMIT read_all.max_count;
     ELSE
         RETURN QUERY
@@ -174,6 +213,7 @@ BEGIN
             WHERE e.partition_id = read_all.partition_id
               AND e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+              AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
             ORDER BY e.position LIMIT read_all.max_count;
     END IF;
 END
@@ -201,6 +241,7 @@ BEGIN
         WHERE split_part(e.stream_id, '-', 1) = split_part(read_category.category, '-', 1)
           AND (e.stream_id = read_category.category OR starts_with(e.stream_id, read_category.category || '-'))
           AND e.position > read_category.after_position AND e.position <= upto
+          AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
           AND (read_category.consumer_group_size IS NULL
                OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
         ORDER BY e.position LIMIT read_category.max_count;
@@ -208,3 +249,41 @@ END
 $$;
 COMMENT ON FUNCTION allsource.read_category(text, bigint, int, int, int) IS
     'Events of the streams named category or category-…, in position order, never past the watermark; with a consumer group, only the streams of that member.';
+
+CREATE FUNCTION allsource.load_snapshot(stream_id text) RETURNS TABLE (version bigint, state jsonb)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    PERFORM allsource._check_stream_id(load_snapshot.stream_id);
+    RETURN QUERY
+        SELECT s.version, s.state FROM allsource.snapshots s
+        WHERE s.stream_id = load_snapshot.stream_id
+          AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+END
+$$;
+COMMENT ON FUNCTION allsource.load_snapshot(text) IS
+    'The stream''s latest snapshot: its version and state; no row when there is none.';
+
+-- Writing is for writers: the functions that write run as the extension's
+-- owner (SECURITY DEFINER, pinned search_path), so callers need no table
+-- privileges, only these grants.
+REVOKE EXECUTE ON FUNCTION
+    allsource.append(text, text, jsonb, jsonb, bigint, uuid),
+    allsource.append_batch(text, jsonb, bigint),
+    allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid),
+    allsource.await_ticket(bigint, int),
+    allsource.delete_stream(text, boolean),
+    allsource.save_snapshot(text, bigint, jsonb)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    allsource.append(text, text, jsonb, jsonb, bigint, uuid),
+    allsource.append_batch(text, jsonb, bigint),
+    allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid),
+    allsource.await_ticket(bigint, int),
+    allsource.delete_stream(text, boolean),
+    allsource.save_snapshot(text, bigint, jsonb)
+TO allsource_writer;
+-- Verification reads the erased events' digests: readers and writers only.
+REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
+TO allsource_reader, allsource_writer;

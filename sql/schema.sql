@@ -17,7 +17,11 @@ CREATE TABLE allsource.streams (
     last_checksum bytea,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
-    deleted_at    timestamptz
+    -- delete_stream: a tombstone (deleted_at), who deleted, and when a hard
+    -- delete erased the payloads.
+    deleted_at    timestamptz,
+    deleted_by    text,
+    erased_at     timestamptz
 );
 
 CREATE TABLE allsource.events (
@@ -44,6 +48,26 @@ CREATE TABLE allsource.event_ids (
     event_id     uuid   PRIMARY KEY,
     partition_id int    NOT NULL,
     position     bigint NOT NULL
+);
+
+-- What a hard delete keeps of each erased event: the SHA-256 digests of its
+-- payload and metadata text, which is what the hash chain covers, so the
+-- stream still verifies without the content.
+CREATE TABLE allsource.erased_events (
+    partition_id    int    NOT NULL,
+    position        bigint NOT NULL,
+    payload_digest  bytea  NOT NULL,
+    metadata_digest bytea,
+    PRIMARY KEY (partition_id, position)
+);
+
+-- The latest snapshot of each stream (save_snapshot keeps the highest version).
+CREATE TABLE allsource.snapshots (
+    stream_id  text        COLLATE "C" PRIMARY KEY,
+    version    bigint      NOT NULL,
+    state      jsonb       NOT NULL,
+    tenant_id  text,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- One partition per partition id: allsource.partitions, read once, now.

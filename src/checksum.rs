@@ -36,12 +36,35 @@ pub struct EventFields<'a> {
     pub version: i64,
     pub event_type: &'a str,
     pub event_id: [u8; 16],
-    /// The payload's jsonb text.
-    pub payload: &'a str,
-    /// The metadata's jsonb text, if any.
-    pub metadata: Option<&'a str>,
+    /// The payload's jsonb text, or its digest once erased.
+    pub payload: Body<'a>,
+    /// The metadata's, if any.
+    pub metadata: Option<Body<'a>>,
     /// Microseconds since 1970-01-01 UTC.
     pub created_at_unix_micros: i64,
+}
+
+/// A payload or metadata as the chain sees it: the jsonb text, or (after a
+/// hard delete erased the text) its SHA-256 digest, which the chain covers
+/// either way.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Text(&'a str),
+    Digest(&'a [u8; CHECKSUM_LEN]),
+}
+
+impl Body<'_> {
+    pub fn digest(self) -> [u8; CHECKSUM_LEN] {
+        match self {
+            Body::Text(text) => digest(text),
+            Body::Digest(digest) => *digest,
+        }
+    }
+}
+
+/// SHA-256 of a jsonb text: what the chain covers of a payload or metadata.
+pub fn digest(text: &str) -> [u8; CHECKSUM_LEN] {
+    Sha256::digest(text.as_bytes()).into()
 }
 
 /// Where encoded bytes go: a buffer (to show them) or a hasher (to hash them).
@@ -73,12 +96,12 @@ fn encode_into(sink: &mut impl Sink, event: &EventFields) {
     sink.put(&event.version.to_be_bytes());
     put_text(sink, event.event_type);
     sink.put(&event.event_id);
-    sink.put(&Sha256::digest(event.payload.as_bytes()));
+    sink.put(&event.payload.digest());
     match event.metadata {
         None => sink.put(&[0]),
         Some(metadata) => {
             sink.put(&[1]);
-            sink.put(&Sha256::digest(metadata.as_bytes()));
+            sink.put(&metadata.digest());
         }
     }
     sink.put(&event.created_at_unix_micros.to_be_bytes());
@@ -121,7 +144,7 @@ mod tests {
                 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
                 0xee, 0xff,
             ],
-            payload: r#"{"total": 42}"#,
+            payload: Body::Text(r#"{"total": 42}"#),
             metadata: None,
             // 2026-01-01 00:00:00 UTC
             created_at_unix_micros: 1_767_225_600_000_000,
@@ -142,6 +165,24 @@ mod tests {
         );
     }
 
+    /// A hard delete keeps the digests: the chain still verifies.
+    #[test]
+    fn a_digest_stands_in_for_its_text() {
+        let mut erased = sample();
+        let payload = digest(r#"{"total": 42}"#);
+        let metadata = digest("{}");
+        erased.payload = Body::Digest(&payload);
+        let mut with_metadata = sample();
+        with_metadata.metadata = Some(Body::Text("{}"));
+        let mut erased_metadata = erased;
+        erased_metadata.metadata = Some(Body::Digest(&metadata));
+        assert_eq!(checksum(&erased, &GENESIS), checksum(&sample(), &GENESIS));
+        assert_eq!(
+            checksum(&erased_metadata, &GENESIS),
+            checksum(&with_metadata, &GENESIS)
+        );
+    }
+
     #[test]
     fn every_field_changes_the_checksum() {
         let base = checksum(&sample(), &GENESIS);
@@ -159,10 +200,10 @@ mod tests {
         e.event_id[15] ^= 1;
         variants.push(e);
         let mut e = sample();
-        e.payload = r#"{"total": 43}"#;
+        e.payload = Body::Text(r#"{"total": 43}"#);
         variants.push(e);
         let mut e = sample();
-        e.metadata = Some("{}");
+        e.metadata = Some(Body::Text("{}"));
         variants.push(e);
         let mut e = sample();
         e.created_at_unix_micros += 1;

@@ -22,6 +22,7 @@ pub mod sqlstate {
     pub const EVENT_ID_REUSED: &str = "ZA003";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
 impl Error {
@@ -73,6 +74,16 @@ impl Error {
             format!("stream \"{stream_id}\" is deleted"),
         )
         .with_hint("A deleted stream accepts no more events; append to a new stream id.")
+    }
+
+    /// `42501`: the stream belongs to another tenant (or to none while the
+    /// session has one, or the other way round).
+    pub fn other_tenant(stream_id: &str) -> Self {
+        Error::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("stream \"{stream_id}\" belongs to another tenant"),
+        )
+        .with_hint("Set allsource.tenant to the stream's tenant, or use a stream id of your own.")
     }
 
     /// `ZA003`: an event id that exists with other content.

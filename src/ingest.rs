@@ -13,20 +13,28 @@ pub struct QueuedEvent {
     pub stream_id: String,
     pub expected: ExpectedVersion,
     pub event: NewEvent,
+    /// The enqueuing session's `allsource.tenant`, which the append records.
+    pub tenant: Option<String>,
     /// When `enqueue` accepted it (PostgreSQL timestamp, µs), for latency.
     pub enqueued_at: i64,
 }
 
 /// Fixed bytes before the variable-length fields.
-const FIXED: usize = 8 + 1 + 8 + 1 + 16 + 2 + 2 + 4 + 4;
+const FIXED: usize = 8 + 1 + 8 + 1 + 16 + 2 + 2 + 2 + 4 + 4;
 
 impl QueuedEvent {
     /// The bytes the ring stores.
     pub fn encode(&self) -> Vec<u8> {
         let e = &self.event;
         let metadata = e.metadata.as_deref().unwrap_or("");
+        let tenant = self.tenant.as_deref().unwrap_or("");
         let mut out = Vec::with_capacity(
-            FIXED + self.stream_id.len() + e.event_type.len() + e.payload.len() + metadata.len(),
+            FIXED
+                + self.stream_id.len()
+                + e.event_type.len()
+                + tenant.len()
+                + e.payload.len()
+                + metadata.len(),
         );
         out.extend_from_slice(&self.enqueued_at.to_le_bytes());
         let (kind, version) = match self.expected {
@@ -37,14 +45,20 @@ impl QueuedEvent {
         };
         out.push(kind);
         out.extend_from_slice(&version.to_le_bytes());
-        out.push(u8::from(e.event_id.is_some()) | (u8::from(e.metadata.is_some()) << 1));
+        out.push(
+            u8::from(e.event_id.is_some())
+                | (u8::from(e.metadata.is_some()) << 1)
+                | (u8::from(self.tenant.is_some()) << 2),
+        );
         out.extend_from_slice(e.event_id.unwrap_or_default().as_bytes());
         out.extend_from_slice(&(self.stream_id.len() as u16).to_le_bytes());
         out.extend_from_slice(&(e.event_type.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
         out.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
         out.extend_from_slice(self.stream_id.as_bytes());
         out.extend_from_slice(e.event_type.as_bytes());
+        out.extend_from_slice(tenant.as_bytes());
         out.extend_from_slice(e.payload.as_bytes());
         out.extend_from_slice(metadata.as_bytes());
         out
@@ -67,10 +81,12 @@ impl QueuedEvent {
         let event_id = Uuid::from_bytes(reader.array()?);
         let stream_len = u16::from_le_bytes(reader.array()?) as usize;
         let type_len = u16::from_le_bytes(reader.array()?) as usize;
+        let tenant_len = u16::from_le_bytes(reader.array()?) as usize;
         let payload_len = u32::from_le_bytes(reader.array()?) as usize;
         let metadata_len = u32::from_le_bytes(reader.array()?) as usize;
         let stream_id = reader.text(stream_len)?;
         let event_type = reader.text(type_len)?;
+        let tenant = reader.text(tenant_len)?;
         let payload = reader.text(payload_len)?;
         let metadata = reader.text(metadata_len)?;
         if !reader.bytes.is_empty() {
@@ -79,6 +95,7 @@ impl QueuedEvent {
         Some(QueuedEvent {
             stream_id,
             expected,
+            tenant: (flags & 4 != 0).then_some(tenant),
             enqueued_at,
             event: NewEvent {
                 event_type,
@@ -349,6 +366,7 @@ mod tests {
         QueuedEvent {
             stream_id: "order-é".into(),
             expected,
+            tenant: metadata.map(|_| "acme".into()),
             enqueued_at: 123_456,
             event: NewEvent {
                 event_type: "Placed".into(),

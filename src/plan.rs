@@ -8,7 +8,7 @@
 //! because nothing is written until every request is decided.
 
 use crate::batch::{replay_of, Appended, NewEvent, StoredEvent};
-use crate::checksum::{self, EventFields, CHECKSUM_LEN};
+use crate::checksum::{self, Body, EventFields, CHECKSUM_LEN};
 use crate::error::{Error, Result};
 use crate::validate::ExpectedVersion;
 use std::collections::HashMap;
@@ -21,15 +21,18 @@ pub struct Request<'a> {
     pub stream_id: &'a str,
     pub events: &'a [NewEvent],
     pub expected: ExpectedVersion,
+    /// The session's `allsource.tenant`: the stream must be this tenant's.
+    pub tenant: Option<&'a str>,
 }
 
 /// A stream's row, locked by the planning transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub partition_id: i32,
     pub version: i64,
     pub last_checksum: [u8; CHECKSUM_LEN],
     pub deleted: bool,
+    pub tenant: Option<String>,
 }
 
 /// A row to insert into `allsource.events` (its position comes later).
@@ -41,6 +44,8 @@ pub struct Row<'a> {
     pub event_id: Uuid,
     pub event: &'a NewEvent,
     pub checksum: [u8; CHECKSUM_LEN],
+    /// The stream's tenant, recorded on the event.
+    pub tenant: Option<&'a str>,
 }
 
 /// What one request comes to.
@@ -144,8 +149,8 @@ pub fn plan<'a>(
                             version,
                             event_type: &event.event_type,
                             event_id: *event_id.as_bytes(),
-                            payload: &event.payload,
-                            metadata: event.metadata.as_deref(),
+                            payload: Body::Text(&event.payload),
+                            metadata: event.metadata.as_deref().map(Body::Text),
                             created_at_unix_micros: created_at,
                         },
                         &previous,
@@ -158,6 +163,7 @@ pub fn plan<'a>(
                         event_id,
                         event,
                         checksum: previous,
+                        tenant: request.tenant,
                     });
                 }
                 head.version += request.events.len() as i64;
@@ -181,6 +187,9 @@ fn decide(
     planned: &HashMap<Uuid, usize>,
     stored: &impl Fn(&Uuid) -> Option<StoredEvent>,
 ) -> Result<Outcome> {
+    if head.tenant.as_deref() != request.tenant {
+        return Err(Error::other_tenant(request.stream_id));
+    }
     if head.deleted {
         return Err(Error::stream_deleted(request.stream_id));
     }
@@ -244,6 +253,7 @@ mod tests {
             version,
             last_checksum: GENESIS,
             deleted: false,
+            tenant: None,
         }
     }
 
@@ -268,21 +278,25 @@ mod tests {
                 stream_id: "a",
                 events: &one,
                 expected: ExpectedVersion::NoStream,
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &one,
                 expected: ExpectedVersion::NoStream,
+                tenant: None,
             },
             Request {
                 stream_id: "b",
                 events: &two,
                 expected: ExpectedVersion::Exactly(5),
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &two,
                 expected: ExpectedVersion::Exactly(1),
+                tenant: None,
             },
         ];
         let heads = HashMap::from([("a", head(0)), ("b", head(5))]);
@@ -319,11 +333,13 @@ mod tests {
                 stream_id: "a",
                 events: &first,
                 expected: ExpectedVersion::Any,
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &second,
                 expected: ExpectedVersion::Any,
+                tenant: None,
             },
         ];
         let batched = plan(
@@ -366,21 +382,25 @@ mod tests {
                 stream_id: "a",
                 events: &original,
                 expected: ExpectedVersion::NoStream,
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &original,
                 expected: ExpectedVersion::NoStream,
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &changed,
                 expected: ExpectedVersion::Any,
+                tenant: None,
             },
             Request {
                 stream_id: "a",
                 events: &mixed,
                 expected: ExpectedVersion::Any,
+                tenant: None,
             },
         ];
         let plan = plan(
@@ -406,6 +426,34 @@ mod tests {
     }
 
     #[test]
+    fn a_request_of_another_tenant_is_refused_and_its_rows_carry_the_tenant() {
+        let one = [event(None, "x")];
+        let mut acme = head(1);
+        acme.tenant = Some("acme".into());
+        let request = |tenant| Request {
+            stream_id: "a",
+            events: &one,
+            expected: ExpectedVersion::Any,
+            tenant,
+        };
+        let requests = [
+            request(Some("globex")),
+            request(None),
+            request(Some("acme")),
+        ];
+        let plan = plan(&requests, HashMap::from([("a", acme)]), |_| None, 0, ids());
+        for refused in &plan.outcomes[..2] {
+            let Outcome::Failed { error, .. } = refused else {
+                panic!("{refused:?}")
+            };
+            assert_eq!(error.sqlstate, "42501");
+        }
+        assert_eq!(plan.rows.len(), 1);
+        assert_eq!(plan.rows[0].tenant, Some("acme"));
+        assert_eq!(plan.rows[0].version, 2);
+    }
+
+    #[test]
     fn stored_events_are_repeats_and_deleted_streams_refuse() {
         let retry = [event(Some(1), "x")];
         let stored = |id: &Uuid| {
@@ -424,11 +472,13 @@ mod tests {
                 stream_id: "a",
                 events: &retry,
                 expected: ExpectedVersion::Exactly(1),
+                tenant: None,
             },
             Request {
                 stream_id: "d",
                 events: &retry,
                 expected: ExpectedVersion::Any,
+                tenant: None,
             },
         ];
         let plan = plan(

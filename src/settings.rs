@@ -10,6 +10,9 @@ pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024
 /// Whether committing appends send `NOTIFY allsource_events`.
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// The session's tenant: reads and writes are scoped to it.
+pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Partition count, read by CREATE EXTENSION only (sql/schema.sql).
 static PARTITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_PARTITIONS);
 
@@ -87,6 +90,14 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"allsource.tenant",
+        c"The tenant this session reads and writes as.",
+        c"Appends record it; row-level security shows only its rows to roles that are not superusers. Empty: rows without a tenant.",
+        &TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"allsource.partitions",
         c"Number of partitions CREATE EXTENSION allsource creates.",
@@ -151,6 +162,18 @@ pub fn database() -> String {
         .get()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// `allsource.tenant`: `None` when unset or empty; at most 255 bytes.
+pub fn tenant() -> crate::error::Result<Option<String>> {
+    let tenant = TENANT
+        .get()
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &tenant {
+        crate::validate::name("allsource.tenant", Some(t))?;
+    }
+    Ok(tenant)
 }
 
 /// `allsource.max_event_bytes` as a byte count.

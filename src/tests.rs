@@ -6,7 +6,7 @@
 
 #[pgrx::pg_schema]
 mod tests {
-    use crate::checksum::{self, EventFields, GENESIS};
+    use crate::checksum::{self, Body, EventFields, GENESIS};
     use pgrx::prelude::*;
     use pgrx::{IntoDatum, Uuid};
 
@@ -572,8 +572,8 @@ mod tests {
                     version: row.get(2).unwrap().unwrap(),
                     event_type: &event_type,
                     event_id: *event_id.as_bytes(),
-                    payload: &payload,
-                    metadata: metadata.as_deref(),
+                    payload: Body::Text(&payload),
+                    metadata: metadata.as_deref().map(Body::Text),
                     created_at_unix_micros: row.get(7).unwrap().unwrap(),
                 };
                 let expected = checksum::checksum(&fields, &previous);
@@ -883,5 +883,178 @@ mod tests {
         assert!(conflicts() > before);
         let workers: i64 = one("SELECT count(*) FROM allsource.ingest_workers()");
         assert_eq!(workers, 1, "allsource.ingest_workers defaults to 1");
+    }
+
+    #[pg_test]
+    fn a_soft_delete_leaves_a_tombstone() {
+        Spi::run("SELECT allsource.append_batch('soft-delete/s', '[{\"type\": \"A\", \"payload\": 1}, {\"type\": \"B\", \"payload\": 2}]')").unwrap();
+        let version: i64 = one("SELECT allsource.delete_stream('soft-delete/s')");
+        assert_eq!(version, 2);
+        assert_fails(
+            "SELECT allsource.append('soft-delete/s', 'C', '3')",
+            "ZA002",
+            "is deleted",
+        );
+        let read: i64 = one("SELECT count(*) FROM allsource.read_stream('soft-delete/s')");
+        assert_eq!(read, 0, "read_stream returns nothing");
+        let version: i64 = one("SELECT allsource.stream_version('soft-delete/s')");
+        assert_eq!(version, 2, "stream_version keeps the last version");
+        let by: String =
+            one("SELECT deleted_by FROM allsource.streams WHERE stream_id = 'soft-delete/s'");
+        assert_eq!(by, one::<String>("SELECT current_user::text"));
+        let stored: String = one("SELECT payload::text FROM allsource.events WHERE stream_id = 'soft-delete/s' AND version = 2");
+        assert_eq!(stored, "2", "a soft delete keeps the payloads");
+        // A stream never written gets a tombstone too.
+        let version: i64 = one("SELECT allsource.delete_stream('soft-delete/never')");
+        assert_eq!(version, 0);
+        assert_fails(
+            "SELECT allsource.append('soft-delete/never', 'C', '3')",
+            "ZA002",
+            "is deleted",
+        );
+        assert_fails(
+            "SELECT allsource.delete_stream('soft-delete/s', NULL)",
+            "22023",
+            "hard",
+        );
+    }
+
+    #[pg_test]
+    fn a_hard_delete_erases_content_and_the_chain_still_verifies() {
+        Spi::run("SELECT allsource.append('hard-delete/s', 'A', '{\"name\": \"Ada\"}', '{\"ip\": \"10.0.0.1\"}')").unwrap();
+        Spi::run("SELECT allsource.append('hard-delete/s', 'B', '{\"name\": \"Ada L.\"}')")
+            .unwrap();
+        Spi::run("SELECT allsource.save_snapshot('hard-delete/s', 2, '{\"name\": \"Ada L.\"}')")
+            .unwrap();
+        let version: i64 = one("SELECT allsource.delete_stream('hard-delete/s', hard => true)");
+        assert_eq!(version, 2);
+        let left: i64 = one(
+            "SELECT count(*) FROM allsource.events WHERE stream_id = 'hard-delete/s' \
+             AND (payload <> 'null' OR metadata IS NOT NULL)",
+        );
+        assert_eq!(left, 0, "payload and metadata are gone");
+        let digests: i64 = one(
+            "SELECT count(*) FROM allsource.erased_events x JOIN allsource.events e USING (partition_id, position) \
+             WHERE e.stream_id = 'hard-delete/s' AND (e.version = 1) = (x.metadata_digest IS NOT NULL)",
+        );
+        assert_eq!(
+            digests, 2,
+            "digests of both payloads, metadata only where there was one"
+        );
+        let (ok, checked) = Spi::get_two::<bool, i64>(
+            "SELECT ok, events_checked FROM allsource.verify_stream('hard-delete/s')",
+        )
+        .unwrap();
+        assert_eq!((ok, checked), (Some(true), Some(2)));
+        let problem: String = one("SELECT problem FROM allsource.verify_stream('hard-delete/s')");
+        assert!(problem.starts_with("erased at "), "{problem}");
+        let failing: i64 =
+            one("SELECT count(*) FROM allsource.verify_all() WHERE stream_id = 'hard-delete/s'");
+        assert_eq!(failing, 0, "erased is not corrupt");
+        let snapshots: i64 = one("SELECT count(*) FROM allsource.load_snapshot('hard-delete/s')");
+        assert_eq!(snapshots, 0, "the snapshot goes with the payloads");
+        // A forged digest is still caught.
+        Spi::run(
+            "SET LOCAL session_replication_role = replica;
+             UPDATE allsource.erased_events SET payload_digest = sha256('x')
+             WHERE position = (SELECT position FROM allsource.events WHERE stream_id = 'hard-delete/s' AND version = 2);
+             SET LOCAL session_replication_role = origin",
+        )
+        .unwrap();
+        let (ok, bad) = Spi::get_two::<bool, i64>(
+            "SELECT ok, first_bad_version FROM allsource.verify_stream('hard-delete/s')",
+        )
+        .unwrap();
+        assert_eq!((ok, bad), (Some(false), Some(2)));
+    }
+
+    #[pg_test]
+    fn snapshots_keep_the_latest() {
+        Spi::run("SELECT allsource.append_batch('snapshots/s', '[{\"type\": \"A\", \"payload\": 1}, {\"type\": \"B\", \"payload\": 2}, {\"type\": \"C\", \"payload\": 3}]')").unwrap();
+        let none: i64 = one("SELECT count(*) FROM allsource.load_snapshot('snapshots/s')");
+        assert_eq!(none, 0);
+        assert!(one::<bool>(
+            "SELECT allsource.save_snapshot('snapshots/s', 2, '{\"sum\": 3}')"
+        ));
+        assert!(
+            !one::<bool>("SELECT allsource.save_snapshot('snapshots/s', 1, '{\"sum\": 1}')"),
+            "an older snapshot does not replace a newer one"
+        );
+        assert!(one::<bool>(
+            "SELECT allsource.save_snapshot('snapshots/s', 3, '{\"sum\": 6}')"
+        ));
+        let (version, state) = Spi::get_two::<i64, pgrx::JsonB>(
+            "SELECT version, state FROM allsource.load_snapshot('snapshots/s')",
+        )
+        .unwrap();
+        assert_eq!(version, Some(3));
+        assert_eq!(state.unwrap().0, serde_json::json!({"sum": 6}));
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 4, '{}')",
+            "22023",
+            "at version 3",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 0, '{}')",
+            "22023",
+            "version",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 1, NULL)",
+            "22023",
+            "state",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/none', 1, '{}')",
+            "22023",
+            "at version 0",
+        );
+        Spi::run("SELECT allsource.delete_stream('snapshots/s')").unwrap();
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 3, '{}')",
+            "ZA002",
+            "deleted",
+        );
+    }
+
+    #[pg_test]
+    fn a_tenant_sees_and_writes_only_its_own_streams() {
+        Spi::run("SET LOCAL allsource.tenant = 'acme'").unwrap();
+        Spi::run("SELECT allsource.append('tenants/acme-1', 'A', '{\"secret\": 1}')").unwrap();
+        Spi::run("SELECT allsource.save_snapshot('tenants/acme-1', 1, '{}')").unwrap();
+        let tenant: String =
+            one("SELECT tenant_id FROM allsource.events WHERE stream_id = 'tenants/acme-1'");
+        assert_eq!(tenant, "acme");
+        Spi::run("SET LOCAL allsource.tenant = 'globex'").unwrap();
+        for (query, sqlstate) in [
+            ("SELECT allsource.append('tenants/acme-1', 'A', '{}')", "42501"),
+            ("SELECT allsource.append_batch('tenants/acme-1', '[{\"type\": \"A\", \"payload\": 1}]')", "42501"),
+            ("SELECT allsource.delete_stream('tenants/acme-1')", "42501"),
+            ("SELECT allsource.save_snapshot('tenants/acme-1', 1, '{}')", "42501"),
+        ] {
+            assert_fails(query, sqlstate, "another tenant");
+        }
+        for query in [
+            "SELECT count(*) FROM allsource.read_stream('tenants/acme-1')",
+            "SELECT count(*) FROM allsource.load_snapshot('tenants/acme-1')",
+            "SELECT allsource.stream_version('tenants/acme-1')",
+            "SELECT events_checked FROM allsource.verify_stream('tenants/acme-1')",
+            "SELECT count(*) FROM allsource.verify_all() WHERE stream_id = 'tenants/acme-1'",
+        ] {
+            assert_eq!(one::<i64>(query), 0, "{query}");
+        }
+        assert!(one::<bool>(
+            "SELECT allsource.verify_gapless('tenants/acme-1')"
+        ));
+        // No tenant is a scope of its own too.
+        Spi::run("RESET allsource.tenant").unwrap();
+        assert_fails(
+            "SELECT allsource.append('tenants/acme-1', 'A', '{}')",
+            "42501",
+            "another tenant",
+        );
+        Spi::run("SET LOCAL allsource.tenant = 'acme'").unwrap();
+        let version: i64 = one("SELECT allsource.stream_version('tenants/acme-1')");
+        assert_eq!(version, 1);
     }
 }

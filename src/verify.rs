@@ -3,7 +3,7 @@
 //! diagnosis. Pure Rust, so the detection logic is property-tested without
 //! PostgreSQL; `sql/verify.rs` feeds it from the tables.
 
-use crate::checksum::{checksum, EventFields, CHECKSUM_LEN, GENESIS};
+use crate::checksum::{checksum, Body, EventFields, CHECKSUM_LEN, GENESIS};
 use std::collections::VecDeque;
 
 /// Rows kept before and read after a failure to tell what happened.
@@ -19,19 +19,38 @@ pub struct EventRow {
     pub payload: String,
     /// `metadata::text`
     pub metadata: Option<String>,
+    /// The digests a hard delete kept in place of payload and metadata.
+    pub erased: Option<ErasedDigests>,
     pub created_at_unix_micros: i64,
     pub checksum: Vec<u8>,
 }
 
+/// What `allsource.erased_events` keeps of an erased event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasedDigests {
+    pub payload: [u8; CHECKSUM_LEN],
+    pub metadata: Option<[u8; CHECKSUM_LEN]>,
+}
+
 impl EventRow {
     fn fields<'a>(&'a self, stream_id: &'a str, version: i64) -> EventFields<'a> {
+        let (payload, metadata) = match &self.erased {
+            None => (
+                Body::Text(&self.payload),
+                self.metadata.as_deref().map(Body::Text),
+            ),
+            Some(erased) => (
+                Body::Digest(&erased.payload),
+                erased.metadata.as_ref().map(Body::Digest),
+            ),
+        };
         EventFields {
             stream_id,
             version,
             event_type: &self.event_type,
             event_id: self.event_id,
-            payload: &self.payload,
-            metadata: self.metadata.as_deref(),
+            payload,
+            metadata,
             created_at_unix_micros: self.created_at_unix_micros,
         }
     }
@@ -302,6 +321,7 @@ mod tests {
                 metadata: (version % 2 == 0).then(|| format!(r#"{{"m": {version}}}"#)),
                 created_at_unix_micros: 1_767_225_600_000_000 + version / 3,
                 checksum: vec![],
+                erased: None,
             };
             previous = checksum(&row.fields(STREAM, version), &previous);
             row.checksum = previous.to_vec();
@@ -340,6 +360,30 @@ mod tests {
             problem.contains(words),
             "{problem:?} should mention {words:?}"
         );
+    }
+
+    /// What a hard delete leaves: the text gone, the digests in its place.
+    fn erase(rows: &[EventRow]) -> Vec<EventRow> {
+        rows.iter()
+            .map(|row| EventRow {
+                payload: "null".into(),
+                metadata: None,
+                erased: Some(ErasedDigests {
+                    payload: crate::checksum::digest(&row.payload),
+                    metadata: row.metadata.as_deref().map(crate::checksum::digest),
+                }),
+                ..row.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_erased_stream_still_verifies_and_a_wrong_digest_does_not() {
+        let (rows, head) = stream_of(6);
+        let mut erased = erase(&rows);
+        assert!(verify(&erased, Some(&head)).ok);
+        erased[3].erased.as_mut().unwrap().payload[0] ^= 1;
+        assert_bad(&verify(&erased, Some(&head)), 4, "");
     }
 
     #[test]

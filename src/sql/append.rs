@@ -28,7 +28,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 /// Appends one event to a stream; returns its version and global position.
-#[pg_extern]
+/// Runs as the extension's owner: callers need EXECUTE, not table rights.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn append(
     stream_id: Option<&str>,
     event_type: Option<&str>,
@@ -48,7 +50,8 @@ fn append(
 }
 
 /// Appends a JSON array of events to one stream, all or nothing.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn append_batch(
     stream_id: Option<&str>,
     events: Option<JsonB>,
@@ -104,10 +107,12 @@ pub(crate) fn new_event<'a>(
 }
 
 fn append_one(stream_id: &str, events: &[NewEvent], expected: ExpectedVersion) -> Result<Appended> {
+    let tenant = settings::tenant()?;
     let request = Request {
         stream_id,
         events,
         expected,
+        tenant: tenant.as_deref(),
     };
     append_requests(&[request])?
         .pop()
@@ -131,7 +136,7 @@ pub(crate) fn append_requests(
         let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
         streams.sort_unstable();
         streams.dedup();
-        let (heads, row_ids) = lock_streams(client, plans, &streams);
+        let (heads, row_ids) = lock_streams(client, plans, &streams, requests);
         let stored = stored_events(client, plans, requests.iter().flat_map(|r| r.events));
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {
@@ -166,6 +171,7 @@ pub(crate) fn append_requests(
                 rows.versions.into(),
                 rows.event_ids.into(),
                 rows.event_types.into(),
+                rows.tenant_ids.into(),
                 rows.payloads.into(),
                 rows.metadata.into(),
                 rows.checksums.into(),
@@ -205,6 +211,7 @@ struct EventRows {
     versions: Vec<i64>,
     event_ids: Vec<Uuid>,
     event_types: Vec<String>,
+    tenant_ids: Vec<Option<String>>,
     payloads: Vec<String>,
     metadata: Vec<Option<String>>,
     checksums: Vec<Vec<u8>>,
@@ -219,6 +226,7 @@ impl EventRows {
             versions: Vec::with_capacity(n),
             event_ids: Vec::with_capacity(n),
             event_types: Vec::with_capacity(n),
+            tenant_ids: Vec::with_capacity(n),
             payloads: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             checksums: Vec::with_capacity(n),
@@ -233,6 +241,7 @@ impl EventRows {
         self.event_ids
             .push(Uuid::from_bytes(*row.event_id.as_bytes()));
         self.event_types.push(row.event.event_type.clone());
+        self.tenant_ids.push(row.tenant.map(str::to_string));
         self.payloads.push(row.event.payload.clone());
         self.metadata.push(row.event.metadata.clone());
         self.checksums.push(row.checksum.to_vec());
@@ -250,11 +259,19 @@ fn lock_streams<'a>(
     client: &mut SpiClient,
     plans: &Plans,
     streams: &[&'a str],
+    requests: &[Request],
 ) -> (HashMap<&'a str, Head>, HashMap<&'a str, String>) {
     let mut heads = HashMap::with_capacity(streams.len());
     let mut row_ids = HashMap::with_capacity(streams.len());
+    // A new stream belongs to the tenant of the first request for it.
+    let tenant_of = |stream: &str| {
+        requests
+            .iter()
+            .find(|r| r.stream_id == stream)
+            .and_then(|r| r.tenant.map(str::to_string))
+    };
     loop {
-        for plan in [&plans.lock_streams, &plans.create_streams] {
+        for (plan, creating) in [(&plans.lock_streams, false), (&plans.create_streams, true)] {
             let missing: Vec<&str> = streams
                 .iter()
                 .copied()
@@ -263,7 +280,12 @@ fn lock_streams<'a>(
             if missing.is_empty() {
                 return (heads, row_ids);
             }
-            for row in spi(client.update(plan, None, &[missing.into()])) {
+            let mut args = vec![missing.clone().into()];
+            if creating {
+                let tenants: Vec<Option<String>> = missing.iter().map(|s| tenant_of(s)).collect();
+                args.push(tenants.into());
+            }
+            for row in spi(client.update(plan, None, &args)) {
                 let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
                 let checksum: Option<Vec<u8>> = spi(row.get(4));
                 let key = streams[streams
@@ -276,6 +298,7 @@ fn lock_streams<'a>(
                         version: spi(row.get(3)).expect("version is NOT NULL"),
                         last_checksum: checksum.and_then(|c| c.try_into().ok()).unwrap_or(GENESIS),
                         deleted: spi(row.get(5)).expect("deleted is computed"),
+                        tenant: spi(row.get(7)),
                     },
                 );
                 row_ids.insert(key, spi(row.get(6)).expect("ctid is never NULL"));
@@ -329,12 +352,12 @@ fn insert_events_sql(on_conflict: &str) -> String {
     format!(
         "WITH inserted AS ( \
          INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, \
-                                       event_type, payload, metadata, created_at, checksum) \
+                                       event_type, tenant_id, payload, metadata, created_at, checksum) \
          SELECT u.position, u.partition_id, u.stream_id, u.version, u.event_id, u.event_type, \
-                u.payload::jsonb, u.metadata::jsonb, now(), u.checksum \
-         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, now(), u.checksum \
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
               AS u(position, partition_id, stream_id, version, event_id, event_type, \
-                   payload, metadata, checksum) \
+                   tenant_id, payload, metadata, checksum) \
          RETURNING event_id, partition_id, position) \
          INSERT INTO allsource.event_ids (event_id, partition_id, position) \
          SELECT event_id, partition_id, position FROM inserted \
@@ -343,7 +366,7 @@ fn insert_events_sql(on_conflict: &str) -> String {
 }
 
 /// Column arrays of [`EventRows`], in the insert's parameter order.
-fn insert_event_args() -> [PgOid; 9] {
+fn insert_event_args() -> [PgOid; 10] {
     [
         oid::<Vec<i64>>(),
         oid::<Vec<i32>>(),
@@ -351,6 +374,7 @@ fn insert_event_args() -> [PgOid; 9] {
         oid::<Vec<i64>>(),
         oid::<Vec<Uuid>>(),
         oid::<Vec<String>>(),
+        oid::<Vec<Option<String>>>(),
         oid::<Vec<String>>(),
         oid::<Vec<Option<String>>>(),
         oid::<Vec<Vec<u8>>>(),
@@ -396,7 +420,8 @@ struct Plans {
 }
 
 const STREAM_HEAD: &str =
-    "s.stream_id, s.partition_id, s.version, s.last_checksum, s.deleted_at IS NOT NULL, s.ctid::text";
+    "s.stream_id, s.partition_id, s.version, s.last_checksum, s.deleted_at IS NOT NULL, s.ctid::text, \
+     s.tenant_id";
 
 thread_local! {
     static PLANS: OnceCell<&'static Plans> = const { OnceCell::new() };
@@ -419,12 +444,12 @@ impl Plans {
             ),
             create_streams: prepare(
                 &format!(
-                    "INSERT INTO allsource.streams AS s (stream_id, partition_id) \
-                     SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())) \
-                     FROM unnest($1::text[]) AS id ORDER BY id \
+                    "INSERT INTO allsource.streams AS s (stream_id, partition_id, tenant_id) \
+                     SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())), tenant \
+                     FROM unnest($1::text[], $2::text[]) AS u(id, tenant) ORDER BY id \
                      ON CONFLICT (stream_id) DO NOTHING RETURNING {STREAM_HEAD}"
                 ),
-                &[oid::<Vec<String>>()],
+                &[oid::<Vec<String>>(), oid::<Vec<Option<String>>>()],
             ),
             find_events: prepare(
                 "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text \

@@ -49,6 +49,6 @@ fn refuse_direct_write<'a>(
             format!("direct {operation} on {table} is not allowed"),
         )
         .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
-        .with_hint("Use allsource.append or allsource.append_batch to write events."),
+        .with_hint("Use allsource.append or allsource.append_batch to write events. To restore a dump, run pg_restore or psql as a superuser with PGOPTIONS='-c session_replication_role=replica'."),
     )
 }

@@ -380,11 +380,13 @@ fn enqueue(
     let result = (|| {
         let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
+        let tenant = settings::tenant()?;
         let queue = queue_here("allsource.enqueue()")?;
         let entry = QueuedEvent {
             stream_id: stream_id.to_string(),
             expected,
             event,
+            tenant,
             enqueued_at: now(),
         };
         push(queue, queue.lane_of(stream_id), &entry)
@@ -903,6 +905,7 @@ impl Worker {
                 stream_id: &q.stream_id,
                 events: std::slice::from_ref(&q.event),
                 expected: q.expected,
+                tenant: q.tenant.as_deref(),
             })
             .collect();
         // The closure only reads shared memory through atomics and the ring.

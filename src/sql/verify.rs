@@ -3,10 +3,11 @@
 //! the pure [`crate::verify`] checker. Memory stays flat whatever the store's size.
 
 use crate::checksum::unix_micros_from_postgres;
+use crate::checksum::CHECKSUM_LEN;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::validate;
-use crate::verify::{EventRow, StreamRow, StreamVerifier, Verdict};
+use crate::verify::{ErasedDigests, EventRow, StreamRow, StreamVerifier, Verdict};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::Uuid;
@@ -17,11 +18,23 @@ const CHUNK: i64 = 1000;
 /// How often `verify_all` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// An event and, once a hard delete erased it, the digests kept in its place.
 const EVENT_COLUMNS: &str =
-    "version, event_type, event_id, payload::text, metadata::text, created_at, checksum";
+    "e.version, e.event_type, e.event_id, e.payload::text, e.metadata::text, \
+     e.created_at, e.checksum, x.payload_digest, x.metadata_digest";
+const ERASED_JOIN: &str = "LEFT JOIN allsource.erased_events x \
+     ON x.partition_id = e.partition_id AND x.position = e.position";
+/// Only the session's tenant's streams are verified.
+const IN_TENANT: &str = "tenant_id IS NOT DISTINCT FROM allsource.current_tenant()";
+/// The stream row's columns a verdict needs.
+const HEAD_COLUMNS: &str = "partition_id, version, last_checksum, \
+     CASE WHEN erased_at IS NOT NULL THEN format('erased at %s by %s', erased_at, deleted_by) END";
 
 /// Verifies one stream: gapless versions 1..version, the stream row, the hash chain.
-#[pg_extern(stable)]
+/// Runs as the extension's owner (it reads the erased events' digests, which
+/// readers cannot); scoped to the session's tenant.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn verify_stream(
     stream_id: Option<&str>,
 ) -> TableIterator<
@@ -47,7 +60,8 @@ fn verify_stream(
 }
 
 /// Verifies every stream; one row per stream that fails, none when all hold.
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn verify_all() -> TableIterator<
     'static,
     (
@@ -62,7 +76,9 @@ fn verify_all() -> TableIterator<
     let mut failures = vec![];
     Spi::connect(|client| {
         let mut cursor = spi(client.try_open_cursor(
-            "SELECT stream_id, partition_id, version, last_checksum FROM allsource.streams ORDER BY stream_id",
+            &format!(
+                "SELECT stream_id, {HEAD_COLUMNS} FROM allsource.streams WHERE {IN_TENANT} ORDER BY stream_id"
+            ),
             &[],
         ));
         loop {
@@ -75,6 +91,7 @@ fn verify_all() -> TableIterator<
                             version: spi(row.get(3)).expect("NOT NULL"),
                             last_checksum: spi(row.get(4)),
                         },
+                        erased: spi(row.get(5)),
                     },
                 )
             });
@@ -102,8 +119,11 @@ fn verify_all() -> TableIterator<
         drop(cursor);
         // Events whose stream row is gone altogether.
         let orphans = spi(client.select(
-            "SELECT DISTINCT e.stream_id FROM allsource.events e
-             WHERE NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)",
+            &format!(
+                "SELECT DISTINCT e.stream_id FROM allsource.events e
+                 WHERE e.{IN_TENANT}
+                   AND NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)"
+            ),
             None,
             &[],
         ));
@@ -137,11 +157,15 @@ fn progress(streams: u64, events: u64, failing: usize, started: Instant) -> Stri
 struct Head {
     partition_id: i32,
     row: StreamRow,
+    /// When and by whom a hard delete erased the stream's payloads.
+    erased: Option<String>,
 }
 
 fn stream_head(client: &SpiClient, stream_id: &str) -> Option<Head> {
     let table = spi(client.select(
-        "SELECT partition_id, version, last_checksum FROM allsource.streams WHERE stream_id = $1",
+        &format!(
+            "SELECT {HEAD_COLUMNS} FROM allsource.streams WHERE stream_id = $1 AND {IN_TENANT}"
+        ),
         None,
         &[stream_id.into()],
     ));
@@ -151,6 +175,7 @@ fn stream_head(client: &SpiClient, stream_id: &str) -> Option<Head> {
             version: spi(row.get(2)).expect("NOT NULL"),
             last_checksum: spi(row.get(3)),
         },
+        erased: spi(row.get(4)),
     })
     .pop()
 }
@@ -160,10 +185,14 @@ fn verify_one(client: &SpiClient, stream_id: &str, head: Option<&Head>) -> Verdi
     // With a stream row, read its partition only; without one, look everywhere.
     let query = match head {
         Some(head) => format!(
-            "SELECT {EVENT_COLUMNS} FROM allsource.events_p{} WHERE stream_id = $1 ORDER BY version",
+            "SELECT {EVENT_COLUMNS} FROM allsource.events_p{} e {ERASED_JOIN} \
+             WHERE e.stream_id = $1 AND e.{IN_TENANT} ORDER BY e.version",
             head.partition_id
         ),
-        None => format!("SELECT {EVENT_COLUMNS} FROM allsource.events WHERE stream_id = $1 ORDER BY version"),
+        None => format!(
+            "SELECT {EVENT_COLUMNS} FROM allsource.events e {ERASED_JOIN} \
+             WHERE e.stream_id = $1 AND e.{IN_TENANT} ORDER BY e.version"
+        ),
     };
     let mut verifier = StreamVerifier::new(stream_id);
     let mut cursor = spi(client.try_open_cursor(&query, &[stream_id.into()]));
@@ -190,7 +219,12 @@ fn verify_one(client: &SpiClient, stream_id: &str, head: Option<&Head>) -> Verdi
             verifier.copied_from(source);
         }
     }
-    verifier.finish(head.map(|h| &h.row))
+    let mut verdict = verifier.finish(head.map(|h| &h.row));
+    // Sound but erased: say so, so that nobody mistakes the payloads for lost.
+    if let (true, Some(erased)) = (verdict.ok, head.and_then(|h| h.erased.clone())) {
+        verdict.problem = Some(erased);
+    }
+    verdict
 }
 
 fn event_row(row: pgrx::spi::SpiHeapTupleData) -> EventRow {
@@ -204,7 +238,16 @@ fn event_row(row: pgrx::spi::SpiHeapTupleData) -> EventRow {
         metadata: spi(row.get(5)),
         created_at_unix_micros: unix_micros_from_postgres(created_at.into_inner()),
         checksum: spi(row.get(7)).expect("NOT NULL"),
+        erased: spi::<Option<Vec<u8>>>(row.get(8)).map(|payload| ErasedDigests {
+            payload: digest_bytes(payload),
+            metadata: spi::<Option<Vec<u8>>>(row.get(9)).map(digest_bytes),
+        }),
     }
+}
+
+/// A stored digest; a wrong length cannot verify, so zeros stand in for it.
+fn digest_bytes(bytes: Vec<u8>) -> [u8; CHECKSUM_LEN] {
+    bytes.try_into().unwrap_or([0; CHECKSUM_LEN])
 }
 
 /// Converts every row of an SPI result into Rust values, then frees the

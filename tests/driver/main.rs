@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod crash;
 mod integrity;
+mod lifecycle;
 mod queue;
 mod watermark;
 
@@ -17,7 +18,7 @@ pub struct TestDb {
     name: String,
 }
 
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("ALLSOURCE_TEST_URL").expect(
         "ALLSOURCE_TEST_URL is not set: run scripts/test.sh, which starts a preloaded server for these tests",
     )
@@ -47,7 +48,17 @@ pub fn reconnect_to(database: &str) -> Client {
 }
 
 impl TestDb {
+    /// A database with the extension created.
     pub fn new(test: &str) -> TestDb {
+        let db = TestDb::empty(test);
+        db.connect()
+            .batch_execute("CREATE EXTENSION allsource")
+            .unwrap();
+        db
+    }
+
+    /// A database without the extension (a restore creates it).
+    pub fn empty(test: &str) -> TestDb {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "driver_{}_{}_{}",
@@ -59,11 +70,7 @@ impl TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        let db = TestDb { name };
-        db.connect()
-            .batch_execute("CREATE EXTENSION allsource")
-            .unwrap();
-        db
+        TestDb { name }
     }
 
     pub fn name(&self) -> &str {

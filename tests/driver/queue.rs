@@ -616,3 +616,49 @@ fn queue_a_cancelled_worker_batch_is_appended_event_by_event() {
     );
     assert_store_is_sound(&mut client);
 }
+
+#[test]
+fn queue_events_carry_their_sessions_tenant() {
+    let mut client = fresh_queue_db();
+    client
+        .batch_execute("SET allsource.tenant = 'acme'")
+        .unwrap();
+    let enqueue = |client: &mut Client| -> i64 {
+        client
+            .query_one("SELECT allsource.enqueue('tenant-1', 'A', '{}')", &[])
+            .unwrap()
+            .get(0)
+    };
+    let ticket = enqueue(&mut client);
+    assert_eq!(
+        await_ticket(&mut client, ticket, 10_000).status,
+        "committed"
+    );
+    let tenant: String = client
+        .query_one(
+            "SELECT tenant_id FROM allsource.events WHERE stream_id = 'tenant-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tenant, "acme",
+        "the worker records the enqueuing session's tenant"
+    );
+    client
+        .batch_execute("SET allsource.tenant = 'globex'")
+        .unwrap();
+    let ticket = enqueue(&mut client);
+    assert_eq!(
+        await_ticket(&mut client, ticket, 10_000).status,
+        "rejected",
+        "another tenant's stream"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM allsource.events WHERE stream_id = 'tenant-1'"
+        ),
+        1
+    );
+}

@@ -1,0 +1,294 @@
+//! Roles, tenants and pg_dump as users meet them: through logins that are
+//! not superusers (row-level security applies to those only), direct SQL on
+//! the tables, and the real pg_dump and pg_restore.
+
+use crate::{server_url, sqlstate, try_connect_to, TestDb};
+use postgres::{Client, NoTls};
+use std::process::Command;
+
+/// A session of `role` on `db`.
+fn connect_as(db: &TestDb, role: &str) -> Client {
+    Client::connect(
+        &format!("{} dbname={} user={role}", server_url(), db.name()),
+        NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
+}
+
+/// A login role in `group`, dropped when the value is.
+struct Login {
+    name: String,
+}
+
+impl Login {
+    fn new(db: &TestDb, what: &str, group: Option<&str>) -> Login {
+        let name = format!("{}_{what}", db.name());
+        let member = group.map_or(String::new(), |g| format!(" IN ROLE {g}"));
+        try_connect_to("postgres")
+            .unwrap()
+            .batch_execute(&format!("CREATE ROLE {name} LOGIN{member}"))
+            .unwrap();
+        Login { name }
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = try_connect_to("postgres") {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
+        }
+    }
+}
+
+fn refused(client: &mut Client, sql: &str) -> String {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("{sql} should have been refused"),
+        Err(e) => sqlstate(&e),
+    }
+}
+
+const DIRECT_WRITES: [&str; 6] = [
+    "INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum) \
+     VALUES (999999, 0, 'forged', 1, gen_random_uuid(), 'F', '{}', now(), '\\x00')",
+    "UPDATE allsource.streams SET version = 99",
+    "DELETE FROM allsource.events",
+    "TRUNCATE allsource.events",
+    "INSERT INTO allsource.event_ids VALUES (gen_random_uuid(), 0, 1)",
+    "DELETE FROM allsource.snapshots",
+];
+
+const WRITE_CALLS: [&str; 5] = [
+    "SELECT allsource.append('roles-1', 'A', '{}')",
+    "SELECT allsource.append_batch('roles-1', '[{\"type\": \"A\", \"payload\": 1}]')",
+    "SELECT allsource.delete_stream('roles-1')",
+    "SELECT allsource.save_snapshot('roles-1', 1, '{}')",
+    "SELECT allsource.enqueue('roles-1', 'A', '{}')",
+];
+
+#[test]
+fn roles_grant_just_what_their_names_say() {
+    let db = TestDb::new("roles");
+    let writer = Login::new(&db, "writer", Some("allsource_writer"));
+    let reader = Login::new(&db, "reader", Some("allsource_reader"));
+    let nobody = Login::new(&db, "nobody", None);
+
+    let mut w = connect_as(&db, &writer.name);
+    w.batch_execute("SELECT allsource.append('roles-1', 'A', '{\"n\": 1}')")
+        .unwrap();
+    w.batch_execute("SELECT allsource.save_snapshot('roles-1', 1, '{}')")
+        .unwrap();
+    for sql in DIRECT_WRITES {
+        assert_eq!(refused(&mut w, sql), "42501", "writer: {sql}");
+    }
+
+    let mut r = connect_as(&db, &reader.name);
+    let read: i64 = r
+        .query_one("SELECT count(*) FROM allsource.read_stream('roles-1')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(read, 1, "a reader reads");
+    let direct: i64 = r
+        .query_one("SELECT count(*) FROM allsource.events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(direct, 1, "also the tables");
+    for sql in WRITE_CALLS.iter().chain(&DIRECT_WRITES) {
+        assert_eq!(refused(&mut r, sql), "42501", "reader: {sql}");
+    }
+
+    let mut n = connect_as(&db, &nobody.name);
+    for sql in [
+        "SELECT count(*) FROM allsource.events",
+        "SELECT count(*) FROM allsource.read_stream('roles-1')",
+    ] {
+        assert_eq!(refused(&mut n, sql), "42501", "no role: {sql}");
+    }
+    // Superusers are refused direct writes too (the guard triggers).
+    let mut admin = db.connect();
+    for sql in DIRECT_WRITES {
+        assert_eq!(refused(&mut admin, sql), "42501", "superuser: {sql}");
+    }
+    drop((w, r, n));
+}
+
+#[test]
+fn a_tenant_cannot_reach_another_tenants_streams() {
+    let db = TestDb::new("tenants");
+    let login = Login::new(&db, "app", Some("allsource_writer"));
+    let mut app = connect_as(&db, &login.name);
+    app.batch_execute(
+        "SET allsource.tenant = 'acme';
+         SELECT allsource.append('acme-1', 'A', '{\"secret\": 1}');
+         SELECT allsource.append('acme-1', 'B', '{\"secret\": 2}');
+         SELECT allsource.save_snapshot('acme-1', 2, '{\"secret\": 3}');
+         SET allsource.tenant = 'globex';
+         SELECT allsource.append('globex-1', 'A', '{}')",
+    )
+    .unwrap();
+
+    let count = |app: &mut Client, sql: &str| -> i64 { app.query_one(sql, &[]).unwrap().get(0) };
+    for sql in [
+        "SELECT count(*) FROM allsource.events WHERE stream_id = 'acme-1'",
+        "SELECT count(*) FROM allsource.streams WHERE stream_id = 'acme-1'",
+        "SELECT count(*) FROM allsource.snapshots WHERE stream_id = 'acme-1'",
+        "SELECT count(*) FROM allsource.events WHERE tenant_id IS DISTINCT FROM 'globex'",
+        "SELECT count(*) FROM allsource.read_stream('acme-1')",
+        "SELECT count(*) FROM allsource.load_snapshot('acme-1')",
+        "SELECT allsource.stream_version('acme-1')",
+        "SELECT events_checked FROM allsource.verify_stream('acme-1')",
+        "SELECT count(*) FROM allsource.verify_all()",
+    ] {
+        assert_eq!(count(&mut app, sql), 0, "globex: {sql}");
+    }
+    assert_eq!(
+        count(&mut app, "SELECT count(*) FROM allsource.events"),
+        1,
+        "globex sees its own event"
+    );
+    for sql in &WRITE_CALLS[..4] {
+        let sql = sql.replace("roles-1", "acme-1");
+        assert_eq!(refused(&mut app, &sql), "42501", "globex: {sql}");
+    }
+    // Without a tenant: only rows without one, which here is none.
+    app.batch_execute("RESET allsource.tenant").unwrap();
+    assert_eq!(count(&mut app, "SELECT count(*) FROM allsource.events"), 0);
+    app.batch_execute("SET allsource.tenant = 'acme'").unwrap();
+    assert_eq!(
+        count(&mut app, "SELECT allsource.stream_version('acme-1')"),
+        2
+    );
+    let (ok, checked): (bool, i64) = {
+        let row = app
+            .query_one(
+                "SELECT ok, events_checked FROM allsource.verify_stream('acme-1')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(ok && checked == 2, "acme verifies its own stream");
+}
+
+/// pg_dump / pg_restore from the server's own binaries.
+fn pg_tool(tool: &str, args: &[&str]) {
+    let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
+    let url = server_url();
+    let setting = |key: &str| {
+        url.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in ALLSOURCE_TEST_URL"))
+            .to_string()
+    };
+    let output = Command::new(format!("{bin}/{tool}"))
+        .env("PGOPTIONS", "-c session_replication_role=replica")
+        .args([
+            "--host",
+            &setting("host"),
+            "--port",
+            &setting("port"),
+            "--username=postgres",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{tool} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Everything a dump must carry, as text rows.
+fn contents(client: &mut Client) -> Vec<String> {
+    let mut rows = vec![];
+    for sql in [
+        "SELECT format('%s', e) FROM allsource.events e ORDER BY position",
+        "SELECT format('%s', s) FROM allsource.streams s ORDER BY stream_id",
+        "SELECT format('%s', s) FROM allsource.snapshots s ORDER BY stream_id",
+        "SELECT format('%s', x) FROM allsource.erased_events x ORDER BY position",
+        "SELECT format('%s', i) FROM allsource.event_ids i ORDER BY position",
+        "SELECT format('last position %s', last_value) FROM allsource.event_position",
+    ] {
+        for row in client.query(sql, &[]).unwrap() {
+            rows.push(row.get(0));
+        }
+    }
+    rows
+}
+
+#[test]
+fn pg_dump_and_pg_restore_keep_every_event_stream_snapshot_and_tombstone() {
+    let source = TestDb::new("dump_source");
+    let mut client = source.connect();
+    client
+        .batch_execute(
+            "SELECT allsource.append_batch('kept-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1}, \"metadata\": {\"by\": \"me\"}},
+                                                       {\"type\": \"B\", \"payload\": {\"n\": 2}}]');
+             SELECT allsource.save_snapshot('kept-1', 2, '{\"sum\": 3}');
+             SELECT allsource.append('tombstone-1', 'A', '{}');
+             SELECT allsource.delete_stream('tombstone-1');
+             SELECT allsource.append('erased-1', 'A', '{\"name\": \"Ada\"}', '{\"ip\": \"10.0.0.1\"}');
+             SELECT allsource.delete_stream('erased-1', hard => true);
+             SET allsource.tenant = 'acme';
+             SELECT allsource.append('acme-1', 'A', '{}');
+             RESET allsource.tenant",
+        )
+        .unwrap();
+    let dump = std::env::temp_dir().join(format!("{}.dump", source.name()));
+    let dump = dump.to_str().unwrap();
+    pg_tool(
+        "pg_dump",
+        &["--format=custom", "--file", dump, "--dbname", source.name()],
+    );
+    let target = TestDb::empty("dump_target");
+    // The guard triggers refuse every write but the extension's own: the
+    // restore loads the rows with them disabled, as a superuser.
+    pg_tool(
+        "pg_restore",
+        &["--disable-triggers", "--dbname", target.name(), dump],
+    );
+    std::fs::remove_file(dump).unwrap();
+
+    let mut restored = target.connect();
+    assert_eq!(contents(&mut restored), contents(&mut client));
+    for tenant in ["", "acme"] {
+        restored
+            .batch_execute(&format!("SET allsource.tenant = '{tenant}'"))
+            .unwrap();
+        let failing: i64 = restored
+            .query_one("SELECT count(*) FROM allsource.verify_all()", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(failing, 0, "verify_all clean for tenant {tenant:?}");
+    }
+    restored.batch_execute("RESET allsource.tenant").unwrap();
+    let before: i64 = client
+        .query_one("SELECT max(position) FROM allsource.events", &[])
+        .unwrap()
+        .get(0);
+    let row = restored
+        .query_one("SELECT version, position FROM allsource.append('kept-1', 'C', '{}', expected_version => 2)", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3, "versions continue");
+    assert!(row.get::<_, i64>(1) > before, "positions continue");
+    for stream in ["tombstone-1", "erased-1"] {
+        assert_eq!(
+            refused(
+                &mut restored,
+                &format!("SELECT allsource.append('{stream}', 'A', '{{}}')")
+            ),
+            "ZA002",
+            "{stream} stays deleted"
+        );
+    }
+    let (ok, problem): (bool, Option<String>) = {
+        let row = restored
+            .query_one(
+                "SELECT ok, problem FROM allsource.verify_stream('erased-1')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(ok && problem.is_some_and(|p| p.starts_with("erased at")));
+}
