@@ -331,14 +331,22 @@ fn crash_times(options: &Options) -> Vec<Duration> {
         .collect()
 }
 
-/// Waits for the server, pauses the writers and checks.
+/// Waits for the server, pauses the writers and checks. A session lost
+/// during the check (the crash-restart it follows may still be under way)
+/// means checking again: a check changes nothing until it passes.
 fn paused_check(shared: &Shared, checked_positions: &mut i64) -> Result<check::Report, String> {
-    let mut client = shared
-        .server
-        .reconnect(Duration::from_secs(300))
-        .ok_or("the server did not come back within 5 minutes")?;
     let _paused = shared.gate.write().unwrap();
-    check::check(shared, &mut client, checked_positions)
+    for _ in 0..10 {
+        let mut client = shared
+            .server
+            .reconnect(Duration::from_secs(300))
+            .ok_or("the server did not come back within 5 minutes")?;
+        match check::check(shared, &mut client, checked_positions) {
+            Err(_) if client.is_closed() => std::thread::sleep(Duration::from_secs(1)),
+            outcome => return outcome,
+        }
+    }
+    Err("the check lost its session 10 times in a row".into())
 }
 
 fn progress(
