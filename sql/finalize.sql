@@ -56,6 +56,8 @@ END
 $roles$;
 GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer;
 GRANT SELECT ON allsource.streams, allsource.events, allsource.snapshots TO allsource_reader, allsource_writer;
+-- watermark() reads the last position handed out (SELECT does not allow nextval).
+GRANT SELECT ON SEQUENCE allsource.event_position TO allsource_reader, allsource_writer;
 
 CREATE FUNCTION allsource.partition_count() RETURNS int
 LANGUAGE sql STABLE PARALLEL SAFE

@@ -20,11 +20,11 @@ SELECT (:version = 1 AND :last_version = 2 AND :events = 2 AND allsource.stream_
 
 -- Lifecycle needs no preloading either; the audit below recomputes the erased
 -- stream's chain from the digests a hard delete keeps.
-SELECT allsource.append('erased', 'T', '{"name": "Ada"}', '{"ip": "10.0.0.1"}');
-SELECT allsource.append('erased', 'T', '{"name": "Ada L."}');
+SELECT version AS first FROM allsource.append('erased', 'T', '{"name": "Ada"}', '{"ip": "10.0.0.1"}') \gset
+SELECT version AS second FROM allsource.append('erased', 'T', '{"name": "Ada L."}') \gset
 SELECT allsource.save_snapshot('erased', 2, '{}') AS saved \gset
 SELECT allsource.delete_stream('erased', hard => true) AS erased_version \gset
-SELECT (:saved AND :erased_version = 2
+SELECT (:'saved'::boolean AND :erased_version = 2
         AND (SELECT ok FROM allsource.verify_stream('erased'))
         AND NOT EXISTS (SELECT FROM allsource.load_snapshot('erased'))) AS ok \gset
 \if :ok

@@ -82,11 +82,15 @@ fn roles_grant_just_what_their_names_say() {
     }
 
     let mut r = connect_as(&db, &reader.name);
-    let read: i64 = r
-        .query_one("SELECT count(*) FROM allsource.read_stream('roles-1')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(read, 1, "a reader reads");
+    for sql in [
+        "SELECT count(*) FROM allsource.read_stream('roles-1')",
+        "SELECT count(*) FROM allsource.read_all()",
+        "SELECT count(*) FROM allsource.read_category('roles')",
+        "SELECT events_checked FROM allsource.verify_stream('roles-1')",
+    ] {
+        let read: i64 = r.query_one(sql, &[]).unwrap().get(0);
+        assert_eq!(read, 1, "a reader reads: {sql}");
+    }
     let direct: i64 = r
         .query_one("SELECT count(*) FROM allsource.events", &[])
         .unwrap()
@@ -137,6 +141,9 @@ fn a_tenant_cannot_reach_another_tenants_streams() {
         "SELECT allsource.stream_version('acme-1')",
         "SELECT events_checked FROM allsource.verify_stream('acme-1')",
         "SELECT count(*) FROM allsource.verify_all()",
+        "SELECT count(*) FROM allsource.read_all(0, 1000) WHERE tenant_id IS DISTINCT FROM 'globex'",
+        "SELECT count(*) FROM allsource.read_category('acme')",
+        "SELECT count(*) FROM allsource.verify_gapless('acme-1') WHERE NOT verify_gapless",
     ] {
         assert_eq!(count(&mut app, sql), 0, "globex: {sql}");
     }
