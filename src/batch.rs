@@ -29,6 +29,18 @@ const KEYS: [&str; 4] = ["type", "payload", "metadata", "id"];
 /// Parses `append_batch`'s `events`: a non-empty JSON array of
 /// `{"type": …, "payload": …, "metadata": …, "id": …}`, `metadata` and `id`
 /// optional. Errors name the element and key, e.g. `events[2].type`.
+/// Parses a batch from its jsonb text. jsonb accepts nesting serde_json does
+/// not read (deeper than 128 levels): such a batch is refused, not a crash.
+pub fn parse_batch_text(text: &str, max_event_bytes: usize) -> Result<Vec<NewEvent>> {
+    let events: Value = serde_json::from_str(text).map_err(|e| {
+        Error::invalid_argument(
+            "events",
+            format!("cannot be read as a batch ({e}); append an event nested that deeply with allsource.append"),
+        )
+    })?;
+    parse_batch(&events, max_event_bytes)
+}
+
 pub fn parse_batch(events: &Value, max_event_bytes: usize) -> Result<Vec<NewEvent>> {
     let items = events.as_array().ok_or_else(|| {
         Error::invalid_argument(
@@ -391,5 +403,26 @@ mod tests {
             MAX_BATCH_EVENTS + 1
         ]);
         assert_eq!(error_for(events).sqlstate, "22023");
+    }
+
+    #[test]
+    fn a_batch_nested_deeper_than_the_parser_reads_is_refused() {
+        let deep = format!(
+            r#"[{{"type": "A", "payload": {}1{}}}]"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let error = parse_batch_text(&deep, 1 << 20).unwrap_err();
+        assert_eq!(error.sqlstate, "22023");
+        assert!(
+            error.message.contains("allsource.append"),
+            "{}",
+            error.message
+        );
+        let shallow = r#"[{"type": "A", "payload": [[1]]}]"#;
+        assert_eq!(
+            parse_batch_text(shallow, 1 << 20).unwrap()[0].payload,
+            "[[1]]"
+        );
     }
 }

@@ -8,13 +8,13 @@
 //! Versions are gapless because only the lock holder advances them and a
 //! rollback undoes them.
 
-use crate::batch::{parse_batch, Appended, NewEvent, StoredEvent};
+use crate::batch::{parse_batch_text, Appended, NewEvent, StoredEvent};
 use crate::checksum::{self, GENESIS};
 use crate::error::{Error, Result};
-use crate::jsontext::jsonb_text;
 use crate::plan::{self, Head, Refused, Request, Row};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
+use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::stats::{self, Call};
 use crate::sql::{notify, watermark};
@@ -22,7 +22,7 @@ use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::{JsonB, PgOid, Uuid};
+use pgrx::{PgOid, Uuid};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -34,8 +34,8 @@ use std::time::Instant;
 fn append(
     stream_id: Option<&str>,
     event_type: Option<&str>,
-    payload: Option<JsonB>,
-    metadata: default!(Option<JsonB>, "NULL"),
+    payload: Option<JsonbText>,
+    metadata: default!(Option<JsonbText>, "NULL"),
     expected_version: default!(Option<i64>, "NULL"),
     event_id: default!(Option<Uuid>, "NULL"),
 ) -> TableIterator<'static, (name!(version, i64), name!(position, i64))> {
@@ -54,7 +54,7 @@ fn append(
 #[search_path(pg_catalog, pg_temp)]
 fn append_batch(
     stream_id: Option<&str>,
-    events: Option<JsonB>,
+    events: Option<JsonbText>,
     expected_version: default!(Option<i64>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -68,7 +68,7 @@ fn append_batch(
     let started = Instant::now();
     let result = (|| {
         let stream_id = validate::name("stream_id", stream_id)?;
-        let events = parse_batch(
+        let events = parse_batch_text(
             &validate::required("events", events)?.0,
             settings::max_event_bytes(),
         )?;
@@ -88,14 +88,14 @@ fn append_batch(
 pub(crate) fn new_event<'a>(
     stream_id: Option<&'a str>,
     event_type: Option<&str>,
-    payload: Option<JsonB>,
-    metadata: Option<JsonB>,
+    payload: Option<JsonbText>,
+    metadata: Option<JsonbText>,
     event_id: Option<Uuid>,
 ) -> Result<(&'a str, NewEvent)> {
     let stream_id = validate::name("stream_id", stream_id)?;
     let event_type = validate::name("event_type", event_type)?.to_string();
-    let payload = jsonb_text(&validate::required("payload", payload)?.0);
-    let metadata = metadata.map(|m| jsonb_text(&m.0));
+    let payload = validate::required("payload", payload)?.0;
+    let metadata = metadata.map(|m| m.0);
     let event = NewEvent {
         event_type,
         event_id: event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes())),

@@ -21,6 +21,7 @@ use crate::plan::Request;
 use crate::ring::{PushError, Ring, RingHeader, Slot, Taken, SLOT_BYTES};
 use crate::settings;
 use crate::sql::append::{append_requests, new_event};
+use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::watermark::require_preloaded;
 use crate::sql::{stats, wake};
@@ -30,7 +31,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgTryBuilder, Uuid};
+use pgrx::{PgTryBuilder, Uuid};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
@@ -372,8 +373,8 @@ fn queue_here(function: &str) -> Result<Queue> {
 fn enqueue(
     stream_id: Option<&str>,
     event_type: Option<&str>,
-    payload: Option<JsonB>,
-    metadata: default!(Option<JsonB>, "NULL"),
+    payload: Option<JsonbText>,
+    metadata: default!(Option<JsonbText>, "NULL"),
     expected_version: default!(Option<i64>, "NULL"),
     event_id: default!(Option<Uuid>, "NULL"),
 ) -> i64 {

@@ -11,12 +11,12 @@ use crate::checksum::digest;
 use crate::error::{Error, Result};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
+use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
 
 /// Events erased per round trip.
 const CHUNK: i64 = 1000;
@@ -172,12 +172,12 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
 /// version exists.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<JsonB>) -> bool {
+fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<JsonbText>) -> bool {
     or_raise((|| {
         let stream_id = validate::name("stream_id", stream_id)?;
         let version =
             version.ok_or_else(|| Error::invalid_argument("version", "must not be null"))?;
-        let state = validate::required("state", state)?;
+        let state = validate::required("state", state)?.0;
         if version < 1 {
             return Err(Error::invalid_argument(
                 "version",
@@ -200,7 +200,7 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
             }
             let stored = spi(client.update(
                 "INSERT INTO allsource.snapshots AS s (stream_id, version, state, tenant_id) \
-                 VALUES ($1, $2, $3, $4) \
+                 VALUES ($1, $2, $3::jsonb, $4) \
                  ON CONFLICT (stream_id) DO UPDATE \
                  SET version = excluded.version, state = excluded.state, created_at = now() \
                  WHERE s.version <= excluded.version \

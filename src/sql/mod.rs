@@ -5,6 +5,7 @@ mod append;
 mod checks;
 mod guard;
 pub mod ingest;
+mod jsonb;
 mod lifecycle;
 pub mod notify;
 mod partition;

@@ -7,6 +7,7 @@ mod concurrency;
 mod crash;
 mod integrity;
 mod lifecycle;
+mod properties;
 mod queue;
 mod watermark;
 
