@@ -59,10 +59,17 @@ stop_demo_for_install() {
 
 install_extension() {
     stop_demo_for_install
-    # Unlinked first, so the copy is a new file: servers of other jobs keep
-    # the library they have mapped instead of crashing on a rewritten one.
-    rm -f "$("$PG_CONFIG" --pkglibdir)/allsource.so"
-    quietly cargo pgrx install --pg-config "$PG_CONFIG" "$@"
+    local out=$STATE_DIR/package profile=(--debug) lib share
+    [ "${1:-}" = --release ] && profile=()
+    rm -rf "$out"
+    quietly cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$out" "${profile[@]}"
+    lib=$("$PG_CONFIG" --pkglibdir)
+    share=$("$PG_CONFIG" --sharedir)/extension
+    cp "$out$share"/allsource* "$share"/
+    # Renamed over the old library, never written into it: servers of other
+    # jobs keep the file they have mapped, and the name always exists.
+    cp "$out$lib/allsource.so" "$lib/.allsource.so.new"
+    mv -f "$lib/.allsource.so.new" "$lib/allsource.so"
 }
 
 cluster_stop() {
