@@ -39,7 +39,7 @@ ALTER TABLE allsource.streams ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.snapshots ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON allsource.streams USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
-CREATE POLICY tenant_rows ON allsource.events USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+CREATE POLICY tenant_rows ON allsource.events USING (allsource._in_tenant(tenant_id));
 CREATE POLICY tenant_rows ON allsource.snapshots USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
 
 -- Roles: readers read, writers also write through the functions; neither
@@ -207,7 +207,7 @@ BEGIN
             SELECT e.* FROM allsource.events e
             WHERE e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
-              AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
+              AND allsource._in_tenant(e.tenant_id)
             ORDER BY e.position LIMIT read_all.max_count;
     ELSE
         RETURN QUERY
@@ -215,7 +215,7 @@ BEGIN
             WHERE e.partition_id = read_all.partition_id
               AND e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
-              AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
+              AND allsource._in_tenant(e.tenant_id)
             ORDER BY e.position LIMIT read_all.max_count;
     END IF;
 END
@@ -243,7 +243,7 @@ BEGIN
         WHERE split_part(e.stream_id, '-', 1) = split_part(read_category.category, '-', 1)
           AND (e.stream_id = read_category.category OR starts_with(e.stream_id, read_category.category || '-'))
           AND e.position > read_category.after_position AND e.position <= upto
-          AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()
+          AND allsource._in_tenant(e.tenant_id)
           AND (read_category.consumer_group_size IS NULL
                OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
         ORDER BY e.position LIMIT read_category.max_count;
