@@ -38,9 +38,9 @@ COMMENT ON FUNCTION allsource.current_tenant() IS
 ALTER TABLE allsource.streams ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.snapshots ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_rows ON allsource.streams USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+CREATE POLICY tenant_rows ON allsource.streams USING (allsource._in_tenant(tenant_id));
 CREATE POLICY tenant_rows ON allsource.events USING (allsource._in_tenant(tenant_id));
-CREATE POLICY tenant_rows ON allsource.snapshots USING (tenant_id IS NOT DISTINCT FROM allsource.current_tenant());
+CREATE POLICY tenant_rows ON allsource.snapshots USING (allsource._in_tenant(tenant_id));
 
 -- Roles: readers read, writers also write through the functions; neither
 -- writes the tables directly. Created once per cluster, kept if they exist.
@@ -71,7 +71,7 @@ AS $$
 BEGIN
     PERFORM allsource._check_stream_id(stream_version.stream_id);
     RETURN coalesce((SELECT s.version FROM allsource.streams s WHERE s.stream_id = stream_version.stream_id
-                     AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()), 0);
+                     AND allsource._in_tenant(s.tenant_id)), 0);
 END
 $$;
 COMMENT ON FUNCTION allsource.stream_version(text) IS
@@ -92,7 +92,7 @@ BEGIN
     SELECT s.partition_id INTO stream_partition
     FROM allsource.streams s
     WHERE s.stream_id = read_stream.stream_id AND s.deleted_at IS NULL
-      AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+      AND allsource._in_tenant(s.tenant_id);
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -151,10 +151,10 @@ DECLARE
 BEGIN
     PERFORM allsource._check_stream_id(verify_gapless.stream_id);
     SELECT s.version INTO stream_version FROM allsource.streams s WHERE s.stream_id = verify_gapless.stream_id
-        AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+        AND allsource._in_tenant(s.tenant_id);
     SELECT count(*), min(e.version), max(e.version) INTO event_count, lowest, highest
     FROM allsource.events e WHERE e.stream_id = verify_gapless.stream_id
-        AND e.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+        AND allsource._in_tenant(e.tenant_id);
     -- Versions are unique per stream (an index says so), so n events spanning
     -- 1..n are exactly 1, 2, …, n.
     RETURN event_count = coalesce(stream_version, 0)
@@ -260,7 +260,7 @@ BEGIN
     RETURN QUERY
         SELECT s.version, s.state FROM allsource.snapshots s
         WHERE s.stream_id = load_snapshot.stream_id
-          AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+          AND allsource._in_tenant(s.tenant_id);
 END
 $$;
 COMMENT ON FUNCTION allsource.load_snapshot(text) IS

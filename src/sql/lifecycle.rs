@@ -218,11 +218,12 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
     })())
 }
 
-/// Whether a row's `tenant_id` is the session's tenant. A function the
-/// planner cannot see into, on purpose: it estimates a third of the rows
-/// match, so `read_all`'s `ORDER BY position LIMIT n` keeps walking the
-/// position index instead of sorting everything below the watermark, which
-/// the near-zero estimate of an inlined `IS NOT DISTINCT FROM` caused.
+/// Whether a row's `tenant_id` is the session's tenant: the one tenant test
+/// of every query and row-level security policy. A function the planner
+/// cannot see into, on purpose: it estimates a third of the rows match, so
+/// `read_all`'s `ORDER BY position LIMIT n` keeps walking the position index
+/// instead of sorting everything below the watermark, which the near-zero
+/// estimate of an inlined `IS NOT DISTINCT FROM` caused.
 #[pg_extern(stable, parallel_safe, name = "_in_tenant")]
 fn in_tenant(tenant_id: Option<&str>) -> bool {
     let session = settings::TENANT.get();

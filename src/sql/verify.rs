@@ -24,8 +24,6 @@ const EVENT_COLUMNS: &str =
      e.created_at, e.checksum, x.payload_digest, x.metadata_digest";
 const ERASED_JOIN: &str = "LEFT JOIN allsource.erased_events x \
      ON x.partition_id = e.partition_id AND x.position = e.position";
-/// Only the session's tenant's streams are verified.
-const IN_TENANT: &str = "tenant_id IS NOT DISTINCT FROM allsource.current_tenant()";
 /// The stream row's columns a verdict needs.
 const HEAD_COLUMNS: &str = "partition_id, version, last_checksum, \
      CASE WHEN erased_at IS NOT NULL THEN format('erased at %s by %s', erased_at, deleted_by) END";
@@ -77,7 +75,7 @@ fn verify_all() -> TableIterator<
     Spi::connect(|client| {
         let mut cursor = spi(client.try_open_cursor(
             &format!(
-                "SELECT stream_id, {HEAD_COLUMNS} FROM allsource.streams WHERE {IN_TENANT} ORDER BY stream_id"
+                "SELECT stream_id, {HEAD_COLUMNS} FROM allsource.streams WHERE allsource._in_tenant(tenant_id) ORDER BY stream_id"
             ),
             &[],
         ));
@@ -119,11 +117,9 @@ fn verify_all() -> TableIterator<
         drop(cursor);
         // Events whose stream row is gone altogether.
         let orphans = spi(client.select(
-            &format!(
-                "SELECT DISTINCT e.stream_id FROM allsource.events e
-                 WHERE e.{IN_TENANT}
-                   AND NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)"
-            ),
+            "SELECT DISTINCT e.stream_id FROM allsource.events e
+             WHERE allsource._in_tenant(e.tenant_id)
+               AND NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)",
             None,
             &[],
         ));
@@ -164,7 +160,7 @@ struct Head {
 fn stream_head(client: &SpiClient, stream_id: &str) -> Option<Head> {
     let table = spi(client.select(
         &format!(
-            "SELECT {HEAD_COLUMNS} FROM allsource.streams WHERE stream_id = $1 AND {IN_TENANT}"
+            "SELECT {HEAD_COLUMNS} FROM allsource.streams WHERE stream_id = $1 AND allsource._in_tenant(tenant_id)"
         ),
         None,
         &[stream_id.into()],
@@ -186,12 +182,12 @@ fn verify_one(client: &SpiClient, stream_id: &str, head: Option<&Head>) -> Verdi
     let query = match head {
         Some(head) => format!(
             "SELECT {EVENT_COLUMNS} FROM allsource.events_p{} e {ERASED_JOIN} \
-             WHERE e.stream_id = $1 AND e.{IN_TENANT} ORDER BY e.version",
+             WHERE e.stream_id = $1 AND allsource._in_tenant(e.tenant_id) ORDER BY e.version",
             head.partition_id
         ),
         None => format!(
             "SELECT {EVENT_COLUMNS} FROM allsource.events e {ERASED_JOIN} \
-             WHERE e.stream_id = $1 AND e.{IN_TENANT} ORDER BY e.version"
+             WHERE e.stream_id = $1 AND allsource._in_tenant(e.tenant_id) ORDER BY e.version"
         ),
     };
     let mut verifier = StreamVerifier::new(stream_id);
