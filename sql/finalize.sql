@@ -269,22 +269,19 @@ COMMENT ON FUNCTION allsource.load_snapshot(text) IS
 -- Writing is for writers: the functions that write run as the extension's
 -- owner (SECURITY DEFINER, pinned search_path), so callers need no table
 -- privileges, only these grants.
-REVOKE EXECUTE ON FUNCTION
-    allsource.append(text, text, jsonb, jsonb, bigint, uuid),
-    allsource.append_batch(text, jsonb, bigint),
-    allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid),
-    allsource.await_ticket(bigint, int),
-    allsource.delete_stream(text, boolean),
-    allsource.save_snapshot(text, bigint, jsonb)
-FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    allsource.append(text, text, jsonb, jsonb, bigint, uuid),
-    allsource.append_batch(text, jsonb, bigint),
-    allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid),
-    allsource.await_ticket(bigint, int),
-    allsource.delete_stream(text, boolean),
-    allsource.save_snapshot(text, bigint, jsonb)
-TO allsource_writer;
+DO $grants$
+DECLARE
+    writes text := 'allsource.append(text, text, jsonb, jsonb, bigint, uuid), '
+                   'allsource.append_batch(text, jsonb, bigint), '
+                   'allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid), '
+                   'allsource.await_ticket(bigint, int), '
+                   'allsource.delete_stream(text, boolean), '
+                   'allsource.save_snapshot(text, bigint, jsonb)';
+BEGIN
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', writes);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO allsource_writer', writes);
+END
+$grants$;
 -- Verification reads the erased events' digests: readers and writers only.
 REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
