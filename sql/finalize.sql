@@ -45,13 +45,19 @@ CREATE POLICY tenant_rows ON allsource.snapshots USING (allsource._in_tenant(ten
 -- Roles: readers read, writers also write through the functions; neither
 -- writes the tables directly. Created once per cluster, kept if they exist.
 DO $roles$
+DECLARE
+    role_name text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'allsource_reader') THEN
-        CREATE ROLE allsource_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'allsource_writer') THEN
-        CREATE ROLE allsource_writer NOLOGIN;
-    END IF;
+    FOREACH role_name IN ARRAY ARRAY['allsource_reader', 'allsource_writer'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            -- Another database's CREATE EXTENSION may create it at the same moment.
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;
 GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer;
