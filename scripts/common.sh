@@ -1,10 +1,17 @@
 # Shared by scripts/run.sh and scripts/test.sh: versions, paths, and a
 # private PostgreSQL cluster run as the `postgres` user (PostgreSQL refuses root).
 
-PG_MAJOR=15
 PGRX_VERSION=0.18.1
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
-PG_CONFIG=$PG_BIN/pg_config
+source "$(dirname "${BASH_SOURCE[0]}")/postgres_versions.sh"
+
+# use_postgres MAJOR: the PostgreSQL version that builds, installs and servers use.
+use_postgres() {
+    PG_MAJOR=$1
+    PG_BIN=$(pg_bin_dir "$PG_MAJOR")
+    PG_CONFIG=$PG_BIN/pg_config
+}
+# Debian 12's own PostgreSQL unless told otherwise.
+use_postgres 15
 # Data directories live outside /root so the postgres user can reach them.
 STATE_DIR=/var/tmp/allsource
 DEMO_DATA=$STATE_DIR/demo
@@ -59,10 +66,16 @@ stop_demo_for_install() {
 
 install_extension() {
     stop_demo_for_install
-    local out=$STATE_DIR/package profile=(--debug) lib share
+    local out=$STATE_DIR/package profile=(--debug)
     [ "${1:-}" = --release ] && profile=()
     rm -rf "$out"
     quietly cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$out" "${profile[@]}"
+    install_package "$out"
+}
+
+# install_package DIR: installs what `cargo pgrx package --out-dir DIR` built.
+install_package() {
+    local out=$1 lib share
     lib=$("$PG_CONFIG" --pkglibdir)
     share=$("$PG_CONFIG" --sharedir)/extension
     cp "$out$share"/allsource* "$share"/

@@ -3,13 +3,17 @@
 # PostgreSQL 15 with its server headers, clang for bindgen, sudo for
 # `cargo pgrx --runas`, the pinned cargo-pgrx, and `cargo pgrx init` against
 # Debian's pg_config. Idempotent: seconds when everything is there.
+#   scripts/setup.sh             PostgreSQL 15
+#   scripts/setup.sh 13 18 ...   also these versions (see scripts/postgres_versions.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (1.95 or later) first" >&2; exit 1; }
 
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config libssl-dev)
+# make, gcc, bzip2 and zlib build PostgreSQL 13 from source when asked for.
+packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config libssl-dev
+    make gcc bzip2 zlib1g-dev)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -26,8 +30,24 @@ if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
     cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked --quiet
 fi
 
-# Re-running init forces a rebuild of pgrx-pg-sys, so only when pg15 is not set up yet.
-if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+versions=(15 "$@")
+for major in "${versions[@]}"; do ensure_postgres "$major"; done
+
+# `cargo pgrx init` replaces its list of versions and makes pgrx-pg-sys rebuild:
+# only when a version is missing, then with every version already known too.
+pgrx_config=${PGRX_HOME:-$HOME/.pgrx}/config.toml
+init_args=()
+missing_version=false
+for major in $ALL_PG_MAJORS; do
+    config=$(pg_bin_dir "$major")/pg_config
+    if grep -qs "^pg$major = \"$config\"" "$pgrx_config"; then
+        init_args+=("--pg$major" "$config")
+    elif [[ " ${versions[*]} " == *" $major "* ]]; then
+        init_args+=("--pg$major" "$config")
+        missing_version=true
+    fi
+done
+if $missing_version; then
+    log "cargo pgrx init ${init_args[*]}"
+    cargo pgrx init "${init_args[@]}" >/dev/null
 fi

@@ -561,7 +561,7 @@ fn rejection_reason(sqlstate: &[u8; 5]) -> &'static str {
 /// `timeout` passes (then the status is still `Pending`). A cancel while
 /// sleeping leaves our registration behind: at worst one spurious wake-up.
 fn wait_for(cell: &ResultCell, ticket: i64, timeout: Duration) -> Result<Status> {
-    let me = unsafe { (*pg_sys::MyProc).pgprocno };
+    let me = super::my_procno();
     let deadline = Instant::now() + timeout;
     let mut registered = false;
     let outcome =
@@ -673,8 +673,7 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     };
     lane.worker_pid
         .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    lane.worker
-        .store(unsafe { (*pg_sys::MyProc).pgprocno } + 1, Ordering::SeqCst);
+    lane.worker.store(super::my_procno() + 1, Ordering::SeqCst);
     log!("allsource ingest worker {lane_no} started in database \"{database}\"");
 
     worker.recover();

@@ -28,6 +28,14 @@ fn oid<T: IntoDatum>() -> PgOid {
     PgOid::from(T::type_oid())
 }
 
+/// This backend's index in `ProcGlobal->allProcs`: what PostgreSQL 16 and
+/// older store as `MyProc->pgprocno`; 17 dropped that field for this same
+/// pointer difference (`GetNumberFromPGProc`).
+fn my_procno() -> i32 {
+    // SAFETY: MyProc points into allProcs in every backend and worker.
+    unsafe { pg_sys::MyProc.offset_from((*pg_sys::ProcGlobal).allProcs) as i32 }
+}
+
 /// Sets the latch of the process at `pgprocno`; with `pid`, only if that
 /// PGPROC still belongs to it (returns false otherwise).
 fn wake(pgprocno: i32, pid: Option<i32>) -> bool {

@@ -233,7 +233,7 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
     let database = argument.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     let Some(board) = board(database) else { return };
-    let me = unsafe { (*pg_sys::MyProc).pgprocno } + 1;
+    let me = super::my_procno() + 1;
     board
         .notifier_pid
         .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);

@@ -79,7 +79,7 @@ fn my_slot() -> Option<&'static Slot> {
     if !PRELOADED.load(Ordering::Relaxed) || unsafe { pg_sys::MyProc.is_null() } {
         return None;
     }
-    let index = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
+    let index = super::my_procno() as usize;
     Some(REGISTRY.get().slots.get(index).unwrap_or_else(|| {
         panic!("backend number {index} exceeds allsource's {MAX_SLOTS} in-flight slots; lower max_connections")
     }))
