@@ -23,6 +23,8 @@ CREATE TABLE allsource.streams (
     deleted_by    text,
     erased_at     timestamptz
 );
+COMMENT ON TABLE allsource.streams IS
+    'One row per stream: its version, last checksum, tenant and tombstone. Written by AllSource''s functions only.';
 
 CREATE TABLE allsource.events (
     position     bigint      NOT NULL,
@@ -41,6 +43,8 @@ CREATE TABLE allsource.events (
     PRIMARY KEY (position, partition_id),
     UNIQUE (stream_id, version, partition_id)
 ) PARTITION BY LIST (partition_id);
+COMMENT ON TABLE allsource.events IS
+    'Every event, partitioned by partition_for(stream_id); position is the global order. Written by AllSource''s functions only.';
 
 -- event_id is unique across partitions, which a partitioned table's own
 -- indexes cannot enforce: this table does, and finds an event by its id.
@@ -69,6 +73,8 @@ CREATE TABLE allsource.snapshots (
     tenant_id  text,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON TABLE allsource.snapshots IS
+    'The latest snapshot of each stream (save_snapshot, load_snapshot).';
 
 -- One partition per partition id: allsource.partitions, read once, now.
 DO $partitions$

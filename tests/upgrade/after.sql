@@ -1,0 +1,68 @@
+-- After ALTER EXTENSION allsource UPDATE: what the previous release wrote
+-- still behaves, and writing goes on where it left off.
+\set ON_ERROR_STOP on
+DO $$
+DECLARE
+    v bigint;
+    p bigint;
+    last_position bigint;
+BEGIN
+    IF EXISTS (SELECT FROM allsource.verify_all()) THEN
+        RAISE EXCEPTION 'verify_all() reports problems after the upgrade';
+    END IF;
+    IF (SELECT problem FROM allsource.verify_stream('erased-1')) NOT LIKE 'erased at %' THEN
+        RAISE EXCEPTION 'the erased stream does not verify as erased';
+    END IF;
+    IF allsource.stream_version('order-1') <> 2 OR allsource.stream_version('order-2') <> 2 THEN
+        RAISE EXCEPTION 'stream versions changed';
+    END IF;
+    IF (SELECT version FROM allsource.load_snapshot('order-2')) <> 2 THEN
+        RAISE EXCEPTION 'the snapshot is gone';
+    END IF;
+    IF (SELECT count(*) FROM allsource.read_stream('order-1')) <> 2
+       OR EXISTS (SELECT FROM allsource.read_stream('gone-1')) THEN
+        RAISE EXCEPTION 'read_stream returns the wrong events';
+    END IF;
+
+    SELECT max(position) INTO last_position FROM allsource.events;
+    SELECT a.version, a.position INTO v, p FROM allsource.append('order-1', 'OrderShipped', '{}', expected_version => 2) a;
+    IF v <> 3 OR p <= last_position THEN
+        RAISE EXCEPTION 'append after the upgrade: version %, position % (last position before: %)', v, p, last_position;
+    END IF;
+    BEGIN
+        PERFORM allsource.append('order-1', 'OrderShipped', '{}', expected_version => 2);
+        RAISE EXCEPTION 'a stale expected version was accepted';
+    EXCEPTION WHEN SQLSTATE 'ZA001' THEN NULL;
+    END;
+    BEGIN
+        PERFORM allsource.append('gone-1', 'Revived', '{}');
+        RAISE EXCEPTION 'a deleted stream took an append';
+    EXCEPTION WHEN SQLSTATE 'ZA002' THEN NULL;
+    END;
+    -- The same event id again is the retry of an append that succeeded.
+    IF (SELECT version FROM allsource.append('cart-1', 'ItemAdded', '{"sku": "B"}',
+                                             event_id => '0190a6e4-0000-7000-8000-000000000001')) <> 1 THEN
+        RAISE EXCEPTION 'an idempotent retry wrote again';
+    END IF;
+    IF EXISTS (SELECT FROM allsource.read_stream('acme-1')) THEN
+        RAISE EXCEPTION 'another tenant''s stream is visible without its tenant';
+    END IF;
+END
+$$;
+-- The queue: enqueue and await in their own statements, as applications do.
+SELECT allsource.enqueue('queued-1', 'Queued', '{"n": 3}', expected_version => 2) AS ticket \gset
+SELECT status FROM allsource.await_ticket(:ticket);
+DO $$
+BEGIN
+    IF allsource.stream_version('queued-1') <> 3 THEN
+        RAISE EXCEPTION 'the queue did not append after the upgrade';
+    END IF;
+    IF (SELECT count(*) FROM allsource.read_all(0, 1000))
+       <> (SELECT count(*) FROM allsource.events WHERE tenant_id IS NULL) THEN
+        RAISE EXCEPTION 'read_all does not return every event';
+    END IF;
+    IF allsource.watermark() < (SELECT max(position) FROM allsource.events) THEN
+        RAISE EXCEPTION 'watermark % is below the last committed position', allsource.watermark();
+    END IF;
+END
+$$;
