@@ -36,8 +36,11 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    sql::watermark::init();
+    // PostgreSQL calls the transaction callbacks last registered first: the
+    // watermark's slot is emptied before the commit is handed to the notifier,
+    // which then finds the commit readable.
     sql::notify::init();
+    sql::watermark::init();
     sql::stats::init();
     sql::ingest::init();
 }

@@ -7,8 +7,11 @@
 //! [`NOTIFY_INTERVAL`], carrying the highest position published since its
 //! last round: a burst of committing appends becomes a few notifications, and
 //! the last of them is never lost (the notifier takes what is pending each
-//! round). Commits
-//! never take PostgreSQL's notification lock themselves. The notifier starts
+//! round). A position notified while an earlier transaction still held the
+//! watermark below it is notified again once the watermark passes it, so a
+//! subscriber that reads to the watermark on each notification is woken when
+//! it can read that event, also when the earlier transaction rolls back.
+//! Commits never take PostgreSQL's notification lock themselves. The notifier starts
 //! on demand and exits after [`NOTIFIER_IDLE_EXIT`] without work, so it does
 //! not hold its database open. Without preloading, each transaction sends
 //! its own notifications at commit instead.
@@ -241,6 +244,8 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
 
     let pending = || board.pending.iter().any(|p| p.load(Ordering::SeqCst) > 0);
     let mut last_work = Instant::now();
+    // Per partition, the last position notified above the watermark of the time.
+    let mut above_watermark = BTreeMap::<i32, i64>::new();
     loop {
         // Take what is pending; commits after this start the next round.
         let news: Vec<(i32, i64)> = board
@@ -251,12 +256,34 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
             .map(|(partition, p)| (partition as i32, p.swap(0, Ordering::SeqCst)))
             .filter(|&(_, position)| position > 0)
             .collect();
-        if !news.is_empty() {
-            BackgroundWorker::transaction(|| {
-                for &(partition, position) in &news {
-                    send(partition, position);
+        if !news.is_empty() || !above_watermark.is_empty() {
+            // Readable: below every open transaction's claim (shared memory only).
+            let held_from = super::watermark::lowest_claim(database);
+            let readable = |position: i64| held_from.is_none_or(|lowest| position < lowest);
+            let mut to_send = Vec::new();
+            // Notified before, readable now: again (unless newer news covers it).
+            above_watermark.retain(|&partition, &mut position| {
+                if !readable(position) {
+                    return true;
                 }
+                if !news.iter().any(|&(p, _)| p == partition) {
+                    to_send.push((partition, position));
+                }
+                false
             });
+            for &(partition, position) in &news {
+                to_send.push((partition, position));
+                if !readable(position) {
+                    above_watermark.insert(partition, position);
+                }
+            }
+            if !to_send.is_empty() {
+                BackgroundWorker::transaction(move || {
+                    for (partition, position) in to_send {
+                        send(partition, position);
+                    }
+                });
+            }
             last_work = Instant::now();
         } else if last_work.elapsed() >= NOTIFIER_IDLE_EXIT {
             // Step down, then look once more: a commit that saw us running
@@ -274,7 +301,13 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
         }
         // Coalesce: at most one round per interval; a commit's latch wakes us early only after it.
         std::thread::sleep(NOTIFY_INTERVAL);
-        if !BackgroundWorker::wait_latch(Some(NOTIFIER_IDLE_EXIT)) {
+        // Positions waiting for the watermark: look again soon, nobody wakes us for that.
+        let timeout = if above_watermark.is_empty() {
+            NOTIFIER_IDLE_EXIT
+        } else {
+            NOTIFY_INTERVAL
+        };
+        if !BackgroundWorker::wait_latch(Some(timeout)) {
             board
                 .notifier
                 .compare_exchange(me, NO_NOTIFIER, Ordering::SeqCst, Ordering::SeqCst)

@@ -181,6 +181,17 @@ fn watermark() -> i64 {
     watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
 
+/// The lowest position an open transaction of `database` may still commit:
+/// everything committed below it is readable.
+pub fn lowest_claim(database: u32) -> Option<i64> {
+    live_slots()
+        .iter()
+        .filter_map(Slot::claim)
+        .filter(|c| c.database == database)
+        .map(|c| c.lowest)
+        .min()
+}
+
 /// The transactions holding the watermark back, lowest first.
 #[pg_extern(volatile, parallel_unsafe)]
 fn inflight() -> TableIterator<

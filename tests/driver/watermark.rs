@@ -394,6 +394,65 @@ fn notifications(listener: &mut Client, wait: Duration) -> Vec<String> {
     payloads
 }
 
+/// A commit notified while an earlier transaction holds the watermark below
+/// it cannot be read yet; when that transaction rolls back, the position is
+/// notified again, so a subscriber reading to the watermark on each
+/// notification gets the event without waiting for another append.
+#[test]
+fn a_position_is_notified_again_when_a_rollback_lets_the_watermark_pass_it() {
+    let db = TestDb::new("notify_rollback");
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN allsource_events").unwrap();
+    let mut holder = db.connect();
+    let mut holding = holder.transaction().unwrap();
+    holding
+        .execute("SELECT allsource.append('held-1', 'T', '{}')", &[])
+        .unwrap();
+    let (partition, position): (i32, i64) = {
+        let row = db
+            .connect()
+            .query_one(
+                "SELECT allsource.partition_for('free-1'), position FROM allsource.append('free-1', 'T', '{}')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let expected = format!(r#"{{"partition_id": {partition}, "last_position": {position}}}"#);
+    let watermark = |client: &mut Client| -> i64 {
+        client
+            .query_one("SELECT allsource.watermark()", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert!(notifications(&mut listener, Duration::from_millis(300)).contains(&expected));
+    assert!(
+        watermark(&mut listener) < position,
+        "held back by the open append"
+    );
+    assert!(
+        notifications(&mut listener, Duration::from_millis(300)).is_empty(),
+        "nothing new while the watermark is held"
+    );
+
+    holding.rollback().unwrap();
+    assert!(
+        notifications(&mut listener, Duration::from_millis(500)).contains(&expected),
+        "no notification after the rollback let the watermark pass {position}"
+    );
+    assert!(watermark(&mut listener) >= position);
+    let read: Vec<i64> = listener
+        .query(
+            "SELECT position FROM allsource.read_all($1, 10)",
+            &[&(position - 1)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(read, vec![position]);
+}
+
 #[test]
 fn a_burst_of_commits_is_coalesced_and_its_last_position_notified() {
     let db = Arc::new(TestDb::new("notify_burst"));
