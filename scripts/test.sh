@@ -2,8 +2,9 @@
 # Sets up what is missing and runs every test: formatting and lints, then on
 # each PostgreSQL version the pure-Rust unit tests and #[pg_test]s (cargo
 # pgrx's test cluster), the driver tests against a private cluster with the
-# extension preloaded, a stress run with crash-restarts, the tests without
-# preloading and the independent audit. Works as root: PostgreSQL runs as the
+# extension preloaded, the client examples, a stress run with crash-restarts,
+# the tests without preloading and the independent audit; last, the upgrade
+# from the previous release. Works as root: PostgreSQL runs as the
 # postgres user.
 #   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run (what CI runs)
 #   scripts/test.sh all       everything on every supported version, 13 to 18
@@ -28,6 +29,7 @@ cargo clippy --quiet --all-targets -- -D warnings
 # The driver tests are `test = false` (they need a server): --all-targets skips them.
 cargo clippy --quiet --test driver -- -D warnings
 cargo clippy --quiet -p allsource-stress --all-targets -- -D warnings
+cargo clippy --quiet -p allsource-example --all-targets -- -D warnings
 
 cargo test --quiet -p allsource-stress
 
@@ -67,6 +69,9 @@ fsync = off"
     cargo test --test driver -- --test-threads 1 queue_
     log "driver tests that kill a backend or a worker (alone: the server restarts every session)"
     cargo test --test driver -- --test-threads 1 crash_
+    log "PostgreSQL $PG_MAJOR: the client examples in Python, Node.js and Rust"
+    as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres clients
+    DATABASE_URL="postgresql://postgres@localhost:$port/clients" scripts/test_clients.sh
     if [[ " ${stress_versions[*]} " == *" $PG_MAJOR "* ]]; then
         log "stress: 2 minutes of mixed load, crash-restarts of the postmaster, a backend and a worker"
         cargo run --quiet -p allsource-stress -- --url "$ALLSOURCE_TEST_URL dbname=allsource_queue" \
