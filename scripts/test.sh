@@ -3,8 +3,8 @@
 # each PostgreSQL version the pure-Rust unit tests and #[pg_test]s (cargo
 # pgrx's test cluster), the driver tests against a private cluster with the
 # extension preloaded, the client examples, a stress run with crash-restarts,
-# the tests without preloading and the independent audit; last, the upgrade
-# from the previous release. Works as root: PostgreSQL runs as the
+# the tests without preloading and the independent audit; then the pg_regress
+# suite and the upgrade from the previous release. Works as root: PostgreSQL runs as the
 # postgres user.
 #   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run (what CI runs)
 #   scripts/test.sh all       everything on every supported version, 13 to 18
@@ -107,6 +107,13 @@ for major in "${versions[@]}"; do
     test_version "$major"
     timings+=("PostgreSQL $major: $((SECONDS - version_started)) s")
 done
+
+log "pg_regress: what users see in psql, every function and error (tests/pg_regress, PostgreSQL 15)"
+stop_demo_for_install  # cargo pgrx regress installs the extension too
+if ! tests/pg_regress/run.sh; then
+    cat tests/pg_regress/regression.diffs >&2 || true
+    exit 1
+fi
 
 log "upgrade in place from the previous release (PostgreSQL 15)"
 scripts/test_upgrade.sh 15

@@ -2,16 +2,19 @@
 -- change goes into the next script.
 \echo Use "ALTER EXTENSION allsource UPDATE TO '0.2.0'" to load this file. \quit
 
+-- Who erased a stream (a hard delete can follow another role's soft delete).
+ALTER TABLE allsource.streams ADD COLUMN erased_by text;
+
 -- Every function and the main tables described in the catalog (\df+, \dd,
 -- \dt+), as a fresh 0.2.0 install has them.
 COMMENT ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid) IS
     'Appends one event to the stream when its version is expected_version (NULL: any; 0: no stream yet; -1: the stream exists); returns the event''s version and position. ZA001 on a wrong version.';
 COMMENT ON FUNCTION allsource.append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of events ({"event_type", "payload", "metadata", "event_id"}) to the stream at once, all or nothing; returns the first and last versions and positions.';
+    'Appends a JSON array of events ({"type", "payload", "metadata", "id"}) to the stream at once, all or nothing; returns the first and last versions and positions.';
 COMMENT ON FUNCTION allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid) IS
     'Hands one event to the ingest workers, which append it in batches; returns a ticket for await_ticket. Nothing is written until the ticket says committed.';
 COMMENT ON FUNCTION allsource.await_ticket(bigint, int) IS
-    'Waits up to timeout_ms for an enqueued event: status committed (with version and position), rejected (with the SQLSTATE), or pending.';
+    'Waits up to timeout_ms for an enqueued event: status committed (with version and position), conflict (with the stream''s version), rejected (a NOTICE gives the SQLSTATE), or pending.';
 COMMENT ON FUNCTION allsource.delete_stream(text, boolean) IS
     'Deletes the stream: soft leaves a tombstone (no more appends, nothing to read); hard also erases payloads, metadata and the snapshot while the chain stays verifiable. Returns the last version.';
 COMMENT ON FUNCTION allsource.save_snapshot(text, bigint, jsonb) IS

@@ -18,10 +18,11 @@ CREATE TABLE allsource.streams (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     -- delete_stream: a tombstone (deleted_at), who deleted, and when a hard
-    -- delete erased the payloads.
+    -- delete erased the payloads and who did.
     deleted_at    timestamptz,
     deleted_by    text,
-    erased_at     timestamptz
+    erased_at     timestamptz,
+    erased_by     text
 );
 COMMENT ON TABLE allsource.streams IS
     'One row per stream: its version, last checksum, tenant and tombstone. Written by AllSource''s functions only.';

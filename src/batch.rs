@@ -161,10 +161,23 @@ pub struct Appended {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub stream_id: String,
+    /// The stream's tenant: errors name another tenant's stream to nobody.
+    pub tenant: Option<String>,
     pub version: i64,
     pub position: i64,
     pub event_type: String,
     pub payload: String,
+}
+
+impl StoredEvent {
+    /// How an error names the stream to a caller of `tenant`.
+    fn stream_name(&self, tenant: Option<&str>) -> String {
+        if self.tenant.as_deref() == tenant {
+            format!("stream \"{}\"", self.stream_id)
+        } else {
+            "another tenant's stream".to_string()
+        }
+    }
 }
 
 /// Decides what an append means when some of its event ids already exist.
@@ -176,6 +189,7 @@ pub struct StoredEvent {
 /// and new events.
 pub fn replay_of(
     stream_id: &str,
+    tenant: Option<&str>,
     events: &[NewEvent],
     stored: impl Fn(&Uuid) -> Option<StoredEvent>,
 ) -> Result<Option<Appended>> {
@@ -197,16 +211,17 @@ pub fn replay_of(
             return Err(Error::event_id_reused(
                 &id.to_string(),
                 format!(
-                    "it is version {} of stream \"{}\", but this call also carries new events (events[{index}]); a retry must repeat the original call exactly",
-                    of.version, of.stream_id
+                    "it is version {} of {}, but this call also carries new events (events[{index}]); a retry must repeat the original call exactly",
+                    of.version,
+                    of.stream_name(tenant)
                 ),
             ));
         };
         let id = event.event_id.expect("found events have ids").to_string();
         let differs = if stored.stream_id != stream_id {
             Some(format!(
-                "it belongs to stream \"{}\", not \"{stream_id}\"",
-                stored.stream_id
+                "it belongs to {}, not \"{stream_id}\"",
+                stored.stream_name(tenant)
             ))
         } else if stored.event_type != event.event_type {
             Some(format!(
@@ -260,6 +275,7 @@ mod tests {
     fn stored(version: i64, event_type: &str, payload: &str) -> StoredEvent {
         StoredEvent {
             stream_id: "s".into(),
+            tenant: None,
             version,
             position: version * 10,
             event_type: event_type.into(),
@@ -276,7 +292,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            replay_of("s", &events, lookup).unwrap(),
+            replay_of("s", None, &events, lookup).unwrap(),
             Some(Appended {
                 first_version: 4,
                 last_version: 5,
@@ -284,7 +300,10 @@ mod tests {
                 last_position: 50
             })
         );
-        assert_eq!(replay_of("s", &[event(9, "A", "1")], lookup).unwrap(), None);
+        assert_eq!(
+            replay_of("s", None, &[event(9, "A", "1")], lookup).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -295,20 +314,39 @@ mod tests {
             ("s", event(1, "B", "1")),
             ("s", event(1, "A", "2")),
         ] {
-            let err = replay_of(stream, &[e], lookup).unwrap_err();
+            let err = replay_of(stream, None, &[e], lookup).unwrap_err();
             assert_eq!(err.sqlstate, "ZA003");
             assert!(err.message.contains(&Uuid::from_u128(1).to_string()));
         }
     }
 
     #[test]
+    fn another_tenants_stream_is_not_named() {
+        let theirs = |_: &Uuid| {
+            Some(StoredEvent {
+                tenant: Some("acme".into()),
+                ..stored(1, "A", "1")
+            })
+        };
+        let err = replay_of("mine", Some("globex"), &[event(1, "A", "1")], theirs).unwrap_err();
+        let detail = err.detail.unwrap();
+        assert!(
+            detail.contains("another tenant's stream") && !detail.contains("\"s\""),
+            "{detail}"
+        );
+        let err = replay_of("mine", Some("acme"), &[event(1, "A", "1")], theirs).unwrap_err();
+        assert!(err.detail.unwrap().contains("stream \"s\""));
+    }
+
+    #[test]
     fn replay_refuses_a_mix_of_old_and_new() {
         let lookup = |id: &Uuid| (id.as_u128() == 1).then(|| stored(1, "A", "1"));
-        let err = replay_of("s", &[event(1, "A", "1"), event(2, "A", "1")], lookup).unwrap_err();
+        let err =
+            replay_of("s", None, &[event(1, "A", "1"), event(2, "A", "1")], lookup).unwrap_err();
         assert_eq!(err.sqlstate, "ZA003");
         let mut anonymous = event(0, "A", "1");
         anonymous.event_id = None;
-        assert!(replay_of("s", &[anonymous, event(1, "A", "1")], lookup).is_err());
+        assert!(replay_of("s", None, &[anonymous, event(1, "A", "1")], lookup).is_err());
     }
 
     #[test]
@@ -318,7 +356,7 @@ mod tests {
             2 => Some(stored(1, "A", "1")),
             _ => None,
         };
-        assert!(replay_of("s", &[event(1, "A", "1"), event(2, "A", "1")], lookup).is_err());
+        assert!(replay_of("s", None, &[event(1, "A", "1"), event(2, "A", "1")], lookup).is_err());
     }
 
     #[test]

@@ -198,6 +198,7 @@ fn decide(
             let row = &rows[index];
             StoredEvent {
                 stream_id: row.stream_id.to_string(),
+                tenant: row.tenant.map(str::to_string),
                 version: row.version,
                 // Row indexes stand in for the positions not taken yet.
                 position: index as i64,
@@ -213,7 +214,8 @@ fn decide(
         .collect();
     let all_planned = !ids.is_empty() && ids.iter().all(|id| planned.contains_key(id));
     if all_planned {
-        if let Some(repeat) = replay_of(request.stream_id, request.events, in_plan)? {
+        if let Some(repeat) = replay_of(request.stream_id, request.tenant, request.events, in_plan)?
+        {
             return Ok(Outcome::Rows(
                 repeat.first_position as usize..repeat.last_position as usize + 1,
             ));
@@ -226,7 +228,7 @@ fn decide(
             "it was appended earlier in this batch together with other events; a retry must repeat the original call exactly",
         ));
     }
-    if let Some(repeat) = replay_of(request.stream_id, request.events, stored)? {
+    if let Some(repeat) = replay_of(request.stream_id, request.tenant, request.events, stored)? {
         return Ok(Outcome::Stored(repeat));
     }
     request.expected.check(request.stream_id, head.version)?;
@@ -459,6 +461,7 @@ mod tests {
         let stored = |id: &Uuid| {
             (id.as_u128() == 1).then(|| StoredEvent {
                 stream_id: "a".into(),
+                tenant: None,
                 version: 4,
                 position: 40,
                 event_type: "E".into(),

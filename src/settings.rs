@@ -85,7 +85,7 @@ pub fn register() {
     GucRegistry::define_bool_guc(
         c"allsource.notify",
         c"Send NOTIFY allsource_events when a transaction that appended commits.",
-        c"One notification per partition per transaction. Each notifying commit takes PostgreSQL's notification lock, which serialises those commits: turn it off where subscribers poll instead.",
+        c"Commits hand their positions to a notifier worker, which sends at most one notification per partition every 10 ms (without preloading, each commit notifies itself). Turn it off where subscribers poll instead.",
         &NOTIFY,
         GucContext::Userset,
         GucFlags::default(),

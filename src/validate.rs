@@ -68,7 +68,7 @@ pub fn event_size(argument: &str, bytes: usize, max_event_bytes: usize) -> Resul
     if bytes > max_event_bytes {
         return Err(Error::new(
             crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            format!("{argument} is too large: {bytes} bytes, the limit is {max_event_bytes}"),
+            format!("{argument} is too large: its payload and metadata take {bytes} bytes, the limit is {max_event_bytes}"),
         )
         .with_hint("Raise allsource.max_event_bytes, or store large data elsewhere and reference it from the event."));
     }

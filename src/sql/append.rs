@@ -102,7 +102,7 @@ pub(crate) fn new_event<'a>(
         payload,
         metadata,
     };
-    validate::event_size("payload", event.size(), settings::max_event_bytes())?;
+    validate::event_size("event", event.size(), settings::max_event_bytes())?;
     Ok((stream_id, event))
 }
 
@@ -329,6 +329,7 @@ fn stored_events<'e>(
                     position: spi(row.get(4)).expect("NOT NULL"),
                     event_type: spi(row.get(5)).expect("NOT NULL"),
                     payload: spi(row.get(6)).expect("NOT NULL"),
+                    tenant: spi(row.get(7)),
                 },
             );
         }
@@ -452,7 +453,7 @@ impl Plans {
                 &[oid::<Vec<String>>(), oid::<Vec<Option<String>>>()],
             ),
             find_events: prepare(
-                "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text \
+                "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text, e.tenant_id \
                  FROM allsource.event_ids i \
                  JOIN allsource.events e ON e.partition_id = i.partition_id AND e.position = i.position \
                  WHERE i.event_id = ANY ($1)",

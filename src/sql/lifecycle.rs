@@ -160,9 +160,9 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
         &[stream_id.into()],
     ));
     spi(client.update(
-        "UPDATE allsource.streams SET erased_at = now() WHERE stream_id = $1",
+        "UPDATE allsource.streams SET erased_at = now(), erased_by = $2 WHERE stream_id = $1",
         None,
-        &[stream_id.into()],
+        &[stream_id.into(), calling_role().into()],
     ));
     Ok(())
 }
