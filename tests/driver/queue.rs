@@ -454,6 +454,20 @@ fn queue_tiny_queue_under_load_every_enqueue_gets_a_ticket_or_53400() {
     reconfigure(&[("allsource.queue_size", Some("64kB"))]);
     let result = std::panic::catch_unwind(|| {
         let mut client = fresh_queue_db();
+        // The worker stalls on session 0's first stream for 2 s, so the queue
+        // fills however fast this machine's worker is; then everything drains.
+        let blocker = block_stream("tiny-0-0");
+        let blocker_event: Uuid = client
+            .query_one(
+                "SELECT event_id FROM allsource.events WHERE stream_id = 'tiny-0-0'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let release = thread::spawn(move || {
+            thread::sleep(Duration::from_secs(2));
+            drop(blocker);
+        });
         let sessions: Vec<_> = (0..16)
             .map(|s| {
                 thread::spawn(move || {
@@ -479,11 +493,13 @@ fn queue_tiny_queue_under_load_every_enqueue_gets_a_ticket_or_53400() {
             );
             accepted_ids.extend(accepted.into_iter().map(|(id, _)| id));
         }
+        release.join().unwrap();
         println!(
             "tiny queue: {} accepted, {refused} refused with 53400",
             accepted_ids.len()
         );
         assert!(refused > 0, "a 64 kB queue under 16 sessions must fill up");
+        accepted_ids.insert(blocker_event);
         assert_eq!(
             stored_ids(&mut client),
             accepted_ids,
