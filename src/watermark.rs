@@ -79,12 +79,18 @@ impl Slot {
 /// The watermark of `database`, given `last_handed_out` (V, read before this
 /// call) and every backend's slot.
 pub fn watermark(last_handed_out: i64, slots: &[Slot], database: u32) -> i64 {
+    lowest_claim(slots, database).map_or(last_handed_out, |lowest| last_handed_out.min(lowest - 1))
+}
+
+/// The lowest position an open transaction of `database` may still commit:
+/// every committed position below it is readable.
+pub fn lowest_claim(slots: &[Slot], database: u32) -> Option<i64> {
     slots
         .iter()
         .filter_map(Slot::claim)
         .filter(|claim| claim.database == database)
-        .map(|claim| claim.lowest - 1)
-        .fold(last_handed_out, i64::min)
+        .map(|claim| claim.lowest)
+        .min()
 }
 
 #[cfg(test)]

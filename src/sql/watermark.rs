@@ -181,15 +181,9 @@ fn watermark() -> i64 {
     watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
 
-/// The lowest position an open transaction of `database` may still commit:
-/// everything committed below it is readable.
+/// The lowest position an open transaction of `database` may still commit.
 pub fn lowest_claim(database: u32) -> Option<i64> {
-    live_slots()
-        .iter()
-        .filter_map(Slot::claim)
-        .filter(|c| c.database == database)
-        .map(|c| c.lowest)
-        .min()
+    crate::watermark::lowest_claim(live_slots(), database)
 }
 
 /// The transactions holding the watermark back, lowest first.
