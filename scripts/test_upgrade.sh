@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Upgrades in place from the previous release, as a user would: installs the
-# release tagged before this version and writes events of every kind with it
+# release before this version (sql/releases.tsv) and writes events of every kind with it
 # (tests/upgrade/before.sql), installs this build over it, restarts, runs
 # ALTER EXTENSION allsource UPDATE, checks that every stored row is unchanged
 # and that reading and writing go on (tests/upgrade/after.sql), and that the
@@ -12,16 +12,18 @@ source scripts/common.sh
 use_postgres "${1:-15}"
 
 current=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-previous=$(git tag --list 'v*' --sort=-version:refname | grep -vx "v$current" | head -n 1 || true)
-if [ -z "$previous" ]; then
-    echo "no release tag older than $current: the upgrade test needs the tags (git fetch --tags)" >&2
+# The newest release older than this version, and the commit it was built from.
+read -r previous previous_commit < <(grep -v '^#' sql/releases.tsv |
+    awk -v current="$current" '$1 != current' | sort -V -k1,1 | tail -n 1) || true
+if [ -z "${previous:-}" ] || ! git cat-file -e "$previous_commit^{commit}" 2>/dev/null; then
+    echo "no earlier release in sql/releases.tsv whose commit this clone has (a shallow clone? git fetch --unshallow)" >&2
     exit 1
 fi
 log "upgrade: building $previous"
 release_src=$STATE_DIR/release-$previous
 rm -rf "$release_src" "$release_src.package"
 mkdir -p "$release_src"
-git archive "$previous" | tar -x -C "$release_src"
+git archive "$previous_commit" | tar -x -C "$release_src"
 # Its own target directory, kept between runs: a shared one would let the two
 # builds of the same crate take each other's artifacts.
 (cd "$release_src" && CARGO_TARGET_DIR=$STATE_DIR/release-target \
@@ -39,7 +41,7 @@ psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port=
 "${psql[@]}" --dbname=postgres -c "CREATE DATABASE upgraded" -c "CREATE DATABASE fresh"
 "${psql[@]}" --dbname=upgraded -f tests/upgrade/before.sql >/dev/null
 installed=$("${psql[@]}" --dbname=upgraded -c "SELECT extversion FROM pg_extension WHERE extname = 'allsource'")
-[ "v$installed" = "$previous" ] || { echo "installed $installed, expected $previous" >&2; exit 1; }
+[ "$installed" = "$previous" ] || { echo "installed $installed, expected $previous" >&2; exit 1; }
 "${psql[@]}" --dbname=upgraded -f tests/upgrade/fingerprint.sql >"$data/before.txt"
 
 log "upgrade: installing $current over $previous, restarting, ALTER EXTENSION allsource UPDATE"
