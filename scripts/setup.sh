@@ -11,8 +11,9 @@ source scripts/common.sh
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (1.95 or later) first" >&2; exit 1; }
 
-# make, gcc, bzip2 and zlib build PostgreSQL 13 from source when asked for.
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config libssl-dev
+# PL/Proxy routes calls over nodes (Scaling out); make, gcc, bzip2 and zlib
+# build PostgreSQL 13 from source when asked for.
+packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-plproxy libclang-dev clang sudo pkg-config libssl-dev
     make gcc bzip2 zlib1g-dev)
 missing=()
 for package in "${packages[@]}"; do

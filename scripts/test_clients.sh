@@ -4,9 +4,9 @@
 # DATABASE_URL, which needs AllSource installed and preloaded (scripts/run.sh
 # starts one). Each example creates the extension if absent and writes streams
 # of its own, so they run again and again on the same database. Installs what
-# is missing first, as root: Debian's nodejs, npm and python3-venv when their
-# commands are absent, a venv with examples/python/requirements.txt, and
-# examples/node's packages (npm ci). Fails if any example fails.
+# is missing first, as root: Debian's nodejs and npm when their commands are
+# absent, the Python venv (common.sh's python_venv) and examples/node's
+# packages (npm ci). Fails if any example fails.
 #   DATABASE_URL=postgresql://postgres@localhost:25432/allsource scripts/test_clients.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,19 +24,9 @@ export DATABASE_URL
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 apt_install "${missing[@]}"
 
-# The venv is (re)filled when requirements.txt differs from the copy it was filled from.
-VENV=$STATE_DIR/venv-examples
-requirements=examples/python/requirements.txt
-if ! cmp -s "$requirements" "$VENV/requirements.txt"; then
-    log "Python venv $VENV with $requirements"
-    mkdir -p "$STATE_DIR"
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    quietly "$VENV/bin/pip" install --disable-pip-version-check --requirement "$requirements"
-    cp "$requirements" "$VENV/requirements.txt"
-fi
+python_venv
 
 # npm ci writes node_modules/.package-lock.json: newer than package-lock.json means up to date.
 if [ ! examples/node/node_modules/.package-lock.json -nt examples/node/package-lock.json ]; then

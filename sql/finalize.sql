@@ -23,6 +23,9 @@ BEGIN
 END
 $guards$;
 SELECT pg_catalog.pg_extension_config_dump('allsource.event_position', '');
+-- Guarded too, but not dumped: a restored primary publishes its own watermark.
+CREATE TRIGGER refuse_direct_write BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON allsource.published_watermark
+    FOR EACH STATEMENT EXECUTE FUNCTION allsource.refuse_direct_write();
 REVOKE ALL ON ALL TABLES IN SCHEMA allsource FROM PUBLIC;
 
 -- Tenants. The session's allsource.tenant; NULL when unset or empty.
@@ -62,8 +65,10 @@ END
 $roles$;
 GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer;
 GRANT SELECT ON allsource.streams, allsource.events, allsource.snapshots TO allsource_reader, allsource_writer;
--- watermark() reads the last position handed out (SELECT does not allow nextval).
+-- watermark() reads the last position handed out (SELECT does not allow
+-- nextval), and on a hot standby the published watermark.
 GRANT SELECT ON SEQUENCE allsource.event_position TO allsource_reader, allsource_writer;
+GRANT SELECT ON allsource.published_watermark TO allsource_reader, allsource_writer;
 
 CREATE FUNCTION allsource.partition_count() RETURNS int
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -293,6 +298,24 @@ REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
 GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
 TO allsource_reader, allsource_writer;
 
+-- For a router over several nodes (sql/router.sql): a ticket does not say
+-- which node issued it, so the router asks every node at once. A node that did
+-- not issue it must answer without an error: PL/Proxy fails the whole call on
+-- any node's error.
+CREATE FUNCTION allsource._await_ticket_if_issued(ticket bigint, timeout_ms int)
+RETURNS TABLE (status text, version bigint, "position" bigint, refusal text)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY SELECT a.status, a.version, a.position, NULL::text
+                 FROM allsource.await_ticket(ticket, timeout_ms) a;
+EXCEPTION WHEN invalid_parameter_value THEN
+    -- Never issued, issued before the last restart, or no longer kept.
+    RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint, SQLERRM;
+END
+$$;
+COMMENT ON FUNCTION allsource._await_ticket_if_issued(bigint, int) IS
+    'await_ticket for the router (sql/router.sql): a ticket this server refuses (22023) gives a row with status NULL and the refusal instead of an error.';
+
 -- What \df+ and \dd show for the functions written in Rust (the SQL ones
 -- carry theirs where they are created above).
 COMMENT ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid) IS
@@ -308,7 +331,7 @@ COMMENT ON FUNCTION allsource.delete_stream(text, boolean) IS
 COMMENT ON FUNCTION allsource.save_snapshot(text, bigint, jsonb) IS
     'Stores the state of the stream at a version; keeps the highest version (returns false when a newer snapshot is stored).';
 COMMENT ON FUNCTION allsource.watermark() IS
-    'The highest position below which every event is committed or will never exist: readers never read past it.';
+    'The highest position below which every event is committed or will never exist: readers never read past it. On a hot standby, the primary''s as last replayed (allsource.published_watermark).';
 COMMENT ON FUNCTION allsource.inflight() IS
     'Transactions holding the watermark back: backend pid, the lowest position it has taken, and since when.';
 COMMENT ON FUNCTION allsource.ingest_workers() IS

@@ -77,6 +77,17 @@ CREATE TABLE allsource.snapshots (
 COMMENT ON TABLE allsource.snapshots IS
     'The latest snapshot of each stream (save_snapshot, load_snapshot).';
 
+-- The primary's watermark, written by its watermark publisher whenever it
+-- moves: a hot standby replays it and never reads past it. One row.
+CREATE TABLE allsource.published_watermark (
+    position     bigint      NOT NULL,
+    published_at timestamptz NOT NULL,
+    one_row      boolean     PRIMARY KEY DEFAULT true CHECK (one_row)
+);
+INSERT INTO allsource.published_watermark (position, published_at) VALUES (0, now());
+COMMENT ON TABLE allsource.published_watermark IS
+    'The primary''s watermark and when it last moved, for hot standbys: watermark() on a standby returns it. Written by the watermark publisher only.';
+
 -- One partition per partition id: allsource.partitions, read once, now.
 DO $partitions$
 DECLARE

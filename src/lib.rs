@@ -43,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     sql::watermark::init();
     sql::stats::init();
     sql::ingest::init();
+    sql::standby::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

@@ -38,10 +38,23 @@ pub static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// How long `enqueue` waits for room in a full queue, in ms.
 pub static ENQUEUE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// How often, at most, the primary publishes its watermark for hot standbys, in ms.
+pub static WATERMARK_PUBLISH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 /// The most ingest workers (lanes) the queue can have.
 pub const MAX_INGEST_WORKERS: i32 = 64;
 
 pub fn register() {
+    GucRegistry::define_int_guc(
+        c"allsource.watermark_publish_interval_ms",
+        c"How often, at most, the primary writes its watermark for hot standbys to replay.",
+        c"Written only when it moved. 0 stops publishing: a standby's watermark then stays where it was.",
+        &WATERMARK_PUBLISH_INTERVAL_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"allsource.batch_max",
         c"Most queued events an ingest worker appends in one transaction.",

@@ -16,6 +16,7 @@ use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
+use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
@@ -41,6 +42,7 @@ fn append(
 ) -> TableIterator<'static, (name!(version, i64), name!(position, i64))> {
     let started = Instant::now();
     let result = (|| {
+        refuse_on_standby("allsource.append()")?;
         let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
         append_one(stream_id, &[event], expected)
@@ -67,6 +69,7 @@ fn append_batch(
 > {
     let started = Instant::now();
     let result = (|| {
+        refuse_on_standby("allsource.append_batch()")?;
         let stream_id = validate::name("stream_id", stream_id)?;
         let events = parse_batch_text(
             &validate::required("events", events)?.0,

@@ -23,6 +23,7 @@ use crate::settings;
 use crate::sql::append::{append_requests, new_event};
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
+use crate::sql::standby::refuse_on_standby;
 use crate::sql::watermark::require_preloaded;
 use crate::sql::{stats, wake};
 use crate::validate::ExpectedVersion;
@@ -343,6 +344,7 @@ fn now() -> i64 {
 
 /// The queue, if this session may use it.
 fn queue_here(function: &str) -> Result<Queue> {
+    refuse_on_standby(function)?;
     require_preloaded(function)?;
     let queue = Queue::get().expect("preloaded: the queue exists");
     if settings::INGEST_WORKERS.get() == 0 {

@@ -14,6 +14,7 @@ use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
+use crate::sql::standby::refuse_on_standby;
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -77,6 +78,7 @@ fn calling_role() -> String {
 #[search_path(pg_catalog, pg_temp)]
 fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -> i64 {
     or_raise((|| {
+        refuse_on_standby("allsource.delete_stream()")?;
         let stream_id = validate::name("stream_id", stream_id)?;
         let hard = hard.ok_or_else(|| Error::invalid_argument("hard", "must not be null"))?;
         let tenant = settings::tenant()?;
@@ -174,6 +176,7 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
 #[search_path(pg_catalog, pg_temp)]
 fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<JsonbText>) -> bool {
     or_raise((|| {
+        refuse_on_standby("allsource.save_snapshot()")?;
         let stream_id = validate::name("stream_id", stream_id)?;
         let version =
             version.ok_or_else(|| Error::invalid_argument("version", "must not be null"))?;

@@ -10,17 +10,26 @@ mod lifecycle;
 pub mod notify;
 mod partition;
 mod raise;
+pub mod standby;
 pub mod stats;
 mod verify;
 pub mod watermark;
 
 use pgrx::pg_sys;
 use pgrx::spi::SpiResult;
-use pgrx::{IntoDatum, PgOid};
+use pgrx::{FromDatum, IntoDatum, PgOid, Spi};
 
 /// SPI's own errors (as opposed to PostgreSQL's, which unwind) mean a bug here.
 fn spi<T>(result: SpiResult<T>) -> T {
     result.unwrap_or_else(|e| panic!("allsource internal SPI error: {e}"))
+}
+
+/// The first column of the first row of a read-only query. `Spi::get_one`
+/// runs its query as read-write, which a hot standby refuses.
+fn select_one<T: FromDatum + IntoDatum>(query: &str) -> Option<T> {
+    spi(Spi::connect(|client| {
+        client.select(query, Some(1), &[])?.first().get_one::<T>()
+    }))
 }
 
 /// The type OID of a Rust type, for preparing statements.

@@ -3,6 +3,7 @@
 use crate::error::Error;
 use crate::partition::{self, MAX_PARTITIONS};
 use crate::sql::raise::or_raise;
+use crate::sql::select_one;
 use crate::validate;
 use pgrx::prelude::*;
 
@@ -13,15 +14,12 @@ fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>,
     let result = validate::name("stream_id", stream_id).and_then(|stream_id| {
         let count = match partition_count {
             Some(count) => validate::in_range("partition_count", count, 1, MAX_PARTITIONS)?,
-            None => Spi::get_one::<i32>("SELECT allsource.partition_count()")
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
-                    Error::new(
-                        "55000",
-                        "allsource has no partitions; is the extension installed?",
-                    )
-                })?,
+            None => select_one::<i32>("SELECT allsource.partition_count()").ok_or_else(|| {
+                Error::new(
+                    "55000",
+                    "allsource has no partitions; is the extension installed?",
+                )
+            })?,
         };
         Ok(partition::partition_for(stream_id, count as u32) as i32)
     });

@@ -12,6 +12,7 @@
 
 use crate::error::Error;
 use crate::sql::raise::or_raise;
+use crate::sql::standby;
 use crate::watermark::{watermark as watermark_of, Claim, Slot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
@@ -173,10 +174,19 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     end_of_transaction();
 }
 
-/// The highest position P such that no event at or below P can still become visible.
+/// The highest position P such that no event at or below P can still become
+/// visible; on a hot standby, the primary's as last replayed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
+    if standby::is_standby() {
+        return or_raise(standby::published_watermark());
+    }
+    local_watermark()
+}
+
+/// This server's own watermark of the current database (a primary's).
+pub fn local_watermark() -> i64 {
     let last = last_handed_out();
     watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
 }
