@@ -4,7 +4,8 @@
 # pgrx's test cluster), the driver tests against a private cluster with the
 # extension preloaded, the client examples, a stress run with crash-restarts,
 # the tests without preloading and the independent audit; then the pg_regress
-# suite and the upgrade from the previous release. Works as root: PostgreSQL runs as the
+# suite, the upgrade from the previous release, a hot standby with failover and
+# a PL/Proxy router over three nodes. Works as root: PostgreSQL runs as the
 # postgres user.
 #   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run (what CI runs)
 #   scripts/test.sh all       everything on every supported version, 13 to 18
@@ -117,6 +118,12 @@ fi
 
 log "upgrade in place from the previous release (PostgreSQL 15)"
 scripts/test_upgrade.sh 15
+
+# Both use the build the upgrade test left installed.
+log "scaling out: a hot standby and failover (PostgreSQL 15)"
+scripts/test_standby.sh
+log "scaling out: partitions over three nodes through a PL/Proxy router (PostgreSQL 15)"
+scripts/test_router.sh
 
 printf '%s\n' "${timings[@]}" >&2
 log "all tests passed in $((SECONDS - started)) s"
