@@ -105,9 +105,11 @@ fn publish(published: Option<i64>) -> Option<i64> {
         return published;
     }
     let _writing = WriteGuard::new();
-    // Losing the last publication in a crash only leaves the standby a little
-    // behind: no need to wait for the disk or for a synchronous standby.
-    Spi::run("SET LOCAL synchronous_commit = off").expect("synchronous_commit is settable");
+    // Flushed at once, as walsenders ship flushed WAL only (asynchronously
+    // committed, an idle primary's update waited ~200 ms for the WAL writer);
+    // no waiting for a synchronous standby: losing the last publication in a
+    // crash only leaves the standby a little behind.
+    Spi::run("SET LOCAL synchronous_commit = local").expect("synchronous_commit is settable");
     // Never backwards, also when the sequence restarts lower after a crash.
     Spi::run_with_args(
         "UPDATE allsource.published_watermark SET position = $1, published_at = now() WHERE position < $1",
