@@ -92,20 +92,46 @@ fn live_slots() -> &'static [Slot] {
     &REGISTRY.get().slots[..count.min(MAX_SLOTS)]
 }
 
-/// The last position the sequence handed out (0 before the first), read
-/// straight from the sequence: no SPI, no plan.
-fn last_handed_out() -> i64 {
-    // SAFETY: catalog lookups by name, then pg_sequence_last_value(regclass),
-    // which returns NULL until the sequence is first used.
-    unsafe {
+/// `allsource.event_position`, found by name: no SPI, no plan.
+fn position_sequence() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name.
+    let sequence = unsafe {
         let namespace = pg_sys::get_namespace_oid(c"allsource".as_ptr(), false);
-        let sequence = pg_sys::get_relname_relid(c"event_position".as_ptr(), namespace);
-        assert!(
-            sequence != pg_sys::InvalidOid,
-            "allsource.event_position is missing"
-        );
+        pg_sys::get_relname_relid(c"event_position".as_ptr(), namespace)
+    };
+    assert!(
+        sequence != pg_sys::InvalidOid,
+        "allsource.event_position is missing"
+    );
+    sequence
+}
+
+/// The last position the sequence handed out (0 before the first).
+fn last_handed_out(sequence: pg_sys::Oid) -> i64 {
+    // SAFETY: pg_sequence_last_value(regclass) returns NULL until the sequence is first used.
+    unsafe {
         pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[sequence.into_datum()])
             .unwrap_or(0)
+    }
+}
+
+/// Flushes the WAL up to the sequence's last record, so that after a crash
+/// the sequence resumes above every position handed out so far. A commit
+/// flushes it anyway; positions that only rolled-back transactions took have
+/// no commit to do it, and a watermark may pass them: without this, a crash
+/// right after could hand them out again, below a watermark readers saw.
+fn make_handed_out_durable(sequence: pg_sys::Oid) {
+    // SAFETY: the sequence's one page, pinned and share-locked while its
+    // header is read, as PostgreSQL reads a page LSN. XLogFlush returns at
+    // once when the WAL is already flushed that far.
+    unsafe {
+        let relation = pg_sys::relation_open(sequence, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let buffer = pg_sys::ReadBuffer(relation, 0);
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let lsn = (*(pg_sys::BufferGetPage(buffer) as *const pg_sys::PageHeaderData)).pd_lsn;
+        pg_sys::UnlockReleaseBuffer(buffer);
+        pg_sys::relation_close(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::XLogFlush((u64::from(lsn.xlogid) << 32) | u64::from(lsn.xrecoff));
     }
 }
 
@@ -116,7 +142,7 @@ pub fn before_taking_positions() {
         // A transaction keeps its first claim: the lowest it may commit.
         if !HOLDING.with(Cell::get) {
             let claim = Claim {
-                lowest: last_handed_out() + 1,
+                lowest: last_handed_out(position_sequence()) + 1,
                 database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
                 pid: unsafe { pg_sys::MyProcPid },
                 since: unsafe { pg_sys::GetCurrentTimestamp() },
@@ -187,8 +213,12 @@ fn watermark() -> i64 {
 
 /// This server's own watermark of the current database (a primary's).
 pub fn local_watermark() -> i64 {
-    let last = last_handed_out();
-    watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32())
+    let sequence = position_sequence();
+    let last = last_handed_out(sequence);
+    let mark = watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32());
+    // After reading `last`: the record read covers it.
+    make_handed_out_durable(sequence);
+    mark
 }
 
 /// The lowest position an open transaction of `database` may still commit.

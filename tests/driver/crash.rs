@@ -157,3 +157,50 @@ fn crash_kill_9_of_an_ingest_worker_mid_batch_loses_no_committed_ticket() {
         "committed"
     );
 }
+
+/// Positions that only a rolled-back transaction took leave no commit to
+/// flush the sequence's WAL record, so a crash right after could restart the
+/// sequence below them. A watermark that passed them must stay valid: after
+/// the crash, new appends get positions above it.
+#[test]
+fn crash_right_after_a_rollback_hands_out_no_position_at_or_below_the_watermark() {
+    let db = TestDb::new("crash_rollback");
+    let mut client = db.connect();
+    client
+        .batch_execute("SELECT allsource.append('before', 'T', '{}')")
+        .unwrap();
+    // Many positions (several WAL records of the sequence), then rolled back.
+    client
+        .batch_execute(
+            "BEGIN; SELECT allsource.append('rolled-' || i, 'T', '{}') FROM generate_series(1, 200) i; ROLLBACK",
+        )
+        .unwrap();
+    let (mark, pid): (i64, i32) = {
+        let row = client
+            .query_one("SELECT allsource.watermark(), pg_backend_pid()", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // At once, before the WAL writer's next round: PostgreSQL restarts every
+    // process and replays what reached the WAL files.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    drop(client);
+    thread::sleep(Duration::from_millis(500));
+
+    let mut client = reconnect_to(db.name());
+    let after: i64 = client
+        .query_one(
+            "SELECT position FROM allsource.append('after', 'T', '{}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        after > mark,
+        "position {after} handed out after the crash, at or below the watermark {mark} seen before it"
+    );
+}
