@@ -31,8 +31,10 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// Runs when a process loads the library: defines the settings and the
 /// transaction callbacks, and, when preloading, the shared memory of the
-/// watermark and of the notification boards. Without preloading everything but `watermark()`, `inflight()`
-/// and the reads that need them works.
+/// watermark, the notification boards, the statistics and the ingest queue,
+/// and registers the ingest workers and the watermark publisher. Without
+/// preloading everything but `watermark()`, `inflight()`, the reads that need
+/// them, the queue and `stats()` works.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
