@@ -8,6 +8,15 @@ use crate::{reconnect_to, TestDb};
 use std::thread;
 use std::time::Duration;
 
+/// Kills a server process with SIGKILL: PostgreSQL then restarts every process.
+fn kill_9(pid: i32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+}
+
 #[test]
 fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     let db = TestDb::new("crash");
@@ -18,11 +27,7 @@ fn crash_of_a_backend_holding_a_slot_does_not_stick_the_watermark() {
     // Holds a slot (holder asserts it) in an open transaction appending to 'held'.
     let (victim, pid) = holder(&db, &mut observer);
 
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -9 {pid}");
+    kill_9(pid);
     drop(victim);
     drop(observer);
     thread::sleep(Duration::from_millis(500));
@@ -112,11 +117,7 @@ fn crash_kill_9_of_an_ingest_worker_mid_batch_loses_no_committed_ticket() {
         )
         .unwrap()
         .get(0);
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &worker.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -9 {worker}");
+    kill_9(worker);
     crashed.store(true, Ordering::SeqCst);
     let committed: Vec<Uuid> = sessions
         .into_iter()
@@ -183,11 +184,7 @@ fn crash_right_after_a_rollback_hands_out_no_position_at_or_below_the_watermark(
     };
     // At once, before the WAL writer's next round: PostgreSQL restarts every
     // process and replays what reached the WAL files.
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -9 {pid}");
+    kill_9(pid);
     drop(client);
     thread::sleep(Duration::from_millis(500));
 
