@@ -19,8 +19,8 @@ cluster_stop "$primary"
 rm -rf "$base"
 trap 'cluster_stop "$standby"; cluster_stop "$primary"' EXIT
 
-# Small ingest batches and frequent publishing, so a few seconds of load take
-# many turns of both.
+# The queue and the publisher in database store; publishing every 5 ms, so a
+# few seconds of load take many turns of it.
 settings="allsource.database = 'store'
 allsource.watermark_publish_interval_ms = 5
 max_wal_senders = 4"

@@ -38,6 +38,7 @@ pub fn init() {
         .load();
 }
 
+/// Whether this server is in recovery: a hot standby, until promoted.
 pub fn is_standby() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
