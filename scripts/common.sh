@@ -13,7 +13,7 @@ use_postgres() {
 # Debian 12's own PostgreSQL unless told otherwise.
 use_postgres 15
 # Data directories live outside /root so the postgres user can reach them.
-STATE_DIR=/var/tmp/allsource
+STATE_DIR=${ALLSOURCE_STATE_DIR:-/var/tmp/allsource}
 DEMO_DATA=$STATE_DIR/demo
 # Ports below Linux's ephemeral range (32768+), where client sockets never sit.
 DEMO_PORT=25432
