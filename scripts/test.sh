@@ -4,7 +4,7 @@
 # pgrx's test cluster), the driver tests against a private cluster with the
 # extension preloaded, the client examples, a stress run with crash-restarts,
 # the tests without preloading and the independent audit; then the pg_regress
-# suite, the upgrade from the previous release, a hot standby with failover and
+# suite, the adversarial suite, the upgrade from the previous release, a hot standby with failover and
 # a PL/Proxy router over three nodes. Works as root: PostgreSQL runs as the
 # postgres user.
 #   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run (what CI runs)
@@ -115,6 +115,9 @@ if ! tests/pg_regress/run.sh; then
     cat tests/pg_regress/regression.diffs >&2 || true
     exit 1
 fi
+
+log "adversarial: a hostile database owner's look-alike functions and operators never run (PostgreSQL 15)"
+tests/adversarial/run.sh
 
 log "upgrade in place from the previous release (PostgreSQL 15)"
 scripts/test_upgrade.sh 15

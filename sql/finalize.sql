@@ -15,7 +15,7 @@ BEGIN
         UNION ALL SELECT 'allsource.events'::regclass
         UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'allsource.events'::regclass
     LOOP
-        EXECUTE format(
+        EXECUTE pg_catalog.format(
             'CREATE TRIGGER refuse_direct_write BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
             'FOR EACH STATEMENT EXECUTE FUNCTION allsource.refuse_direct_write()', target);
         PERFORM pg_catalog.pg_extension_config_dump(target, '');
@@ -28,16 +28,10 @@ CREATE TRIGGER refuse_direct_write BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
     FOR EACH STATEMENT EXECUTE FUNCTION allsource.refuse_direct_write();
 REVOKE ALL ON ALL TABLES IN SCHEMA allsource FROM PUBLIC;
 
--- Tenants. The session's allsource.tenant; NULL when unset or empty.
-CREATE FUNCTION allsource.current_tenant() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT nullif(pg_catalog.current_setting('allsource.tenant', true), '') $$;
-COMMENT ON FUNCTION allsource.current_tenant() IS
-    'The session''s tenant (SET allsource.tenant), NULL without one: reads and writes are scoped to it.';
-
 -- Row-level security: roles that are neither superusers nor the owner see
--- their tenant's rows only, also through direct SELECTs. (The functions
--- filter by tenant themselves, for every role.)
+-- their tenant's rows only, also through direct SELECTs. (The functions run
+-- as the owner and filter by tenant themselves, once per call rather than
+-- once per row, for every role.)
 ALTER TABLE allsource.streams ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE allsource.snapshots ENABLE ROW LEVEL SECURITY;
@@ -51,11 +45,11 @@ DO $roles$
 DECLARE
     role_name text;
 BEGIN
-    FOREACH role_name IN ARRAY ARRAY['allsource_reader', 'allsource_writer'] LOOP
+    FOREACH role_name IN ARRAY ARRAY['allsource_reader', 'allsource_writer', 'allsource_worker'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
             -- Another database's CREATE EXTENSION may create it at the same moment.
             BEGIN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
             EXCEPTION WHEN duplicate_object OR unique_violation THEN
                 NULL;
             END;
@@ -63,26 +57,55 @@ BEGIN
     END LOOP;
 END
 $roles$;
-GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer;
+-- allsource_worker is what the background workers write as (not the
+-- superuser they connect as): nobody may log in as it or be a member of it,
+-- or they would hold its rights.
+DO $worker_role$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = 'allsource_worker'
+               AND (r.rolcanlogin OR r.rolsuper OR r.rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                  WHERE m.roleid = 'allsource_worker'::pg_catalog.regrole) THEN
+        RAISE EXCEPTION 'role "allsource_worker" can log in, is a superuser, bypasses row-level security or has members'
+            USING ERRCODE = '42501',
+                  DETAIL = 'AllSource''s background workers write as this role: whoever can act as it could write as they do.',
+                  HINT = 'Drop the role (or make it NOLOGIN NOSUPERUSER NOBYPASSRLS without members), then CREATE EXTENSION allsource again.';
+    END IF;
+END
+$worker_role$;
+GRANT USAGE ON SCHEMA allsource TO allsource_reader, allsource_writer, allsource_worker;
 GRANT SELECT ON allsource.streams, allsource.events, allsource.snapshots TO allsource_reader, allsource_writer;
 -- watermark() reads the last position handed out (SELECT does not allow
 -- nextval), and on a hot standby the published watermark.
 GRANT SELECT ON SEQUENCE allsource.event_position TO allsource_reader, allsource_writer;
 GRANT SELECT ON allsource.published_watermark TO allsource_reader, allsource_writer;
+-- The workers' appends (streams, events, ids; the row of a new stream they
+-- refused goes again), the publisher's watermark.
+GRANT SELECT, INSERT, UPDATE, DELETE ON allsource.streams TO allsource_worker;
+GRANT SELECT, INSERT ON allsource.events, allsource.event_ids TO allsource_worker;
+GRANT SELECT, UPDATE ON allsource.published_watermark TO allsource_worker;
+GRANT USAGE, SELECT ON SEQUENCE allsource.event_position TO allsource_worker;
+-- The workers append for every tenant.
+CREATE POLICY worker_rows ON allsource.streams TO allsource_worker USING (true) WITH CHECK (true);
+CREATE POLICY worker_rows ON allsource.events TO allsource_worker USING (true) WITH CHECK (true);
 
 CREATE FUNCTION allsource.partition_count() RETURNS int
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT count(*)::int FROM pg_catalog.pg_inherits WHERE inhparent = 'allsource.events'::regclass $$;
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_inherits WHERE inhparent = 'allsource.events'::regclass $$;
 COMMENT ON FUNCTION allsource.partition_count() IS
     'Number of partitions of allsource.events, fixed by allsource.partitions at CREATE EXTENSION.';
 
+-- The reads run as the owner (no row-level security per row) and keep to
+-- the caller's tenant, allsource.current_tenant(), which they read once.
 CREATE FUNCTION allsource.stream_version(stream_id text) RETURNS bigint
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM allsource._check_stream_id(stream_version.stream_id);
     RETURN coalesce((SELECT s.version FROM allsource.streams s WHERE s.stream_id = stream_version.stream_id
-                     AND allsource._in_tenant(s.tenant_id)), 0);
+                     AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant()), 0);
 END
 $$;
 COMMENT ON FUNCTION allsource.stream_version(text) IS
@@ -94,7 +117,8 @@ CREATE FUNCTION allsource.read_stream(
     max_count int DEFAULT 1000,
     backward boolean DEFAULT false
 ) RETURNS SETOF allsource.events
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     stream_partition int;
@@ -103,7 +127,7 @@ BEGIN
     SELECT s.partition_id INTO stream_partition
     FROM allsource.streams s
     WHERE s.stream_id = read_stream.stream_id AND s.deleted_at IS NULL
-      AND allsource._in_tenant(s.tenant_id);
+      AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -134,16 +158,17 @@ CREATE FUNCTION allsource.partition_stats() RETURNS TABLE (
     last_position bigint
 )
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p.id,
            coalesce(s.stream_count, 0),
            coalesce(s.event_count, 0),
-           pg_catalog.pg_total_relation_size(format('allsource.events_p%s', p.id)::regclass),
-           (SELECT max(e.position) FROM allsource.events e WHERE e.partition_id = p.id)
-    FROM generate_series(0, allsource.partition_count() - 1) AS p(id)
+           pg_catalog.pg_total_relation_size(pg_catalog.format('allsource.events_p%s', p.id)::regclass),
+           (SELECT pg_catalog.max(e.position) FROM allsource.events e WHERE e.partition_id = p.id)
+    FROM pg_catalog.generate_series(0, allsource.partition_count() - 1) AS p(id)
     LEFT JOIN (
         -- Versions are gapless, so a stream's version is its event count.
-        SELECT st.partition_id, count(*) AS stream_count, sum(st.version)::bigint AS event_count
+        SELECT st.partition_id, pg_catalog.count(*) AS stream_count, pg_catalog.sum(st.version)::bigint AS event_count
         FROM allsource.streams st GROUP BY st.partition_id
     ) s ON s.partition_id = p.id
     ORDER BY p.id
@@ -152,9 +177,11 @@ COMMENT ON FUNCTION allsource.partition_stats() IS
     'One row per partition, empty ones included: streams, events, bytes on disk (table and indexes), last position.';
 
 CREATE FUNCTION allsource.verify_gapless(stream_id text) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    tenant text := allsource.current_tenant();
     stream_version bigint;
     event_count bigint;
     lowest bigint;
@@ -162,10 +189,10 @@ DECLARE
 BEGIN
     PERFORM allsource._check_stream_id(verify_gapless.stream_id);
     SELECT s.version INTO stream_version FROM allsource.streams s WHERE s.stream_id = verify_gapless.stream_id
-        AND allsource._in_tenant(s.tenant_id);
-    SELECT count(*), min(e.version), max(e.version) INTO event_count, lowest, highest
+        AND s.tenant_id IS NOT DISTINCT FROM tenant;
+    SELECT pg_catalog.count(*), pg_catalog.min(e.version), pg_catalog.max(e.version) INTO event_count, lowest, highest
     FROM allsource.events e WHERE e.stream_id = verify_gapless.stream_id
-        AND allsource._in_tenant(e.tenant_id);
+        AND e.tenant_id IS NOT DISTINCT FROM tenant;
     -- Versions are unique per stream (an index says so), so n events spanning
     -- 1..n are exactly 1, 2, …, n.
     RETURN event_count = coalesce(stream_version, 0)
@@ -177,7 +204,7 @@ COMMENT ON FUNCTION allsource.verify_gapless(text) IS
 
 -- Categories: a stream "order-1" belongs to category "order". This index
 -- serves read_category in position order; read_all uses the primary key.
-CREATE INDEX events_category_position ON allsource.events (split_part(stream_id, '-', 1), position);
+CREATE INDEX events_category_position ON allsource.events (pg_catalog.split_part(stream_id, '-', 1), position);
 
 -- Reads in global order stop at the watermark, and read with a snapshot
 -- taken after computing it (the next statement, under READ COMMITTED).
@@ -186,10 +213,11 @@ CREATE INDEX events_category_position ON allsource.events (split_part(stream_id,
 -- snapshot and be skipped for ever, so those levels are refused.
 CREATE FUNCTION allsource._watermark_for_read(function_name text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION '% needs READ COMMITTED, not %', function_name, upper(current_setting('transaction_isolation'))
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '% needs READ COMMITTED, not %', function_name, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
             USING ERRCODE = '0A000',
                   DETAIL = 'Under this isolation level the transaction''s snapshot predates the watermark, so events below it could be invisible and skipped.',
                   HINT = 'Read the global order in a READ COMMITTED transaction (the default).';
@@ -198,27 +226,46 @@ BEGIN
 END
 $$;
 
+-- A tenant's events, or the events without a tenant: two statements, so
+-- each has the estimate of its own plain condition (IS NULL, or =).
 CREATE FUNCTION allsource.read_all(
     after_position bigint DEFAULT 0,
     max_count int DEFAULT 1000,
     event_types text[] DEFAULT NULL,
     partition_id int DEFAULT NULL
 ) RETURNS SETOF allsource.events
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     upto bigint;
+    tenant text := allsource.current_tenant();
 BEGIN
     PERFORM allsource._check_read_all(read_all.after_position, read_all.max_count, read_all.partition_id, allsource.partition_count());
     upto := allsource._watermark_for_read('allsource.read_all');
-    -- Two statements rather than "partition_id IS NULL OR …": PL/pgSQL's generic
-    -- plan can prune partitions only on a plain equality.
-    IF read_all.partition_id IS NULL THEN
+    -- Separate statements rather than "partition_id IS NULL OR …": PL/pgSQL's
+    -- generic plan can prune partitions only on a plain equality.
+    IF read_all.partition_id IS NULL AND tenant IS NULL THEN
         RETURN QUERY
             SELECT e.* FROM allsource.events e
             WHERE e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
-              AND allsource._in_tenant(e.tenant_id)
+              AND e.tenant_id IS NULL
+            ORDER BY e.position LIMIT read_all.max_count;
+    ELSIF read_all.partition_id IS NULL THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.position > read_all.after_position AND e.position <= upto
+              AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+              AND e.tenant_id = tenant
+            ORDER BY e.position LIMIT read_all.max_count;
+    ELSIF tenant IS NULL THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.partition_id = read_all.partition_id
+              AND e.position > read_all.after_position AND e.position <= upto
+              AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
+              AND e.tenant_id IS NULL
             ORDER BY e.position LIMIT read_all.max_count;
     ELSE
         RETURN QUERY
@@ -226,7 +273,7 @@ BEGIN
             WHERE e.partition_id = read_all.partition_id
               AND e.position > read_all.after_position AND e.position <= upto
               AND (read_all.event_types IS NULL OR e.event_type = ANY (read_all.event_types))
-              AND allsource._in_tenant(e.tenant_id)
+              AND e.tenant_id = tenant
             ORDER BY e.position LIMIT read_all.max_count;
     END IF;
 END
@@ -241,41 +288,65 @@ CREATE FUNCTION allsource.read_category(
     consumer_group_member int DEFAULT NULL,
     consumer_group_size int DEFAULT NULL
 ) RETURNS SETOF allsource.events
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     upto bigint;
+    tenant text := allsource.current_tenant();
 BEGIN
     PERFORM allsource._check_read_category(read_category.category, read_category.after_position, read_category.max_count,
                                            read_category.consumer_group_member, read_category.consumer_group_size);
     upto := allsource._watermark_for_read('allsource.read_category');
-    RETURN QUERY
-        SELECT e.* FROM allsource.events e
-        WHERE split_part(e.stream_id, '-', 1) = split_part(read_category.category, '-', 1)
-          AND (e.stream_id = read_category.category OR starts_with(e.stream_id, read_category.category || '-'))
-          AND e.position > read_category.after_position AND e.position <= upto
-          AND allsource._in_tenant(e.tenant_id)
-          AND (read_category.consumer_group_size IS NULL
-               OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
-        ORDER BY e.position LIMIT read_category.max_count;
+    IF tenant IS NULL THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE pg_catalog.split_part(e.stream_id, '-', 1) = pg_catalog.split_part(read_category.category, '-', 1)
+              AND (e.stream_id = read_category.category OR pg_catalog.starts_with(e.stream_id, read_category.category || '-'))
+              AND e.position > read_category.after_position AND e.position <= upto
+              AND e.tenant_id IS NULL
+              AND (read_category.consumer_group_size IS NULL
+                   OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
+            ORDER BY e.position LIMIT read_category.max_count;
+    ELSE
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE pg_catalog.split_part(e.stream_id, '-', 1) = pg_catalog.split_part(read_category.category, '-', 1)
+              AND (e.stream_id = read_category.category OR pg_catalog.starts_with(e.stream_id, read_category.category || '-'))
+              AND e.position > read_category.after_position AND e.position <= upto
+              AND e.tenant_id = tenant
+              AND (read_category.consumer_group_size IS NULL
+                   OR allsource.partition_for(e.stream_id, read_category.consumer_group_size) = read_category.consumer_group_member)
+            ORDER BY e.position LIMIT read_category.max_count;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION allsource.read_category(text, bigint, int, int, int) IS
     'Events of the streams named category or category-…, in position order, never past the watermark; with a consumer group, only the streams of that member.';
 
 CREATE FUNCTION allsource.load_snapshot(stream_id text) RETURNS TABLE (version bigint, state jsonb)
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM allsource._check_stream_id(load_snapshot.stream_id);
     RETURN QUERY
         SELECT s.version, s.state FROM allsource.snapshots s
         WHERE s.stream_id = load_snapshot.stream_id
-          AND allsource._in_tenant(s.tenant_id);
+          AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
 END
 $$;
 COMMENT ON FUNCTION allsource.load_snapshot(text) IS
     'The stream''s latest snapshot: its version and state; no row when there is none.';
+
+-- Reading is for readers and writers (the reads run as the owner).
+REVOKE EXECUTE ON FUNCTION allsource.stream_version(text), allsource.read_stream(text, bigint, int, boolean),
+    allsource.verify_gapless(text), allsource.read_all(bigint, int, text[], int),
+    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.stream_version(text), allsource.read_stream(text, bigint, int, boolean),
+    allsource.verify_gapless(text), allsource.read_all(bigint, int, text[], int),
+    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text)
+TO allsource_reader, allsource_writer;
 
 -- Writing is for writers: the functions that write run as the extension's
 -- owner (SECURITY DEFINER, pinned search_path), so callers need no table
@@ -289,10 +360,14 @@ DECLARE
                    'allsource.delete_stream(text, boolean), '
                    'allsource.save_snapshot(text, bigint, jsonb)';
 BEGIN
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', writes);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO allsource_writer', writes);
+    EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', writes);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO allsource_writer', writes);
 END
 $grants$;
+-- Resetting the statistics is the owner's: it may grant it.
+REVOKE EXECUTE ON FUNCTION allsource.stats_reset() FROM PUBLIC;
+-- The trigger function is written in Rust, without pgrx's search_path attribute.
+ALTER FUNCTION allsource.refuse_direct_write() SET search_path = pg_catalog, pg_temp;
 -- Verification reads the erased events' digests: readers and writers only.
 REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
@@ -304,7 +379,9 @@ TO allsource_reader, allsource_writer;
 -- any node's error.
 CREATE FUNCTION allsource._await_ticket_if_issued(ticket bigint, timeout_ms int)
 RETURNS TABLE (status text, version bigint, "position" bigint, refusal text)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     RETURN QUERY SELECT a.status, a.version, a.position, NULL::text
                  FROM allsource.await_ticket(ticket, timeout_ms) a;
@@ -313,6 +390,8 @@ EXCEPTION WHEN invalid_parameter_value THEN
     RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint, SQLERRM;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION allsource._await_ticket_if_issued(bigint, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource._await_ticket_if_issued(bigint, int) TO allsource_writer;
 COMMENT ON FUNCTION allsource._await_ticket_if_issued(bigint, int) IS
     'await_ticket for the router (sql/router.sql): a ticket this server refuses (22023) gives a row with status NULL and the refusal instead of an error.';
 
@@ -344,5 +423,7 @@ COMMENT ON FUNCTION allsource.partition_for(text, int) IS
     'The partition a stream''s events live in (of partition_count partitions, this database''s by default).';
 COMMENT ON FUNCTION allsource.verify_stream(text) IS
     'Recomputes the stream''s hash chain: ok, events checked, and the first version that does not match with what is wrong.';
+COMMENT ON FUNCTION allsource.current_tenant() IS
+    'The session''s tenant (allsource.role_tenant of its role, else SET allsource.tenant), NULL without one: reads and writes are scoped to it.';
 COMMENT ON FUNCTION allsource.verify_all() IS
     'verify_stream over every stream: one row per stream whose chain or versions do not hold.';

@@ -1,6 +1,42 @@
 -- Tables, sequence and partitions. Runs first in CREATE EXTENSION; the
 -- functions pgrx generates from Rust come after it, sql/finalize.sql last.
 
+-- CREATE EXTENSION installs into a schema "allsource" that already exists.
+-- One that another role owns, fills or may create objects in would let that
+-- role replace what the extension's functions run as superuser: refuse it.
+DO $schema$
+DECLARE
+    schema_oid oid := 'allsource'::pg_catalog.regnamespace;
+    owner_name name;
+BEGIN
+    SELECT r.rolname INTO owner_name
+    FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+    WHERE n.oid = schema_oid;
+    IF owner_name <> current_user THEN
+        RAISE EXCEPTION 'schema "allsource" belongs to role "%", not to "%", who is creating the extension', owner_name, current_user
+            USING ERRCODE = '42P06',
+                  DETAIL = 'The extension''s functions run as their owner and would find objects that role put there.',
+                  HINT = 'Drop or rename that schema, then run CREATE EXTENSION allsource again.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend d
+               WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = schema_oid
+                 AND d.classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass)
+       OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = schema_oid)
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = schema_oid) THEN
+        RAISE EXCEPTION 'schema "allsource" already holds objects'
+            USING ERRCODE = '42P06',
+                  DETAIL = 'CREATE EXTENSION allsource needs the schema empty: an object left there could stand in for one of the extension''s.',
+                  HINT = 'Drop or rename that schema, then run CREATE EXTENSION allsource again.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+               WHERE n.oid = schema_oid AND a.grantee <> n.nspowner AND a.privilege_type = 'CREATE') THEN
+        RAISE EXCEPTION 'other roles may create objects in schema "allsource"'
+            USING ERRCODE = '42P06',
+                  HINT = 'REVOKE CREATE ON SCHEMA allsource FROM those roles (or drop the schema), then run CREATE EXTENSION allsource again.';
+    END IF;
+END
+$schema$;
+
 -- Global positions. No per-backend cache: positions are taken in the order
 -- transactions ask for them, which the watermark relies on.
 CREATE SEQUENCE allsource.event_position AS bigint NO CYCLE;

@@ -208,14 +208,16 @@ pub fn replay_of(
                 .zip(events)
                 .find_map(|(s, e)| s.as_ref().map(|s| (e.event_id.unwrap(), s)))
                 .expect("at least one event was found");
-            return Err(Error::event_id_reused(
-                &id.to_string(),
+            // Another tenant's event: not even its version is told.
+            let detail = if of.tenant.as_deref() == tenant {
                 format!(
-                    "it is version {} of {}, but this call also carries new events (events[{index}]); a retry must repeat the original call exactly",
-                    of.version,
-                    of.stream_name(tenant)
-                ),
-            ));
+                    "it is version {} of stream \"{}\", but this call also carries new events (events[{index}]); a retry must repeat the original call exactly",
+                    of.version, of.stream_id
+                )
+            } else {
+                "it belongs to another tenant's stream".to_string()
+            };
+            return Err(Error::event_id_reused(&id.to_string(), detail));
         };
         let id = event.event_id.expect("found events have ids").to_string();
         let differs = if stored.stream_id != stream_id {

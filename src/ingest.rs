@@ -4,7 +4,7 @@
 
 use crate::batch::NewEvent;
 use crate::validate::ExpectedVersion;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use uuid::Uuid;
 
 /// An event waiting in the queue: one `enqueue` call.
@@ -203,14 +203,24 @@ const COMMITTED: u32 = 3;
 const CONFLICT: u32 = 4;
 const REJECTED: u32 = 5;
 
+/// A tenant as a ticket's result cell records it: 0 for none. A hash, so a
+/// cell stays small; a collision needs two tenants whose names the same
+/// party chose, which per-request tenants can set at will anyway.
+pub fn tenant_tag(tenant: Option<&str>) -> u64 {
+    tenant.map_or(0, |t| crate::partition::stable_hash(t) | 1)
+}
+
 /// One ticket's result, in shared memory. A waiter registers its latch
 /// owner in `waiter` and then checks `state`; a worker sets `state` and then
 /// wakes `waiter`: sequentially consistent on both sides, so a wake-up is
 /// never lost.
 #[repr(C)]
 pub struct ResultCell {
-    // 32 bytes: a server keeps hundreds of thousands of these.
+    // 40 bytes: a server keeps hundreds of thousands of these.
     ticket: AtomicI64,
+    /// [`tenant_tag`] of the tenant that enqueued it: only that tenant
+    /// may ask for the result.
+    tenant: AtomicU64,
     /// Version (committed) or actual version (conflict).
     version: AtomicI64,
     /// Position (committed) or packed SQLSTATE (rejected).
@@ -220,7 +230,7 @@ pub struct ResultCell {
     waiter: AtomicI32,
 }
 
-const _: () = assert!(std::mem::size_of::<ResultCell>() == 32);
+const _: () = assert!(std::mem::size_of::<ResultCell>() == 40);
 
 /// What a cell says about a given ticket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +246,7 @@ impl Default for ResultCell {
     fn default() -> Self {
         ResultCell {
             ticket: AtomicI64::new(0),
+            tenant: AtomicU64::new(0),
             state: AtomicU32::new(0),
             waiter: AtomicI32::new(0),
             version: AtomicI64::new(0),
@@ -247,7 +258,8 @@ impl Default for ResultCell {
 impl ResultCell {
     /// Makes the cell `ticket`'s, pending. Called by the producer before
     /// it publishes the entry, so a consumer always finds it.
-    pub fn open(&self, ticket: i64) {
+    pub fn open(&self, ticket: i64, tenant: u64) {
+        self.tenant.store(tenant, Ordering::SeqCst);
         self.state.store(QUEUED, Ordering::SeqCst);
         self.waiter.store(0, Ordering::SeqCst);
         self.ticket.store(ticket, Ordering::SeqCst);
@@ -255,6 +267,11 @@ impl ResultCell {
 
     pub fn ticket(&self) -> i64 {
         self.ticket.load(Ordering::SeqCst)
+    }
+
+    /// The [`tenant_tag`] of the ticket's tenant.
+    pub fn tenant(&self) -> u64 {
+        self.tenant.load(Ordering::SeqCst)
     }
 
     /// Records a result that becomes true only if the worker's transaction
@@ -429,7 +446,7 @@ mod tests {
     fn a_result_goes_from_pending_to_final() {
         let cell = ResultCell::default();
         assert_eq!(cell.lookup(5), Lookup::Unknown);
-        cell.open(5);
+        cell.open(5, 0);
         assert_eq!(cell.lookup(5), Lookup::Found(Status::Pending));
         assert!(cell.register_waiter(9));
         assert!(!cell.register_waiter(10), "one waiter at a time");
@@ -443,14 +460,14 @@ mod tests {
                 position: 77
             })
         );
-        cell.open(6);
+        cell.open(6, 0);
         assert_eq!(cell.lookup(5), Lookup::Expired);
         assert_eq!(cell.publish(Status::Conflict { actual: 4 }), None);
         assert_eq!(
             cell.lookup(6),
             Lookup::Found(Status::Conflict { actual: 4 })
         );
-        cell.open(7);
+        cell.open(7, 0);
         cell.publish(Status::Rejected {
             sqlstate: *b"ZA003",
         });

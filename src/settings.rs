@@ -12,6 +12,8 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// The session's tenant: reads and writes are scoped to it.
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The tenant a superuser bound the session's role to (`ALTER ROLE … SET`).
+pub static ROLE_TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Partition count, read by CREATE EXTENSION only (sql/schema.sql).
 static PARTITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_PARTITIONS);
@@ -111,6 +113,14 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"allsource.role_tenant",
+        c"The tenant a role is bound to: its sessions act for that tenant only.",
+        c"Set by a superuser for a role (ALTER ROLE name SET allsource.role_tenant = 'acme'); such a session cannot change it, and allsource.tenant may then only repeat it.",
+        &ROLE_TENANT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"allsource.partitions",
         c"Number of partitions CREATE EXTENSION allsource creates.",
@@ -160,7 +170,7 @@ fn register_server_start_settings() {
     GucRegistry::define_int_guc(
         c"allsource.ticket_results",
         c"How many recent tickets' results the server keeps for await_ticket().",
-        c"32 bytes each in shared memory. An older ticket's result is gone: await_ticket() raises 22023. Takes effect at server start.",
+        c"40 bytes each in shared memory. An older ticket's result is gone: await_ticket() raises 22023. Takes effect at server start.",
         &TICKET_RESULTS,
         1024,
         1 << 28,
@@ -175,18 +185,6 @@ pub fn database() -> String {
         .get()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// `allsource.tenant`: `None` when unset or empty; at most 255 bytes.
-pub fn tenant() -> crate::error::Result<Option<String>> {
-    let tenant = TENANT
-        .get()
-        .map(|t| t.to_string_lossy().into_owned())
-        .filter(|t| !t.is_empty());
-    if let Some(t) = &tenant {
-        crate::validate::name("allsource.tenant", Some(t))?;
-    }
-    Ok(tenant)
 }
 
 /// `allsource.max_event_bytes` as a byte count.

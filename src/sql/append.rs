@@ -18,6 +18,7 @@ use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
+use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
 use crate::validate::{self, ExpectedVersion};
@@ -25,7 +26,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgOid, Uuid};
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// Appends one event to a stream; returns its version and global position.
@@ -110,7 +111,7 @@ pub(crate) fn new_event<'a>(
 }
 
 fn append_one(stream_id: &str, events: &[NewEvent], expected: ExpectedVersion) -> Result<Appended> {
-    let tenant = settings::tenant()?;
+    let tenant = tenant::session_tenant()?;
     let request = Request {
         stream_id,
         events,
@@ -139,7 +140,7 @@ pub(crate) fn append_requests(
         let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
         streams.sort_unstable();
         streams.dedup();
-        let (heads, row_ids) = lock_streams(client, plans, &streams, requests);
+        let (heads, row_ids, created) = lock_streams(client, plans, &streams, requests);
         let stored = stored_events(client, plans, requests.iter().flat_map(|r| r.events));
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {
@@ -147,6 +148,17 @@ pub(crate) fn append_requests(
         });
         // Time-ordered ids: new ones land at the right edge of event_ids' index.
         let plan = plan::plan(requests, heads, stored, created_at, uuid::Uuid::now_v7);
+        // A refused request leaves nothing, not even the row of its new stream,
+        // which would keep the id from other tenants.
+        let touched: HashSet<&str> = plan.rows.iter().map(|row| row.stream_id).collect();
+        let unused: Vec<String> = created
+            .iter()
+            .filter(|stream| !touched.contains(*stream))
+            .map(|stream| row_ids[stream].clone())
+            .collect();
+        if !unused.is_empty() {
+            spi(client.update(&plans.forget_streams, None, &[unused.into()]));
+        }
         if plan.rows.is_empty() {
             return Ok(plan.results(&[]));
         }
@@ -257,15 +269,21 @@ impl EventRows {
 /// and a worker retries it. A concurrent creator
 /// makes our insert a no-op after it commits; then the row is there to lock.
 /// Also returns each locked row's `ctid`: the final update finds the rows by
-/// it, without a second index lookup (no one else can move a row we locked).
+/// it, without a second index lookup (no one else can move a row we locked);
+/// and the streams whose rows this call created.
 fn lock_streams<'a>(
     client: &mut SpiClient,
     plans: &Plans,
     streams: &[&'a str],
     requests: &[Request],
-) -> (HashMap<&'a str, Head>, HashMap<&'a str, String>) {
+) -> (
+    HashMap<&'a str, Head>,
+    HashMap<&'a str, String>,
+    Vec<&'a str>,
+) {
     let mut heads = HashMap::with_capacity(streams.len());
     let mut row_ids = HashMap::with_capacity(streams.len());
+    let mut created = Vec::new();
     // A new stream belongs to the tenant of the first request for it.
     let tenant_of = |stream: &str| {
         requests
@@ -281,7 +299,7 @@ fn lock_streams<'a>(
                 .filter(|s| !heads.contains_key(s))
                 .collect();
             if missing.is_empty() {
-                return (heads, row_ids);
+                return (heads, row_ids, created);
             }
             let mut args = vec![missing.clone().into()];
             if creating {
@@ -305,6 +323,9 @@ fn lock_streams<'a>(
                     },
                 );
                 row_ids.insert(key, spi(row.get(6)).expect("ctid is never NULL"));
+                if creating {
+                    created.push(key);
+                }
             }
         }
     }
@@ -358,8 +379,11 @@ fn insert_events_sql(on_conflict: &str) -> String {
          INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, \
                                        event_type, tenant_id, payload, metadata, created_at, checksum) \
          SELECT u.position, u.partition_id, u.stream_id, u.version, u.event_id, u.event_type, \
-                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, now(), u.checksum \
-         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, pg_catalog.now(), u.checksum \
+         FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+                         pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), \
+                         pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), \
+                         pg_catalog.unnest($10)) \
               AS u(position, partition_id, stream_id, version, event_id, event_type, \
                    tenant_id, payload, metadata, checksum) \
          RETURNING event_id, partition_id, position) \
@@ -421,6 +445,7 @@ struct Plans {
     insert_events: OwnedPreparedStatement,
     insert_events_with_new_ids: OwnedPreparedStatement,
     update_streams: OwnedPreparedStatement,
+    forget_streams: OwnedPreparedStatement,
 }
 
 const STREAM_HEAD: &str =
@@ -441,8 +466,8 @@ impl Plans {
         Plans {
             lock_streams: prepare(
                 &format!(
-                    "SELECT {STREAM_HEAD} FROM unnest($1::text[]) AS id \
-                     JOIN allsource.streams s ON s.stream_id = id FOR UPDATE OF s"
+                    "SELECT {STREAM_HEAD} FROM pg_catalog.unnest($1::text[]) AS id \
+                     JOIN allsource.streams s ON s.stream_id OPERATOR(pg_catalog.=) id FOR UPDATE OF s"
                 ),
                 &[oid::<Vec<String>>()],
             ),
@@ -450,7 +475,8 @@ impl Plans {
                 &format!(
                     "INSERT INTO allsource.streams AS s (stream_id, partition_id, tenant_id) \
                      SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())), tenant \
-                     FROM unnest($1::text[], $2::text[]) AS u(id, tenant) ORDER BY id \
+                     FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(id, tenant) \
+                     ORDER BY id \
                      ON CONFLICT (stream_id) DO NOTHING RETURNING {STREAM_HEAD}"
                 ),
                 &[oid::<Vec<String>>(), oid::<Vec<Option<String>>>()],
@@ -458,12 +484,14 @@ impl Plans {
             find_events: prepare(
                 "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text, e.tenant_id \
                  FROM allsource.event_ids i \
-                 JOIN allsource.events e ON e.partition_id = i.partition_id AND e.position = i.position \
-                 WHERE i.event_id = ANY ($1)",
+                 JOIN allsource.events e ON e.partition_id OPERATOR(pg_catalog.=) i.partition_id \
+                                     AND e.position OPERATOR(pg_catalog.=) i.position \
+                 WHERE i.event_id OPERATOR(pg_catalog.=) ANY ($1)",
                 &[oid::<Vec<Uuid>>()],
             ),
             take_positions: prepare(
-                "SELECT nextval('allsource.event_position') FROM generate_series(1, $1)",
+                "SELECT pg_catalog.nextval('allsource.event_position'::pg_catalog.regclass) \
+                 FROM pg_catalog.generate_series(1, $1)",
                 &[oid::<i32>()],
             ),
             insert_events: prepare(
@@ -473,10 +501,15 @@ impl Plans {
             insert_events_with_new_ids: prepare(&insert_events_sql(""), &insert_event_args()),
             update_streams: prepare(
                 "UPDATE allsource.streams s \
-                 SET version = u.version, last_checksum = u.last_checksum, updated_at = now() \
-                 FROM unnest($1::tid[], $2::bigint[], $3::bytea[]) AS u(row_id, version, last_checksum) \
-                 WHERE s.ctid = u.row_id",
+                 SET version = u.version, last_checksum = u.last_checksum, updated_at = pg_catalog.now() \
+                 FROM ROWS FROM (pg_catalog.unnest($1::tid[]), pg_catalog.unnest($2::bigint[]), \
+                                 pg_catalog.unnest($3::bytea[])) AS u(row_id, version, last_checksum) \
+                 WHERE s.ctid OPERATOR(pg_catalog.=) u.row_id",
                 &[oid::<Vec<String>>(), oid::<Vec<i64>>(), oid::<Vec<Vec<u8>>>()],
+            ),
+            forget_streams: prepare(
+                "DELETE FROM allsource.streams s WHERE s.ctid OPERATOR(pg_catalog.=) ANY ($1::tid[])",
+                &[oid::<Vec<String>>()],
             ),
         }
     }

@@ -7,12 +7,14 @@ use pgrx::prelude::*;
 
 /// Internal: raises 22023 unless `stream_id` is a valid stream id.
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _check_stream_id(stream_id: Option<&str>) {
     or_raise(validate::name("stream_id", stream_id));
 }
 
 /// Internal: raises 22023 unless `read_stream`'s arguments are valid.
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _check_read_stream(
     stream_id: Option<&str>,
     from_version: Option<i64>,
@@ -30,6 +32,7 @@ fn _check_read_stream(
 
 /// Internal: raises 22023 unless `read_all`'s arguments are valid.
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _check_read_all(
     after_position: Option<i64>,
     max_count: Option<i32>,
@@ -48,6 +51,7 @@ fn _check_read_all(
 
 /// Internal: raises 22023 unless `read_category`'s arguments are valid.
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _check_read_category(
     category: Option<&str>,
     after_position: Option<i64>,

@@ -15,7 +15,7 @@
 //! either confirms them (the transaction committed) or appends them again.
 
 use crate::error::{Error, Result};
-use crate::ingest::{Lookup, QueuedEvent, ResultCell, Status, TicketPlace, Tickets};
+use crate::ingest::{tenant_tag, Lookup, QueuedEvent, ResultCell, Status, TicketPlace, Tickets};
 use crate::partition::stable_hash;
 use crate::plan::Request;
 use crate::ring::{PushError, Ring, RingHeader, Slot, Taken, SLOT_BYTES};
@@ -24,7 +24,9 @@ use crate::sql::append::{append_requests, new_event};
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
+use crate::sql::tenant;
 use crate::sql::watermark::require_preloaded;
+use crate::sql::worker_session;
 use crate::sql::{stats, wake};
 use crate::validate::ExpectedVersion;
 use pgrx::bgworkers::{
@@ -372,6 +374,7 @@ fn queue_here(function: &str) -> Result<Queue> {
 
 /// Queues an event for a background worker to append; returns its ticket at once.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn enqueue(
     stream_id: Option<&str>,
     event_type: Option<&str>,
@@ -383,7 +386,7 @@ fn enqueue(
     let result = (|| {
         let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        let tenant = settings::tenant()?;
+        let tenant = tenant::session_tenant()?;
         let queue = queue_here("allsource.enqueue()")?;
         let entry = QueuedEvent {
             stream_id: stream_id.to_string(),
@@ -418,7 +421,7 @@ fn push(queue: Queue, lane_no: u32, entry: &QueuedEvent) -> Result<i64> {
                     lane: lane_no,
                     position,
                 })
-                .open(ticket);
+                .open(ticket, tenant_tag(entry.tenant.as_deref()));
         });
         if pushed.is_ok() {
             lane.queued.fetch_add(1, Ordering::Relaxed);
@@ -499,6 +502,7 @@ fn sleep_on_latch(timeout: Duration) {
 
 /// Waits until the ticket's event is appended or refused, or `timeout_ms` passes.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn await_ticket(
     ticket: Option<i64>,
     timeout_ms: default!(Option<i32>, 10000),
@@ -514,11 +518,14 @@ fn await_ticket(
         let ticket = crate::validate::required("ticket", ticket)?;
         let timeout_ms = crate::validate::non_negative("timeout_ms", timeout_ms)?;
         let queue = queue_here("allsource.await_ticket()")?;
+        // Another tenant's ticket is answered as one never issued.
+        let tenant = tenant_tag(tenant::session_tenant()?.as_deref());
         let place = queue
             .header()
             .tickets
             .place(ticket)
             .filter(|p| p.lane < queue.header().lanes)
+            .filter(|&p| queue.cell(p).tenant() == tenant || queue.cell(p).ticket() != ticket)
             .ok_or_else(|| {
                 Error::invalid_argument(
                     "ticket",
@@ -611,6 +618,7 @@ fn wait_for(cell: &ResultCell, ticket: i64, timeout: Duration) -> Result<Status>
 
 /// One row per ingest worker: what it is doing and what it did.
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn ingest_workers() -> TableIterator<
     'static,
@@ -661,6 +669,7 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     let lane_no = argument.value() as u32;
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    worker_session::pin_search_path();
     let queue = Queue::get().expect("workers start only when preloaded");
     queue
         .header()
@@ -915,7 +924,7 @@ impl Worker {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            match append_requests(&requests) {
+            match worker_session::as_worker_role(|| append_requests(&requests)).and_then(|r| r) {
                 Ok(results) => {
                     for (held, result) in events.iter().zip(&results) {
                         if let Ok(appended) = result {

@@ -9,12 +9,12 @@
 
 use crate::checksum::digest;
 use crate::error::{Error, Result};
-use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::sql::standby::refuse_on_standby;
+use crate::sql::tenant;
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -81,7 +81,7 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
         refuse_on_standby("allsource.delete_stream()")?;
         let stream_id = validate::name("stream_id", stream_id)?;
         let hard = hard.ok_or_else(|| Error::invalid_argument("hard", "must not be null"))?;
-        let tenant = settings::tenant()?;
+        let tenant = tenant::session_tenant()?;
         let _writing = WriteGuard::new();
         Spi::connect_mut(|client| {
             let stream = match lock_stream(client, stream_id, tenant.as_deref())? {
@@ -99,7 +99,7 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
             };
             if !stream.deleted {
                 spi(client.update(
-                    "UPDATE allsource.streams SET deleted_at = now(), deleted_by = $2, updated_at = now() \
+                    "UPDATE allsource.streams SET deleted_at = pg_catalog.now(), deleted_by = $2, updated_at = pg_catalog.now() \
                      WHERE stream_id = $1",
                     None,
                     &[stream_id.into(), calling_role().into()],
@@ -140,7 +140,8 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
         spi(client.update(
             "INSERT INTO allsource.erased_events (partition_id, position, payload_digest, metadata_digest) \
              SELECT $1, u.position, u.payload, u.metadata \
-             FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS u(position, payload, metadata)",
+             FROM ROWS FROM (pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bytea[]), \
+                             pg_catalog.unnest($4::bytea[])) AS u(position, payload, metadata)",
             None,
             &[
                 stream.partition_id.into(),
@@ -162,7 +163,7 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
         &[stream_id.into()],
     ));
     spi(client.update(
-        "UPDATE allsource.streams SET erased_at = now(), erased_by = $2 WHERE stream_id = $1",
+        "UPDATE allsource.streams SET erased_at = pg_catalog.now(), erased_by = $2 WHERE stream_id = $1",
         None,
         &[stream_id.into(), calling_role().into()],
     ));
@@ -187,7 +188,7 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
                 format!("must be at least 1, not {version}"),
             ));
         }
-        let tenant = settings::tenant()?;
+        let tenant = tenant::session_tenant()?;
         let _writing = WriteGuard::new();
         Spi::connect_mut(|client| {
             let stream = lock_stream(client, stream_id, tenant.as_deref())?;
@@ -205,7 +206,7 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
                 "INSERT INTO allsource.snapshots AS s (stream_id, version, state, tenant_id) \
                  VALUES ($1, $2, $3::jsonb, $4) \
                  ON CONFLICT (stream_id) DO UPDATE \
-                 SET version = excluded.version, state = excluded.state, created_at = now() \
+                 SET version = excluded.version, state = excluded.state, created_at = pg_catalog.now() \
                  WHERE s.version <= excluded.version \
                  RETURNING 1",
                 None,
@@ -219,20 +220,4 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
             Ok(!stored.is_empty())
         })
     })())
-}
-
-/// Whether a row's `tenant_id` is the session's tenant: the one tenant test
-/// of every query and row-level security policy. A function the planner
-/// cannot see into, on purpose: it estimates a third of the rows match, so
-/// `read_all`'s `ORDER BY position LIMIT n` keeps walking the position index
-/// instead of sorting everything below the watermark, which the near-zero
-/// estimate of an inlined `IS NOT DISTINCT FROM` caused.
-#[pg_extern(stable, parallel_safe, name = "_in_tenant")]
-fn in_tenant(tenant_id: Option<&str>) -> bool {
-    let session = settings::TENANT.get();
-    let session = session
-        .as_deref()
-        .map(|t| t.to_bytes())
-        .filter(|t| !t.is_empty());
-    tenant_id.map(str::as_bytes) == session
 }

@@ -12,8 +12,10 @@ mod partition;
 mod raise;
 pub mod standby;
 pub mod stats;
+mod tenant;
 mod verify;
 pub mod watermark;
+mod worker_session;
 
 use pgrx::pg_sys;
 use pgrx::spi::SpiResult;

@@ -235,6 +235,9 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = argument.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    // It runs no SQL (pg_notify is called directly), so it needs no role of
+    // its own; the path is pinned all the same.
+    crate::sql::worker_session::pin_search_path();
     let Some(board) = board(database) else { return };
     let me = super::my_procno() + 1;
     board

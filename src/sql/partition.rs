@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 /// The partition that owns `stream_id`: see [`partition::partition_for`].
 /// Without `partition_count`, the extension's own count.
 #[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>, "NULL")) -> i32 {
     let result = validate::name("stream_id", stream_id).and_then(|stream_id| {
         let count = match partition_count {

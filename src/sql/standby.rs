@@ -14,6 +14,7 @@ use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::select_one;
 use crate::sql::watermark::local_watermark;
+use crate::sql::worker_session;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -74,6 +75,7 @@ pub fn published_watermark() -> Result<i64> {
 pub extern "C-unwind" fn allsource_publisher_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&settings::database()), None);
+    worker_session::pin_search_path();
     let mut published = None;
     loop {
         if BackgroundWorker::sighup_received() {
@@ -96,8 +98,9 @@ pub extern "C-unwind" fn allsource_publisher_main(_argument: pg_sys::Datum) {
 /// Writes the watermark if it moved since `published`; returns what is published.
 fn publish(published: Option<i64>) -> Option<i64> {
     // The extension may not be created in this database (yet).
-    let installed =
-        select_one::<bool>("SELECT to_regclass('allsource.published_watermark') IS NOT NULL");
+    let installed = select_one::<bool>(
+        "SELECT pg_catalog.to_regclass('allsource.published_watermark') IS NOT NULL",
+    );
     if installed != Some(true) {
         return None;
     }
@@ -106,16 +109,36 @@ fn publish(published: Option<i64>) -> Option<i64> {
         return published;
     }
     let _writing = WriteGuard::new();
-    // Flushed at once, as walsenders ship flushed WAL only (asynchronously
-    // committed, an idle primary's update waited ~200 ms for the WAL writer);
-    // no waiting for a synchronous standby: losing the last publication in a
-    // crash only leaves the standby a little behind.
-    Spi::run("SET LOCAL synchronous_commit = local").expect("synchronous_commit is settable");
-    // Never backwards, also when the sequence restarts lower after a crash.
-    Spi::run_with_args(
-        "UPDATE allsource.published_watermark SET position = $1, published_at = now() WHERE position < $1",
-        &[mark.into()],
-    )
-    .expect("the publisher's UPDATE");
-    Some(mark)
+    let written = worker_session::as_worker_role(|| {
+        // Flushed at once, as walsenders ship flushed WAL only (asynchronously
+        // committed, an idle primary's update waited ~200 ms for the WAL writer);
+        // no waiting for a synchronous standby: losing the last publication in a
+        // crash only leaves the standby a little behind.
+        Spi::run("SET LOCAL synchronous_commit = local").expect("synchronous_commit is settable");
+        // Never backwards, also when the sequence restarts lower after a crash.
+        Spi::run_with_args(
+            "UPDATE allsource.published_watermark SET position = $1, published_at = pg_catalog.now() \
+             WHERE position OPERATOR(pg_catalog.<) $1",
+            &[mark.into()],
+        )
+        .expect("the publisher's UPDATE");
+    });
+    match written {
+        Ok(()) => Some(mark),
+        Err(error) => {
+            // Once per process: it would repeat every interval.
+            if !MISSING_ROLE_REPORTED.replace(true) {
+                warning!(
+                    "allsource watermark publisher: {} ({})",
+                    error.message,
+                    error.hint.unwrap_or_default()
+                );
+            }
+            None
+        }
+    }
+}
+
+thread_local! {
+    static MISSING_ROLE_REPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

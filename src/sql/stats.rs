@@ -146,6 +146,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
 
 /// Counters since the last reset, the queue's depth and the workers running.
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn stats() -> TableIterator<
     'static,
@@ -191,6 +192,7 @@ fn stats() -> TableIterator<
 
 /// Sets every counter and histogram of `stats()` to zero.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn stats_reset() {
     or_raise(require_preloaded("allsource.stats_reset()"));
     COUNTERS

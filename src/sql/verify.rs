@@ -26,7 +26,7 @@ const ERASED_JOIN: &str = "LEFT JOIN allsource.erased_events x \
      ON x.partition_id = e.partition_id AND x.position = e.position";
 /// The stream row's columns a verdict needs.
 const HEAD_COLUMNS: &str = "partition_id, version, last_checksum, \
-     CASE WHEN erased_at IS NOT NULL THEN format('erased at %s by %s', erased_at, erased_by) END";
+     CASE WHEN erased_at IS NOT NULL THEN pg_catalog.format('erased at %s by %s', erased_at, erased_by) END";
 
 /// Verifies one stream: gapless versions 1..version, the stream row, the hash chain.
 /// Runs as the extension's owner (it reads the erased events' digests, which

@@ -203,6 +203,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
 /// The highest position P such that no event at or below P can still become
 /// visible; on a hot standby, the primary's as last replayed.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
     if standby::is_standby() {
@@ -228,6 +229,7 @@ pub fn lowest_claim(database: u32) -> Option<i64> {
 
 /// The transactions holding the watermark back, lowest first.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn inflight() -> TableIterator<
     'static,
     (

@@ -9,6 +9,7 @@ mod integrity;
 mod lifecycle;
 mod properties;
 mod queue;
+mod tenants;
 mod watermark;
 
 use postgres::{Client, NoTls};
