@@ -75,9 +75,11 @@ fn the_largest_append_batch_is_linear_with_and_without_ids() {
 #[test]
 fn queue_a_worker_batch_of_many_streams_is_linear() {
     const EVENTS: i32 = 30_000;
-    fresh_queue_db()
-        .batch_execute("ALTER SYSTEM SET allsource.batch_max = 100000; SELECT pg_reload_conf()")
+    let mut admin = fresh_queue_db();
+    admin
+        .batch_execute("ALTER SYSTEM SET allsource.batch_max = 100000")
         .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     let result = std::panic::catch_unwind(|| {
         let mut client = queue_session();
         // The worker waits for a locked stream while the queue fills behind it.
@@ -149,9 +151,10 @@ fn queue_a_worker_batch_of_many_streams_is_linear() {
             "{EVENTS} queued events for {EVENTS} streams appended in {took:?} (largest last worker batch: {batch} events)"
         );
     });
-    queue_session()
-        .batch_execute("ALTER SYSTEM RESET allsource.batch_max; SELECT pg_reload_conf()")
+    admin
+        .batch_execute("ALTER SYSTEM RESET allsource.batch_max")
         .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
