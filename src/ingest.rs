@@ -4,7 +4,7 @@
 
 use crate::batch::NewEvent;
 use crate::validate::ExpectedVersion;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use uuid::Uuid;
 
 /// An event waiting in the queue: one `enqueue` call.
@@ -214,6 +214,15 @@ pub fn tenant_tag(tenant: Option<&str>) -> u64 {
 /// owner in `waiter` and then checks `state`; a worker sets `state` and then
 /// wakes `waiter`: sequentially consistent on both sides, so a wake-up is
 /// never lost.
+///
+/// A cell is reused by a later ticket, so [`lookup`](Self::lookup) reads it
+/// like a seqlock with `ticket` as the sequence: ticket, state and result,
+/// then the ticket again. The result fields are stored with `Release` and
+/// read before an `Acquire` fence, so a reader that saw a later ticket's
+/// result also sees that ticket in its second read (that ticket was stored
+/// before its event was queued, so before its result). Without the fence
+/// the result loads may be performed after the second ticket load, which
+/// x86 never does and ARM does.
 #[repr(C)]
 pub struct ResultCell {
     // 40 bytes: a server keeps hundreds of thousands of these.
@@ -277,8 +286,8 @@ impl ResultCell {
     /// Records a result that becomes true only if the worker's transaction
     /// commits: readers still see it pending until [`commit`](Self::commit).
     pub fn stage(&self, version: i64, position: i64) {
-        self.version.store(version, Ordering::Relaxed);
-        self.detail.store(position, Ordering::Relaxed);
+        self.version.store(version, Ordering::Release);
+        self.detail.store(position, Ordering::Release);
         self.state.store(STAGED, Ordering::SeqCst);
     }
 
@@ -296,19 +305,19 @@ impl ResultCell {
         let state = match status {
             Status::Pending => unreachable!("a published result is final"),
             Status::Committed { version, position } => {
-                self.version.store(version, Ordering::Relaxed);
-                self.detail.store(position, Ordering::Relaxed);
+                self.version.store(version, Ordering::Release);
+                self.detail.store(position, Ordering::Release);
                 COMMITTED
             }
             Status::Conflict { actual } => {
-                self.version.store(actual, Ordering::Relaxed);
+                self.version.store(actual, Ordering::Release);
                 CONFLICT
             }
             Status::Rejected { sqlstate } => {
                 let mut packed = [0u8; 8];
                 packed[..5].copy_from_slice(&sqlstate);
                 self.detail
-                    .store(i64::from_le_bytes(packed), Ordering::Relaxed);
+                    .store(i64::from_le_bytes(packed), Ordering::Release);
                 REJECTED
             }
         };
@@ -348,7 +357,9 @@ impl ResultCell {
             }
             _ => Status::Pending,
         };
-        // A cell reused while we read it would show a later ticket now.
+        // A cell reused while we read it shows a later ticket now; the fence
+        // keeps the loads above from being performed after this one.
+        fence(Ordering::Acquire);
         if self.ticket.load(Ordering::SeqCst) != ticket {
             return Lookup::Expired;
         }
@@ -440,6 +451,48 @@ mod tests {
                     position: 300
                 })
         );
+    }
+
+    /// A writer reuses one cell for ticket after ticket while readers look
+    /// tickets up: a result found is always its own ticket's, never the next
+    /// one's. This is the seqlock `lookup` relies on; it needs the acquire
+    /// fence before the second ticket read, without which a weakly ordered
+    /// CPU (ARM) may pair one ticket with the next one's result. x86 keeps
+    /// loads in order, so there this test passes with or without the fence.
+    #[test]
+    fn a_reused_cell_never_shows_another_tickets_result() {
+        const TICKETS: i64 = 200_000;
+        let cell = ResultCell::default();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while !done.load(Ordering::SeqCst) {
+                        let latest = cell.ticket();
+                        for ticket in [latest, latest - 1, latest + 1] {
+                            match cell.lookup(ticket) {
+                                Lookup::Found(Status::Committed { version, position }) => {
+                                    assert_eq!((version, position), (ticket, -ticket));
+                                }
+                                Lookup::Found(Status::Pending)
+                                | Lookup::Expired
+                                | Lookup::Unknown => {}
+                                other => panic!("ticket {ticket}: {other:?}"),
+                            }
+                        }
+                    }
+                });
+            }
+            for ticket in 1..=TICKETS {
+                cell.open(ticket);
+                cell.publish(Status::Committed {
+                    version: ticket,
+                    position: -ticket,
+                });
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(cell.lookup(TICKETS - 1), Lookup::Expired);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! The pure-Rust core (no PostgreSQL needed, unit-tested and benchmarked on
 //! its own): [`partition`], [`checksum`], [`jsontext`], [`batch`],
-//! [`validate`], [`error`]. The thin pgrx layer that exposes it as SQL lives
-//! in `sql`; the schema in `sql/*.sql`.
+//! [`validate`], [`error`], [`savepoints`]. The thin pgrx layer that exposes
+//! it as SQL lives in `sql`; the schema in `sql/*.sql`.
 
 pub mod batch;
 pub mod checksum;
@@ -13,6 +13,7 @@ pub mod jsontext;
 pub mod partition;
 pub mod plan;
 pub mod ring;
+pub mod savepoints;
 pub mod stats;
 pub mod validate;
 pub mod verify;

@@ -386,7 +386,9 @@ mod tests {
 
     /// Producers and consumers on threads, entries of random sizes: every
     /// entry arrives exactly once, intact, and each producer's entries in
-    /// the order it pushed them when there is one consumer.
+    /// the order it pushed them when there is one consumer. (The result
+    /// cells that tickets point to are a seqlock of their own, tested the
+    /// same way in `crate::ingest`: `a_reused_cell_never_shows_another_tickets_result`.)
     fn stress(producers: usize, consumers: usize, capacity: usize, per_producer: usize, seed: u64) {
         let heap = HeapRing::new(capacity);
         let ring = heap.ring();

@@ -263,10 +263,11 @@ impl EventRows {
     }
 }
 
-/// Locks the rows of `streams`, creating missing ones (version 0). The plan
-/// is a nested loop over the array, so rows are locked in its (sorted) order;
-/// a deadlock with a caller's own multi-stream transaction is still possible,
-/// and a worker retries it. A concurrent creator
+/// Locks the rows of `streams`, creating missing ones (version 0). Both
+/// statements lock in `stream_id` order (`ORDER BY` under `FOR UPDATE`), so
+/// two appends never wait for each other's rows in a cycle; a deadlock with a
+/// caller's own multi-stream transaction is still possible, and a worker
+/// retries it. A concurrent creator
 /// makes our insert a no-op after it commits; then the row is there to lock.
 /// Also returns each locked row's `ctid`: the final update finds the rows by
 /// it, without a second index lookup (no one else can move a row we locked);
@@ -285,12 +286,10 @@ fn lock_streams<'a>(
     let mut row_ids = HashMap::with_capacity(streams.len());
     let mut created = Vec::new();
     // A new stream belongs to the tenant of the first request for it.
-    let tenant_of = |stream: &str| {
-        requests
-            .iter()
-            .find(|r| r.stream_id == stream)
-            .and_then(|r| r.tenant.map(str::to_string))
-    };
+    let mut tenant_of = HashMap::with_capacity(streams.len());
+    for request in requests {
+        tenant_of.entry(request.stream_id).or_insert(request.tenant);
+    }
     loop {
         for (plan, creating) in [(&plans.lock_streams, false), (&plans.create_streams, true)] {
             let missing: Vec<&str> = streams
@@ -303,7 +302,10 @@ fn lock_streams<'a>(
             }
             let mut args = vec![missing.clone().into()];
             if creating {
-                let tenants: Vec<Option<String>> = missing.iter().map(|s| tenant_of(s)).collect();
+                let tenants: Vec<Option<String>> = missing
+                    .iter()
+                    .map(|s| tenant_of[s].map(str::to_string))
+                    .collect();
                 args.push(tenants.into());
             }
             for row in spi(client.update(plan, None, &args)) {
@@ -467,7 +469,8 @@ impl Plans {
             lock_streams: prepare(
                 &format!(
                     "SELECT {STREAM_HEAD} FROM pg_catalog.unnest($1::text[]) AS id \
-                     JOIN allsource.streams s ON s.stream_id OPERATOR(pg_catalog.=) id FOR UPDATE OF s"
+                     JOIN allsource.streams s ON s.stream_id OPERATOR(pg_catalog.=) id \
+                     ORDER BY s.stream_id FOR UPDATE OF s"
                 ),
                 &[oid::<Vec<String>>()],
             ),

@@ -41,14 +41,19 @@ fn refuse_direct_write<'a>(
     if writing() {
         return Ok(None);
     }
+    // raise() longjmps past this frame: the Error is its only owned value
+    // (the table's name is built and dropped inside `refusal`).
+    raise(refusal(trigger)?)
+}
+
+/// The error for a direct write to the trigger's table.
+fn refusal(trigger: &PgTrigger) -> Result<Error, PgTriggerError> {
     let table = format!("{}.{}", trigger.table_schema()?, trigger.table_name()?);
     let operation = trigger.op()?;
-    raise(
-        Error::new(
-            "42501",
-            format!("direct {operation} on {table} is not allowed"),
-        )
-        .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
-        .with_hint("Use allsource.append or allsource.append_batch to write events. To restore a dump, run pg_restore or psql as a superuser with PGOPTIONS='-c session_replication_role=replica'."),
+    Ok(Error::new(
+        "42501",
+        format!("direct {operation} on {table} is not allowed"),
     )
+    .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
+    .with_hint("Use allsource.append or allsource.append_batch to write events. To restore a dump, run pg_restore or psql as a superuser with PGOPTIONS='-c session_replication_role=replica'."))
 }

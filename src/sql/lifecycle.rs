@@ -87,14 +87,19 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
             let stream = match lock_stream(client, stream_id, tenant.as_deref())? {
                 Some(stream) => stream,
                 // Never written: the tombstone keeps the id from being used.
+                // Created as an append creates it: a concurrent first append
+                // (or delete) that inserted the row first makes us wait for
+                // it, and then lock its row.
                 None => {
                     spi(client.update(
                         "INSERT INTO allsource.streams (stream_id, partition_id, tenant_id) \
-                         VALUES ($1, allsource.partition_for($1, allsource.partition_count()), $2)",
+                         VALUES ($1, allsource.partition_for($1, allsource.partition_count()), $2) \
+                         ON CONFLICT (stream_id) DO NOTHING",
                         None,
                         &[stream_id.into(), tenant.clone().into()],
                     ));
-                    lock_stream(client, stream_id, tenant.as_deref())?.expect("just inserted")
+                    lock_stream(client, stream_id, tenant.as_deref())?
+                        .expect("inserted here, or committed by the transaction we waited for")
                 }
             };
             if !stream.deleted {

@@ -17,9 +17,11 @@ mod verify;
 pub mod watermark;
 mod worker_session;
 
+use crate::savepoints::Nested;
 use pgrx::pg_sys;
 use pgrx::spi::SpiResult;
 use pgrx::{FromDatum, IntoDatum, PgOid, Spi};
+use std::cell::RefCell;
 
 /// SPI's own errors (as opposed to PostgreSQL's, which unwind) mean a bug here.
 fn spi<T>(result: SpiResult<T>) -> T {
@@ -64,4 +66,27 @@ fn wake(pgprocno: i32, pid: Option<i32>) -> bool {
         pg_sys::SetLatch(&raw mut (*proc).procLatch);
     }
     true
+}
+
+/// The current (sub)transaction's number, for [`Nested::change`].
+fn current_subtransaction() -> u32 {
+    // SAFETY: reads the current transaction state's field.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// Makes `state` follow the end of subtransaction `sub`: a module's
+/// `RegisterSubXactCallback` callback calls this.
+fn end_of_subtransaction<T: Clone + Default>(
+    state: &RefCell<Nested<T>>,
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+) {
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+            state.borrow_mut().commit_sub(sub, parent)
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => state.borrow_mut().abort_sub(sub),
+        _ => {}
+    }
 }

@@ -1,7 +1,8 @@
 //! `NOTIFY allsource_events`, coalesced.
 //!
 //! A transaction that appended records, per partition, the highest position
-//! it wrote. Preloaded, its commit publishes those positions to a per-database
+//! it wrote (forgetting what a subtransaction wrote when it rolls back to a
+//! savepoint). Preloaded, its commit publishes those positions to a per-database
 //! board in shared memory and wakes that database's notifier, a background
 //! worker that sends at most one notification per partition every
 //! [`NOTIFY_INTERVAL`], carrying the highest position published since its
@@ -17,8 +18,9 @@
 //! its own notifications at commit instead.
 
 use crate::partition::MAX_PARTITIONS;
-use crate::sql::wake;
+use crate::savepoints::Nested;
 use crate::sql::watermark::PRELOADED;
+use crate::sql::{current_subtransaction, end_of_subtransaction, wake};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -69,7 +71,9 @@ static BOARDS: PgAtomic<Boards> = unsafe { PgAtomic::new(c"allsource_notify_boar
 
 thread_local! {
     /// Highest position appended per partition in this transaction.
-    static TO_NOTIFY: RefCell<BTreeMap<i32, i64>> = const { RefCell::new(BTreeMap::new()) };
+    static TO_NOTIFY: RefCell<Nested<BTreeMap<i32, i64>>> = const {
+        RefCell::new(Nested::new(BTreeMap::new()))
+    };
 }
 
 /// From `_PG_init`: the boards when preloading, the transaction callback always.
@@ -87,7 +91,10 @@ pub fn init() {
             }
         );
     }
-    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+    }
 }
 
 /// Records an append for this transaction's notification, unless
@@ -96,10 +103,12 @@ pub fn appended(partition_id: i32, last_position: i64) {
     if !crate::settings::NOTIFY.get() {
         return;
     }
+    let sub = current_subtransaction();
     TO_NOTIFY.with(|n| {
-        let mut n = n.borrow_mut();
-        let entry = n.entry(partition_id).or_insert(last_position);
-        *entry = (*entry).max(last_position);
+        n.borrow_mut().change(sub, |n| {
+            let entry = n.entry(partition_id).or_insert(last_position);
+            *entry = (*entry).max(last_position);
+        })
     });
 }
 
@@ -133,27 +142,37 @@ unsafe extern "C-unwind" fn on_transaction_event(
     _arg: *mut c_void,
 ) {
     use pg_sys::XactEvent::*;
-    let appended = TO_NOTIFY.with(|n| !n.borrow().is_empty());
+    let appended = TO_NOTIFY.with(|n| !n.borrow().get().is_empty());
     match event {
         // Without a board, queue our own notifications; PostgreSQL sends them after the commit.
         XACT_EVENT_PRE_COMMIT if appended && board(current_database()).is_none() => {
-            let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            let pending = TO_NOTIFY.with(|n| n.borrow_mut().take());
             for (partition_id, last_position) in pending {
                 send(partition_id, last_position);
             }
         }
         // The commit is visible: hand the positions to the notifier.
         XACT_EVENT_COMMIT if appended => {
-            let pending = TO_NOTIFY.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            let pending = TO_NOTIFY.with(|n| n.borrow_mut().take());
             if let Some(board) = board(current_database()) {
                 publish(board, &pending);
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE if appended => {
-            TO_NOTIFY.with(|n| n.borrow_mut().clear());
+            TO_NOTIFY.with(|n| n.borrow_mut().take());
         }
         _ => {}
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    TO_NOTIFY.with(|n| end_of_subtransaction(n, event, sub, parent));
 }
 
 /// Publishes committed positions, then makes sure a notifier will see them:

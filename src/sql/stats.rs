@@ -1,16 +1,18 @@
 //! `allsource.stats()` and `stats_reset()`: the counters of [`crate::stats`]
-//! in shared memory. Appends count when their transaction commits; conflicts
-//! and rejections when they happen.
+//! in shared memory. Appends count when their transaction commits (those
+//! rolled back to a savepoint do not); conflicts and rejections when they
+//! happen.
 
 use crate::batch::Appended;
 use crate::error::{sqlstate, Error, Result};
-use crate::sql::ingest;
+use crate::savepoints::Nested;
 use crate::sql::raise::or_raise;
 use crate::sql::watermark::{require_preloaded, PRELOADED};
+use crate::sql::{current_subtransaction, end_of_subtransaction, ingest};
 use crate::stats::Counters;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -29,7 +31,9 @@ struct Uncommitted {
 }
 
 thread_local! {
-    static UNCOMMITTED: Cell<Uncommitted> = const { Cell::new(Uncommitted { events: 0, appends: 0, batches: 0 }) };
+    static UNCOMMITTED: RefCell<Nested<Uncommitted>> = const {
+        RefCell::new(Nested::new(Uncommitted { events: 0, appends: 0, batches: 0 }))
+    };
 }
 
 /// From `_PG_init`.
@@ -43,7 +47,16 @@ pub fn init() {
             }
         );
     }
-    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+    }
+}
+
+/// Changes this transaction's counts.
+fn count(change: impl FnOnce(&mut Uncommitted)) {
+    let sub = current_subtransaction();
+    UNCOMMITTED.with(|u| u.borrow_mut().change(sub, change));
 }
 
 /// The counters, when preloaded.
@@ -72,13 +85,9 @@ pub fn direct_append(result: Result<Appended>, call: Call, started: Instant) -> 
             .record(started.elapsed().as_micros() as u64);
     }
     match &result {
-        Ok(_) => UNCOMMITTED.with(|u| {
-            let mut counts = u.get();
-            match call {
-                Call::Append => counts.appends += 1,
-                Call::AppendBatch => counts.batches += 1,
-            }
-            u.set(counts);
+        Ok(_) => count(|counts| match call {
+            Call::Append => counts.appends += 1,
+            Call::AppendBatch => counts.batches += 1,
         }),
         Err(error) => refused(error),
     }
@@ -101,11 +110,7 @@ pub fn worker_rejected() {
 
 /// Counts `events` rows written by the current transaction.
 pub fn appended_in_transaction(events: u64) {
-    UNCOMMITTED.with(|u| {
-        let mut counts = u.get();
-        counts.events += events;
-        u.set(counts);
-    });
+    count(|counts| counts.events += events);
 }
 
 pub fn enqueued() {
@@ -130,7 +135,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let counts = UNCOMMITTED.with(|u| u.take());
+            let counts = UNCOMMITTED.with(|u| u.borrow_mut().take());
             if counts.events > 0 || counts.appends > 0 || counts.batches > 0 {
                 add(|c| &c.events_appended, counts.events);
                 add(|c| &c.appends, counts.appends);
@@ -138,10 +143,20 @@ unsafe extern "C-unwind" fn on_transaction_event(
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            UNCOMMITTED.with(|u| u.take());
+            UNCOMMITTED.with(|u| u.borrow_mut().take());
         }
         _ => {}
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    UNCOMMITTED.with(|u| end_of_subtransaction(u, event, sub, parent));
 }
 
 /// Counters since the last reset, the queue's depth and the workers running.

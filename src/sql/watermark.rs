@@ -2,7 +2,7 @@
 //! in shared memory, one slot per backend (indexed by `pgprocno`); the
 //! transaction callback that empties a slot once its transaction's outcome is
 //! visible; `watermark()`, `inflight()`; and the refusal to prepare a
-//! transaction that appended.
+//! transaction that appended (appends rolled back to a savepoint do not count).
 //!
 //! The slot is emptied in `XACT_EVENT_COMMIT` / `XACT_EVENT_ABORT`, which
 //! PostgreSQL (13 to 18) calls after `ProcArrayEndTransaction`: by then new
@@ -11,12 +11,13 @@
 //! postmaster re-creating shared memory.
 
 use crate::error::Error;
+use crate::savepoints::Nested;
 use crate::sql::raise::or_raise;
-use crate::sql::standby;
+use crate::sql::{current_subtransaction, end_of_subtransaction, standby};
 use crate::watermark::{watermark as watermark_of, Claim, Slot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,7 +41,7 @@ pub(crate) static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This transaction appended: it may not be prepared.
-    static APPENDED: Cell<bool> = const { Cell::new(false) };
+    static APPENDED: RefCell<Nested<bool>> = const { RefCell::new(Nested::new(false)) };
     /// This backend's slot holds a claim (saves touching shared memory at
     /// the end of every transaction that never appended).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
@@ -58,7 +59,10 @@ pub fn init() {
         );
         PRELOADED.store(true, Ordering::Relaxed);
     }
-    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+    }
 }
 
 /// Whether the library was preloaded; the error to raise otherwise.
@@ -137,7 +141,8 @@ fn make_handed_out_durable(sequence: pg_sys::Oid) {
 
 /// Call before taking positions: publishes this transaction's lower bound.
 pub fn before_taking_positions() {
-    APPENDED.with(|a| a.set(true));
+    let sub = current_subtransaction();
+    APPENDED.with(|a| a.borrow_mut().change(sub, |a| *a = true));
     if let Some(slot) = my_slot() {
         // A transaction keeps its first claim: the lowest it may commit.
         if !HOLDING.with(Cell::get) {
@@ -166,7 +171,7 @@ fn end_of_transaction() {
             slot.release();
         }
     }
-    APPENDED.with(|a| a.set(false));
+    APPENDED.with(|a| a.borrow_mut().take());
 }
 
 #[pg_guard]
@@ -176,7 +181,7 @@ unsafe extern "C-unwind" fn on_transaction_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_PREPARE if APPENDED.with(Cell::get) => {
+        XACT_EVENT_PRE_PREPARE if APPENDED.with(|a| *a.borrow().get()) => {
             pgrx::pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 "cannot PREPARE a transaction that appended to allsource",
@@ -193,6 +198,18 @@ unsafe extern "C-unwind" fn on_transaction_event(
         | XACT_EVENT_PREPARE => end_of_transaction(),
         _ => {}
     }
+}
+
+/// The claim stays: positions a rolled-back subtransaction took may still
+/// be followed by this transaction's, and the claim is only a lower bound.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    APPENDED.with(|a| end_of_subtransaction(a, event, sub, parent));
 }
 
 #[pg_guard]

@@ -218,3 +218,86 @@ fn concurrent_retries_of_one_event_store_it_once() {
         .get(0);
     assert_eq!(stored, 1);
 }
+
+/// Waits until the session `pid` waits for a lock.
+fn wait_for_lock_wait(client: &mut Client, pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client
+        .query_one(
+            "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {pid} never waited"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `delete_stream` of a stream whose first write is still open waits for it
+/// (an append's, or another delete's), then deletes what it finds: the
+/// committed row, or, after a rollback, a stream never written.
+#[test]
+fn deleting_a_new_stream_waits_for_its_first_write() {
+    let db = Arc::new(TestDb::new("delete_race"));
+    for (stream, first_write, commit, expected_version) in [
+        (
+            "appended",
+            "SELECT allsource.append('appended', 'T', '{}')",
+            true,
+            1i64,
+        ),
+        (
+            "rolled-back",
+            "SELECT allsource.append('rolled-back', 'T', '{}')",
+            false,
+            0,
+        ),
+        (
+            "deleted",
+            "SELECT allsource.delete_stream('deleted')",
+            true,
+            0,
+        ),
+    ] {
+        let mut first = db.connect();
+        first.batch_execute("BEGIN").unwrap();
+        first.batch_execute(first_write).unwrap();
+        let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+        let deleter = {
+            let db = db.clone();
+            thread::spawn(move || {
+                let mut client = db.connect();
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .unwrap()
+                    .get(0);
+                pid_tx.send(pid).unwrap();
+                client
+                    .query_one("SELECT allsource.delete_stream($1)", &[&stream])
+                    .map(|row| row.get::<_, i64>(0))
+                    .map_err(|e| format!("{} {e}", sqlstate(&e)))
+            })
+        };
+        let mut observer = db.connect();
+        let deleter_pid = pid_rx.recv().unwrap();
+        wait_for_lock_wait(&mut observer, deleter_pid);
+        first
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .unwrap();
+        let deleted = deleter.join().unwrap();
+        assert_eq!(deleted, Ok(expected_version), "{stream}");
+        let tombstone: bool = observer
+            .query_one(
+                "SELECT deleted_at IS NOT NULL FROM allsource.streams WHERE stream_id = $1",
+                &[&stream],
+            )
+            .unwrap()
+            .get(0);
+        assert!(tombstone, "{stream} is deleted");
+    }
+}

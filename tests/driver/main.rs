@@ -7,8 +7,10 @@ mod concurrency;
 mod crash;
 mod integrity;
 mod lifecycle;
+mod limits;
 mod properties;
 mod queue;
+mod savepoints;
 mod tenants;
 mod watermark;
 

@@ -383,7 +383,7 @@ fn a_transaction_that_appended_cannot_be_prepared() {
 }
 
 /// Notifications received within `wait` after a round trip.
-fn notifications(listener: &mut Client, wait: Duration) -> Vec<String> {
+pub fn notifications(listener: &mut Client, wait: Duration) -> Vec<String> {
     listener.batch_execute("SELECT 1").unwrap();
     let mut notes = listener.notifications();
     let mut iter = notes.timeout_iter(wait);
