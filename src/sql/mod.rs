@@ -14,6 +14,7 @@ pub mod standby;
 pub mod stats;
 mod verify;
 pub mod watermark;
+mod worker;
 
 use pgrx::pg_sys;
 use pgrx::spi::SpiResult;

@@ -10,6 +10,7 @@ mod lifecycle;
 mod properties;
 mod queue;
 mod watermark;
+mod workers;
 
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
