@@ -995,7 +995,6 @@ impl Worker {
                     None,
                     &[streams.clone().into()],
                 ))
-                .into_iter()
                 .filter_map(|row| spi(row.get::<String>(1)))
                 .collect();
                 spi(client.select(
@@ -1004,7 +1003,6 @@ impl Worker {
                     None,
                     &[streams.clone().into()],
                 ))
-                .into_iter()
                 .filter_map(|row| {
                     let stream: String = spi(row.get(1))?;
                     let xmax: String = spi(row.get(2))?;
