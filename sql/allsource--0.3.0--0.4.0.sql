@@ -14,7 +14,6 @@ ALTER FUNCTION allsource._check_read_all(bigint, int, int, int) SET search_path 
 ALTER FUNCTION allsource._check_read_category(text, bigint, int, int, int) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource.await_ticket(bigint, int) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION allsource.ingest_workers() SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource._in_tenant(text) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource.partition_for(text, int) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource.stats() SET search_path TO pg_catalog, pg_temp;
@@ -319,3 +318,27 @@ GRANT USAGE, SELECT ON SEQUENCE allsource.event_position TO allsource_worker;
 -- The workers append for every tenant.
 CREATE POLICY worker_rows ON allsource.streams TO allsource_worker USING (true) WITH CHECK (true);
 CREATE POLICY worker_rows ON allsource.events TO allsource_worker USING (true) WITH CHECK (true);
+
+-- Ingest workers (issue 16, items 8 and 9): ingest_workers() also reports the
+-- locks a worker gave up waiting for (allsource.ingest_lock_timeout_ms) and
+-- who held the last one. New columns: DROP and CREATE.
+DROP FUNCTION allsource.ingest_workers();
+CREATE FUNCTION allsource.ingest_workers() RETURNS TABLE (
+	"worker" INT,
+	"pid" INT,
+	"state" TEXT,
+	"queued_events" bigint,
+	"batches" bigint,
+	"events" bigint,
+	"last_batch_size" INT,
+	"lock_timeouts" bigint,
+	"blocked_by" INT,
+	"blocked_by_xid" bigint,
+	"blocked_at" timestamp with time zone
+)
+STRICT VOLATILE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ingest_workers_wrapper';
+COMMENT ON FUNCTION allsource.ingest_workers() IS
+    'What each ingest worker does: pid, state, events queued in its lane, batches and events written, last batch size, and the locks it gave up waiting for: how often, and the last holder (pid, or NULL for a prepared transaction; xid) and when.';

@@ -291,6 +291,13 @@ impl ResultCell {
         self.state.store(STAGED, Ordering::SeqCst);
     }
 
+    /// Takes back a staged result whose transaction did not commit.
+    pub fn unstage(&self) {
+        let _ = self
+            .state
+            .compare_exchange(STAGED, QUEUED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     pub fn is_staged(&self) -> bool {
         self.state.load(Ordering::SeqCst) == STAGED
     }
@@ -503,9 +510,17 @@ mod tests {
         assert_eq!(cell.lookup(5), Lookup::Found(Status::Pending));
         assert!(cell.register_waiter(9));
         assert!(!cell.register_waiter(10), "one waiter at a time");
+        cell.stage(1, 70);
+        cell.unstage();
+        assert!(!cell.is_staged(), "a failed commit takes its result back");
         cell.stage(3, 77);
         assert_eq!(cell.lookup(5), Lookup::Found(Status::Pending));
         assert_eq!(cell.commit(), Some(9));
+        cell.unstage();
+        assert!(
+            matches!(cell.lookup(5), Lookup::Found(Status::Committed { .. })),
+            "a committed result stays"
+        );
         assert_eq!(
             cell.lookup(5),
             Lookup::Found(Status::Committed {

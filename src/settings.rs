@@ -37,11 +37,17 @@ pub static BATCH_MAX: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// How long a worker waits for a batch to fill, in ms.
 pub static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// How long an ingest worker waits for a lock (a stream's row), in ms; 0: no limit.
+pub static INGEST_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+
 /// How long `enqueue` waits for room in a full queue, in ms.
 pub static ENQUEUE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// How often, at most, the primary publishes its watermark for hot standbys, in ms.
 pub static WATERMARK_PUBLISH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// How long a transaction may keep positions it took before it is cancelled, in ms; 0: no limit.
+pub static MAX_APPEND_TRANSACTION_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// The most ingest workers (lanes) the queue can have.
 pub const MAX_INGEST_WORKERS: i32 = 64;
@@ -58,6 +64,16 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"allsource.max_append_transaction_ms",
+        c"Longest an appending transaction may stay open before it is cancelled.",
+        c"Counted from its first append. A cancelled transaction no longer holds watermark() back; its next append and its COMMIT fail with SQLSTATE 25P04. Needs preloading (the watermark publisher cancels). 0: no limit.",
+        &MAX_APPEND_TRANSACTION_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"allsource.batch_max",
         c"Most queued events an ingest worker appends in one transaction.",
         c"",
@@ -66,6 +82,16 @@ pub fn register() {
         100_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.ingest_lock_timeout_ms",
+        c"How long an ingest worker waits for a lock another transaction holds, such as a stream's row.",
+        c"The events of a stream locked longer are tried once more and then rejected with SQLSTATE 55P03; the batch's other events go on. 0 waits without limit: one open transaction can then stall its lane.",
+        &INGEST_LOCK_TIMEOUT_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"allsource.flush_interval_ms",

@@ -163,7 +163,7 @@ pub(crate) fn append_requests(
             return Ok(plan.results(&[]));
         }
 
-        watermark::before_taking_positions();
+        watermark::before_taking_positions()?;
         let positions = take_positions(client, plans, plan.rows.len());
         let mut rows = EventRows::with_capacity(plan.rows.len());
         for (row, &position) in plan.rows.iter().zip(&positions) {

@@ -26,8 +26,7 @@ use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;
 use crate::sql::watermark::require_preloaded;
-use crate::sql::worker_session;
-use crate::sql::{stats, wake};
+use crate::sql::{spi, stats, wake, worker, worker_session};
 use crate::validate::ExpectedVersion;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -35,6 +34,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::{PgTryBuilder, Uuid};
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
@@ -63,6 +63,11 @@ const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// statement timeout, a cancel) is tried this often, [`RETRY_AFTER`] apart.
 const RETRIES: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Events of a stream whose row another transaction held past the lock
+/// timeout (`allsource.ingest_lock_timeout_ms`) are tried this often, and
+/// once only while the server stops.
+const LOCK_ATTEMPTS: u32 = 2;
+const LOCK_NOT_AVAILABLE: [u8; 5] = *b"55P03";
 
 #[repr(C, align(64))]
 struct QueueHeader {
@@ -96,6 +101,12 @@ struct Lane {
     batches: AtomicU64,
     events: AtomicU64,
     last_batch: AtomicU32,
+    /// Times the worker gave up waiting for a stream's row lock, and the
+    /// transaction that held the last one: its pid (0 if prepared), xid, when.
+    lock_timeouts: AtomicU64,
+    blocker_pid: AtomicI32,
+    blocker_xid: AtomicU32,
+    blocked_at: AtomicI64,
 }
 
 /// The queue's shared memory: a header, the lanes, then each lane's slots and cells.
@@ -239,6 +250,10 @@ unsafe fn initialize(base: *mut u8, layout: &Layout) {
                 batches: AtomicU64::new(0),
                 events: AtomicU64::new(0),
                 last_batch: AtomicU32::new(0),
+                lock_timeouts: AtomicU64::new(0),
+                blocker_pid: AtomicI32::new(0),
+                blocker_xid: AtomicU32::new(0),
+                blocked_at: AtomicI64::new(0),
             });
             let slots = base.add(layout.lane_data_offset(lane)) as *mut Slot;
             for index in 0..layout.slots_per_lane as usize {
@@ -559,6 +574,9 @@ fn rejection_reason(sqlstate: &[u8; 5]) -> &'static str {
     match sqlstate {
         b"ZA002" => "the stream is deleted",
         b"ZA003" => "the event id belongs to another event",
+        b"55P03" => {
+            "another transaction held the stream's row longer than allsource.ingest_lock_timeout_ms; allsource.ingest_workers() names it"
+        }
         b"40P01" | b"40001" => {
             "the worker's transaction kept failing on a conflict with other transactions"
         }
@@ -630,6 +648,10 @@ fn ingest_workers() -> TableIterator<
         name!(batches, i64),
         name!(events, i64),
         name!(last_batch_size, i32),
+        name!(lock_timeouts, i64),
+        name!(blocked_by, Option<i32>),
+        name!(blocked_by_xid, Option<i64>),
+        name!(blocked_at, Option<TimestampWithTimeZone>),
     ),
 > {
     or_raise(require_preloaded("allsource.ingest_workers()"));
@@ -639,6 +661,8 @@ fn ingest_workers() -> TableIterator<
         .take(settings::INGEST_WORKERS.get() as usize)
         .map(|(n, lane)| {
             let running = lane.worker.load(Ordering::SeqCst) != 0;
+            let blocked_at = lane.blocked_at.load(Ordering::SeqCst);
+            let blocked = blocked_at != 0;
             (
                 n as i32,
                 running.then(|| lane.worker_pid.load(Ordering::SeqCst)),
@@ -647,6 +671,12 @@ fn ingest_workers() -> TableIterator<
                 lane.batches.load(Ordering::Relaxed) as i64,
                 lane.events.load(Ordering::Relaxed) as i64,
                 lane.last_batch.load(Ordering::Relaxed) as i32,
+                lane.lock_timeouts.load(Ordering::Relaxed) as i64,
+                Some(lane.blocker_pid.load(Ordering::SeqCst)).filter(|&pid| blocked && pid != 0),
+                blocked.then(|| i64::from(lane.blocker_xid.load(Ordering::SeqCst))),
+                blocked.then(|| {
+                    TimestampWithTimeZone::try_from(blocked_at).expect("a valid timestamp")
+                }),
             )
         })
         .collect();
@@ -681,21 +711,28 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
         lane_no,
         lane,
         ring: queue.ring(lane_no),
+        stopping: Cell::new(false),
     };
+    apply_lock_timeout();
     lane.worker_pid
         .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
     lane.worker.store(super::my_procno() + 1, Ordering::SeqCst);
     log!("allsource ingest worker {lane_no} started in database \"{database}\"");
 
     worker.recover();
-    let mut stopping = false;
+    let mut idle = false;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_lock_timeout();
         }
-        stopping |= BackgroundWorker::sigterm_received();
+        if BackgroundWorker::sigterm_received() {
+            worker.stopping.set(true);
+        }
+        let stopping = worker.stopping.get();
         let batch = worker.take_batch(stopping);
         if !batch.is_empty() {
+            idle = false;
             worker.append(batch);
             continue;
         }
@@ -704,6 +741,12 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
         }
         lane.state
             .store(if stopping { DRAINING } else { IDLE }, Ordering::SeqCst);
+        if !idle {
+            // The last statistics would otherwise wait for the next batch.
+            worker::report_stats(true);
+            worker::report_idle("waiting for queued events");
+            idle = true;
+        }
         worker.sleep(Duration::from_secs(1));
     }
     lane.state.store(STOPPED, Ordering::SeqCst);
@@ -713,11 +756,29 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// The worker's transactions wait for a lock at most
+/// `allsource.ingest_lock_timeout_ms`.
+fn apply_lock_timeout() {
+    let ms =
+        std::ffi::CString::new(settings::INGEST_LOCK_TIMEOUT_MS.get().to_string()).expect("digits");
+    // SAFETY: a built-in setting, set for this session outside a transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            ms.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 struct Worker {
     queue: Queue,
     lane_no: u32,
     lane: &'static Lane,
     ring: Ring<'static>,
+    /// SIGTERM arrived: drain the lane, retrying nothing that waits for a lock.
+    stopping: Cell<bool>,
 }
 
 impl Worker {
@@ -795,6 +856,7 @@ impl Worker {
     /// Appends a batch, publishes every ticket's result, frees the slots.
     fn append(&self, batch: Vec<Held>) {
         self.lane.state.store(APPENDING, Ordering::SeqCst);
+        worker::report_running(&format!("appending {} queued events", batch.len()));
         self.settle(&batch.iter().collect::<Vec<_>>());
         for held in &batch {
             self.ring.release(held.taken);
@@ -834,43 +896,156 @@ impl Worker {
         if events.is_empty() {
             return;
         }
+        let mut events = events;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.commit(&events) {
+            let failure = match self.commit(&events) {
                 Ok(()) => return,
-                Err(failure) if events.len() > 1 => {
-                    log!(
-                        "allsource ingest worker {}: a batch of {} events failed ({}); appending them one by one",
-                        self.lane_no, events.len(), failure.message
-                    );
-                    for held in &events {
-                        self.settle(&[held]);
+                Err(failure) => failure,
+            };
+            if failure.sqlstate == LOCK_NOT_AVAILABLE {
+                let locked = self.locked_streams(&events);
+                if !locked.is_empty() {
+                    // The other streams go on; the locked ones' events wait
+                    // once more, together and in order, then are rejected.
+                    let (stuck, free): (Vec<&Held>, Vec<&Held>) = events
+                        .iter()
+                        .partition(|h| locked.contains(&stream_of(h).to_string()));
+                    if !free.is_empty() {
+                        self.settle(&free);
                     }
-                    return;
-                }
-                Err(failure) if failure.retryable && attempt < RETRIES => {
-                    sleep_on_latch(RETRY_AFTER);
-                }
-                Err(failure) => {
-                    warning!(
-                        "allsource ingest worker {}: ticket {} rejected: {}",
-                        self.lane_no,
-                        events[0].ticket,
-                        failure.message
-                    );
-                    stats::worker_rejected();
-                    self.finish(
-                        events[0],
-                        Status::Rejected {
-                            sqlstate: failure.sqlstate,
-                        },
-                    );
+                    if attempt < LOCK_ATTEMPTS && !self.stopping.get() {
+                        sleep_on_latch(RETRY_AFTER);
+                        events = stuck;
+                        continue;
+                    }
+                    self.reject_locked(&stuck, &locked);
                     return;
                 }
             }
+            if events.len() > 1 {
+                log!(
+                    "allsource ingest worker {}: a batch of {} events failed ({}); appending them one by one",
+                    self.lane_no, events.len(), failure.message
+                );
+                for held in &events {
+                    self.settle(&[held]);
+                }
+                return;
+            }
+            if failure.retryable && attempt < RETRIES && !self.stopping.get() {
+                sleep_on_latch(RETRY_AFTER);
+                continue;
+            }
+            warning!(
+                "allsource ingest worker {}: ticket {} rejected: {}",
+                self.lane_no,
+                events[0].ticket,
+                failure.message
+            );
+            stats::worker_rejected();
+            self.finish(
+                events[0],
+                Status::Rejected {
+                    sqlstate: failure.sqlstate,
+                },
+            );
+            return;
         }
     }
+
+    /// Rejects the events of streams that stayed locked, saying by whom.
+    fn reject_locked(&self, stuck: &[&Held], locked: &[String]) {
+        let pid = self.lane.blocker_pid.load(Ordering::SeqCst);
+        let holder = if pid != 0 {
+            format!("the transaction of pid {pid}")
+        } else {
+            format!(
+                "transaction {} (a prepared transaction, or one that ended since)",
+                self.lane.blocker_xid.load(Ordering::SeqCst)
+            )
+        };
+        warning!(
+            "allsource ingest worker {}: {} events rejected with 55P03: {holder} held stream {} longer than allsource.ingest_lock_timeout_ms ({} ms)",
+            self.lane_no,
+            stuck.len(),
+            locked.join(", "),
+            settings::INGEST_LOCK_TIMEOUT_MS.get()
+        );
+        for held in stuck {
+            stats::worker_rejected();
+            self.finish(
+                held,
+                Status::Rejected {
+                    sqlstate: LOCK_NOT_AVAILABLE,
+                },
+            );
+        }
+    }
+
+    /// The streams of `events` whose rows another transaction holds locked
+    /// now (found without waiting), and records the first one's holder in the
+    /// lane for `ingest_workers()`. Empty if none is, or on any error.
+    fn locked_streams(&self, events: &[&Held]) -> Vec<String> {
+        let mut streams: Vec<String> = events.iter().map(|h| stream_of(h).to_string()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let probe = PgTryBuilder::new(AssertUnwindSafe(|| unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let found = Spi::connect_mut(|client| {
+                let free: Vec<String> = spi(client.update(
+                    "SELECT s.stream_id FROM pg_catalog.unnest($1::pg_catalog.text[]) AS id \
+                     JOIN allsource.streams s ON s.stream_id OPERATOR(pg_catalog.=) id \
+                     FOR UPDATE OF s SKIP LOCKED",
+                    None,
+                    &[streams.clone().into()],
+                ))
+                .filter_map(|row| spi(row.get::<String>(1)))
+                .collect();
+                spi(client.select(
+                    "SELECT s.stream_id, s.xmax::pg_catalog.text FROM allsource.streams s \
+                     WHERE s.stream_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) ORDER BY 1",
+                    None,
+                    &[streams.clone().into()],
+                ))
+                .filter_map(|row| {
+                    let stream: String = spi(row.get(1))?;
+                    let xmax: String = spi(row.get(2))?;
+                    (!free.contains(&stream)).then(|| (stream, xmax.parse::<u32>().unwrap_or(0)))
+                })
+                .collect::<Vec<(String, u32)>>()
+            });
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+            found
+        }))
+        .catch_others(|_| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Vec::new()
+        })
+        .execute();
+        worker::report_stats(false);
+        if let Some(&(_, xid)) = probe.first() {
+            // A row's xmax is the transaction locking it (unless several share it).
+            let pid = unsafe { pg_sys::BackendXidGetPid(pg_sys::TransactionId::from_inner(xid)) };
+            self.lane.blocker_pid.store(pid, Ordering::SeqCst);
+            self.lane.blocker_xid.store(xid, Ordering::SeqCst);
+            self.lane.blocked_at.store(now(), Ordering::SeqCst);
+            self.lane.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        probe.into_iter().map(|(stream, _)| stream).collect()
+    }
+}
+
+fn stream_of<'h>(held: &'h &Held) -> &'h str {
+    &held
+        .event
+        .as_ref()
+        .expect("only decoded events are appended")
+        .stream_id
 }
 
 /// Why a transaction of a worker failed.
@@ -961,9 +1136,17 @@ impl Worker {
                 // SAFETY: after a caught error the transaction is still open
                 // (or already aborted, which this also handles).
                 unsafe { pg_sys::AbortCurrentTransaction() };
+                worker::report_stats(false);
+                // The commit failed: what it staged is not true. A successor
+                // (if we exit before a retry settles them) must append these
+                // again, whatever a later attempt's xid says.
+                for held in events {
+                    self.cell(held.taken.position).unstage();
+                }
                 return Err(failure);
             }
         };
+        worker::report_stats(false);
         stats::worker_committed();
         for (held, result) in events.iter().zip(results) {
             let status = match result {
@@ -1019,9 +1202,11 @@ impl Worker {
         if from >= to {
             return;
         }
+        worker::report_running("taking over the events of a worker that stopped mid-batch");
         let xid = pg_sys::TransactionId::from_inner(self.lane.held_xid.load(Ordering::SeqCst));
         let committed = xid != pg_sys::TransactionId::INVALID
             && BackgroundWorker::transaction(|| unsafe { pg_sys::TransactionIdDidCommit(xid) });
+        worker::report_stats(false);
         let mut held = Vec::new();
         let mut again = Vec::new();
         let mut position = from;

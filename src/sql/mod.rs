@@ -15,6 +15,7 @@ pub mod stats;
 mod tenant;
 mod verify;
 pub mod watermark;
+mod worker;
 mod worker_session;
 
 use crate::savepoints::Nested;

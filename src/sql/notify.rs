@@ -20,6 +20,7 @@
 use crate::partition::MAX_PARTITIONS;
 use crate::savepoints::Nested;
 use crate::sql::watermark::PRELOADED;
+use crate::sql::worker;
 use crate::sql::{current_subtransaction, end_of_subtransaction, wake};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -300,11 +301,14 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
                 }
             }
             if !to_send.is_empty() {
+                worker::report_running("sending NOTIFY allsource_events");
                 BackgroundWorker::transaction(move || {
                     for (partition, position) in to_send {
                         send(partition, position);
                     }
                 });
+                worker::report_stats(false);
+                worker::report_idle("waiting for commits to notify");
             }
             last_work = Instant::now();
         } else if last_work.elapsed() >= NOTIFIER_IDLE_EXIT {

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::select_one;
-use crate::sql::watermark::local_watermark;
-use crate::sql::worker_session;
+use crate::sql::watermark::{cancel_long_appends, local_watermark};
+use crate::sql::{worker, worker_session};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -70,6 +70,8 @@ pub fn published_watermark() -> Result<i64> {
 }
 
 /// The publisher: one per server, in `allsource.database`, on the primary.
+/// Each round it also cancels appending transactions open too long
+/// (`allsource.max_append_transaction_ms`).
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn allsource_publisher_main(_argument: pg_sys::Datum) {
@@ -84,9 +86,13 @@ pub extern "C-unwind" fn allsource_publisher_main(_argument: pg_sys::Datum) {
         if BackgroundWorker::sigterm_received() {
             break;
         }
+        cancel_long_appends();
         let interval = settings::WATERMARK_PUBLISH_INTERVAL_MS.get();
         if interval > 0 {
+            worker::report_running("publishing the watermark for hot standbys");
             published = BackgroundWorker::transaction(|| publish(published));
+            worker::report_stats(false);
+            worker::report_idle("waiting for the next watermark publication");
         }
         let nap = Duration::from_millis(if interval > 0 { interval as u64 } else { 1000 });
         if !BackgroundWorker::wait_latch(Some(nap)) {

@@ -140,10 +140,15 @@ fn make_handed_out_durable(sequence: pg_sys::Oid) {
 }
 
 /// Call before taking positions: publishes this transaction's lower bound.
-pub fn before_taking_positions() {
+/// Fails if the transaction appended longer ago than
+/// `allsource.max_append_transaction_ms` allows.
+pub fn before_taking_positions() -> crate::error::Result<()> {
     let sub = current_subtransaction();
     APPENDED.with(|a| a.borrow_mut().change(sub, |a| *a = true));
     if let Some(slot) = my_slot() {
+        if HOLDING.with(Cell::get) && slot.is_doomed() {
+            return Err(cancelled());
+        }
         // A transaction keeps its first claim: the lowest it may commit.
         if !HOLDING.with(Cell::get) {
             let claim = Claim {
@@ -161,6 +166,41 @@ pub fn before_taking_positions() {
             slot.release();
             slot.hold(claim);
             HOLDING.with(|h| h.set(true));
+        }
+    }
+    Ok(())
+}
+
+/// The error of a transaction that kept its positions too long.
+fn cancelled() -> Error {
+    Error::new(
+        "25P04",
+        format!(
+            "this transaction appended to allsource more than allsource.max_append_transaction_ms ({} ms) ago and was cancelled",
+            crate::settings::MAX_APPEND_TRANSACTION_MS.get()
+        ),
+    )
+    .with_detail("An open appending transaction holds the watermark back for every reader and subscriber; its events are not committed.")
+    .with_hint("Roll back and append again in a shorter transaction.")
+}
+
+/// Cancels the appending transactions, of any database, that have been open
+/// longer than `allsource.max_append_transaction_ms` (0: none): their claims
+/// stop holding the watermark back, and their commits fail. Called by the
+/// watermark publisher.
+pub fn cancel_long_appends() {
+    let limit_ms = crate::settings::MAX_APPEND_TRANSACTION_MS.get();
+    if limit_ms == 0 || !PRELOADED.load(Ordering::Relaxed) {
+        return;
+    }
+    let before = unsafe { pg_sys::GetCurrentTimestamp() } - i64::from(limit_ms) * 1000;
+    for slot in live_slots() {
+        if let Some(claim) = slot.doom_if_older(before) {
+            log!(
+                "allsource: cancelled the appending transaction of pid {} (open longer than allsource.max_append_transaction_ms, {limit_ms} ms); the watermark moves past position {}",
+                claim.pid,
+                claim.lowest
+            );
         }
     }
 }
@@ -181,6 +221,12 @@ unsafe extern "C-unwind" fn on_transaction_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
+        // The last moment to refuse: from here on the claim cannot be doomed.
+        XACT_EVENT_PRE_COMMIT
+            if HOLDING.with(Cell::get) && my_slot().is_some_and(|s| !s.begin_commit()) =>
+        {
+            crate::sql::raise::raise(cancelled());
+        }
         XACT_EVENT_PRE_PREPARE if APPENDED.with(|a| *a.borrow().get()) => {
             pgrx::pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,

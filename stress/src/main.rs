@@ -182,6 +182,14 @@ fn prepare(server: &Server) -> Result<(), String> {
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS allsource")
         .map_err(|e| format!("CREATE EXTENSION allsource: {e}"))?;
+    // Its long transactions hold streams for up to 2 s, which the queue also
+    // writes: a worker that waits longer keeps every ticket committed, which
+    // is what this run checks (a shorter wait rejects them with 55P03).
+    client
+        .batch_execute(
+            "ALTER SYSTEM SET allsource.ingest_lock_timeout_ms = '5s'; SELECT pg_reload_conf()",
+        )
+        .map_err(|e| format!("setting allsource.ingest_lock_timeout_ms: {e}"))?;
     let workers: i64 = client
         .query_one("SELECT count(*) FROM allsource.ingest_workers()", &[])
         .map_err(|e| format!("the stress run needs shared_preload_libraries = 'allsource': {e}"))?

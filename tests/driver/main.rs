@@ -13,6 +13,7 @@ mod queue;
 mod savepoints;
 mod tenants;
 mod watermark;
+mod workers;
 
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};

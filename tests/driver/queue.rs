@@ -80,7 +80,7 @@ pub fn try_await_ticket(
     })
 }
 
-fn count(client: &mut Client, sql: &str) -> i64 {
+pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
 }
 
@@ -100,7 +100,7 @@ fn stats(client: &mut Client) -> HashMap<String, i64> {
 }
 
 /// No problem from verify_all() and verify_gapless().
-fn assert_store_is_sound(client: &mut Client) {
+pub fn assert_store_is_sound(client: &mut Client) {
     assert_eq!(
         count(client, "SELECT count(*) FROM allsource.verify_all()"),
         0,
@@ -323,7 +323,7 @@ fn queue_repeats_conflicts_and_refusals_settle_each_ticket_alone() {
 }
 
 /// Holds `stream`'s row lock so the worker blocks on it mid-batch.
-fn block_stream(stream: &str) -> Client {
+pub fn block_stream(stream: &str) -> Client {
     let mut blocker = queue_session();
     blocker
         .query_one("SELECT allsource.append($1, 'T', '{}')", &[&stream])
@@ -340,6 +340,7 @@ fn block_stream(stream: &str) -> Client {
 
 #[test]
 fn queue_await_times_out_with_pending_and_a_stopped_worker_comes_back() {
+    let _waits = worker_waits_for_locks();
     let mut client = fresh_queue_db();
     let blocker = block_stream("blocked");
     let stuck = client
@@ -436,7 +437,7 @@ fn stored_ids(client: &mut Client) -> std::collections::HashSet<Uuid> {
 }
 
 /// Sets postgresql.conf settings (or resets them with `None`) and restarts.
-fn reconfigure(settings: &[(&str, Option<&str>)]) {
+pub fn reconfigure(settings: &[(&str, Option<&str>)]) {
     let mut admin = queue_session();
     for (name, value) in settings {
         let sql = match value {
@@ -449,9 +450,48 @@ fn reconfigure(settings: &[(&str, Option<&str>)]) {
     restart_server();
 }
 
+/// Server settings changed with a reload for as long as this lives.
+pub struct Reloaded(Vec<String>);
+
+impl Reloaded {
+    /// Sets `settings` and reloads; the workers take them at their next round.
+    pub fn with(settings: &[(&str, &str)]) -> Reloaded {
+        let mut admin = queue_session();
+        for (name, value) in settings {
+            admin
+                .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+                .unwrap();
+        }
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        thread::sleep(Duration::from_secs(1));
+        Reloaded(settings.iter().map(|(name, _)| name.to_string()).collect())
+    }
+}
+
+impl Drop for Reloaded {
+    fn drop(&mut self) {
+        let mut admin = queue_session();
+        for name in &self.0 {
+            admin
+                .batch_execute(&format!("ALTER SYSTEM RESET {name}"))
+                .unwrap();
+        }
+        admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// For tests that stall the worker on a lock: it waits without limit.
+fn worker_waits_for_locks() -> Reloaded {
+    Reloaded::with(&[("allsource.ingest_lock_timeout_ms", "0")])
+}
+
 #[test]
 fn queue_tiny_queue_under_load_every_enqueue_gets_a_ticket_or_53400() {
-    reconfigure(&[("allsource.queue_size", Some("64kB"))]);
+    reconfigure(&[
+        ("allsource.queue_size", Some("64kB")),
+        ("allsource.ingest_lock_timeout_ms", Some("0")),
+    ]);
     let result = std::panic::catch_unwind(|| {
         let mut client = fresh_queue_db();
         // The worker stalls on session 0's first stream for 2 s, so the queue
@@ -507,7 +547,10 @@ fn queue_tiny_queue_under_load_every_enqueue_gets_a_ticket_or_53400() {
         );
         assert_store_is_sound(&mut client);
     });
-    reconfigure(&[("allsource.queue_size", None)]);
+    reconfigure(&[
+        ("allsource.queue_size", None),
+        ("allsource.ingest_lock_timeout_ms", None),
+    ]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
@@ -515,6 +558,7 @@ fn queue_tiny_queue_under_load_every_enqueue_gets_a_ticket_or_53400() {
 
 #[test]
 fn queue_clean_restart_with_a_full_queue_loses_nothing() {
+    let _waits = worker_waits_for_locks();
     let mut client = fresh_queue_db();
     // The worker blocks on the first event; the rest fill the queue behind it.
     let blocker = block_stream("restart-0");
@@ -585,6 +629,7 @@ fn queue_refuses_bad_input_before_queueing_and_other_databases() {
 
 #[test]
 fn queue_a_cancelled_worker_batch_is_appended_event_by_event() {
+    let _waits = worker_waits_for_locks();
     let mut client = fresh_queue_db();
     let blocker = block_stream("cancel-0");
     let tickets: Vec<i64> = (0..20)
