@@ -28,10 +28,8 @@ CREATE TRIGGER refuse_direct_write BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
     FOR EACH STATEMENT EXECUTE FUNCTION allsource.refuse_direct_write();
 REVOKE ALL ON ALL TABLES IN SCHEMA allsource FROM PUBLIC;
 
--- Tenants. The session's allsource.tenant; NULL when unset or empty.
-CREATE FUNCTION allsource.current_tenant() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT nullif(pg_catalog.current_setting('allsource.tenant', true), '') $$;
+-- Tenants. current_tenant() is Rust (src/sql/lifecycle.rs): it refuses a
+-- setting that is not UTF-8 as the reads and writes do.
 COMMENT ON FUNCTION allsource.current_tenant() IS
     'The session''s tenant (SET allsource.tenant), NULL without one: reads and writes are scoped to it.';
 

@@ -177,16 +177,11 @@ pub fn database() -> String {
         .unwrap_or_default()
 }
 
-/// `allsource.tenant`: `None` when unset or empty; at most 255 bytes.
+/// `allsource.tenant`: `None` when unset or empty; a UTF-8 name of at most
+/// 255 bytes, or `22023`.
 pub fn tenant() -> crate::error::Result<Option<String>> {
-    let tenant = TENANT
-        .get()
-        .map(|t| t.to_string_lossy().into_owned())
-        .filter(|t| !t.is_empty());
-    if let Some(t) = &tenant {
-        crate::validate::name("allsource.tenant", Some(t))?;
-    }
-    Ok(tenant)
+    let tenant = TENANT.get();
+    Ok(crate::validate::tenant(tenant.as_deref())?.map(str::to_string))
 }
 
 /// `allsource.max_event_bytes` as a byte count.

@@ -230,9 +230,16 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
 #[pg_extern(stable, parallel_safe, name = "_in_tenant")]
 fn in_tenant(tenant_id: Option<&str>) -> bool {
     let session = settings::TENANT.get();
-    let session = session
-        .as_deref()
-        .map(|t| t.to_bytes())
-        .filter(|t| !t.is_empty());
-    tenant_id.map(str::as_bytes) == session
+    // A session tenant that is not UTF-8 is refused here as in every write.
+    let matches = validate::tenant(session.as_deref()).map(|session| session == tenant_id);
+    drop(session);
+    or_raise(matches)
+}
+
+/// `allsource.current_tenant()`: the session's tenant, `NULL` without one;
+/// `22023` for one the writes would refuse.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn current_tenant() -> Option<String> {
+    or_raise(settings::tenant())
 }
