@@ -510,3 +510,69 @@ fn create_extension_in_a_database_that_is_not_utf8_is_refused() {
         .get(0);
     assert_eq!(leftovers, 0);
 }
+
+/// scripts/run.sh runs scripts/demo.sql on every start, in the database it
+/// tells users to connect to: a second run must keep what is there, the
+/// first run's streams and the user's alike, and still tour afresh.
+#[test]
+fn running_the_demo_twice_keeps_every_event() {
+    let db = TestDb::empty("demo_twice");
+    let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sql");
+    let run_demo = || {
+        let output = Command::new(format!("{bin}/psql"))
+            .args(connection_args())
+            .args([
+                "--no-psqlrc",
+                "--quiet",
+                "--dbname",
+                db.name(),
+                "--file",
+                demo,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run_demo();
+    let mut client = db.connect();
+    client
+        .batch_execute("SELECT allsource.append('mine-1', 'A', '{\"keep\": true}')")
+        .unwrap();
+    let before = contents(&mut client);
+    run_demo();
+    let after = contents(&mut client);
+    assert!(
+        before
+            .iter()
+            .all(|row| row.starts_with("last position") || after.contains(row)),
+        "every row before the second run is still there"
+    );
+    let versions: Vec<(String, i64)> = client
+        .query(
+            "SELECT stream_id, version FROM allsource.streams WHERE stream_id LIKE 'order-demo%' OR stream_id = 'mine-1' ORDER BY stream_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("mine-1".to_string(), 1),
+            ("order-demo1".to_string(), 4),
+            ("order-demo2".to_string(), 4)
+        ],
+        "the second run toured a stream of its own"
+    );
+    let failing: i64 = client
+        .query_one("SELECT count(*) FROM allsource.verify_all()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(failing, 0);
+}
