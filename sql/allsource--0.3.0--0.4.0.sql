@@ -342,3 +342,18 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'ingest_workers_wrapper';
 COMMENT ON FUNCTION allsource.ingest_workers() IS
     'What each ingest worker does: pid, state, events queued in its lane, batches and events written, last batch size, and the locks it gave up waiting for: how often, and the last holder (pid, or NULL for a prepared transaction; xid) and when.';
+
+-- Data (issue 16, items 13-15). CREATE EXTENSION now refuses a database that
+-- is not UTF8 (sql/schema.sql); an existing install in one cannot be repaired
+-- by an update: say so. (A tenant that is not UTF-8 is refused by
+-- current_tenant() above; the write guard lets a restore's COPY ... FROM
+-- STDIN through, a change in Rust only.)
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE WARNING 'AllSource needs a UTF8 database: % is %', pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+            USING DETAIL = 'Non-ASCII text may already be stored other than it was sent, and verify_all may fail.',
+                  HINT = 'Move the store to a database created with ENCODING ''UTF8'' (README "Database encoding").';
+    END IF;
+END
+$encoding$;

@@ -1,6 +1,19 @@
 -- Tables, sequence and partitions. Runs first in CREATE EXTENSION; the
 -- functions pgrx generates from Rust come after it, sql/finalize.sql last.
 
+-- AllSource's text is UTF-8 throughout (its functions are Rust, the hash
+-- chain covers UTF-8 text): in a database of another encoding it would store
+-- something other than what was sent, so it is refused before anything exists.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'AllSource needs a UTF8 database: % is %', pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Payloads, metadata, stream ids and tenants are UTF-8 text; stored in another encoding they would change.',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0) and CREATE EXTENSION allsource there. Clients may use any client_encoding.';
+    END IF;
+END
+$encoding$;
 -- CREATE EXTENSION installs into a schema "allsource" that already exists.
 -- One that another role owns, fills or may create objects in would let that
 -- role replace what the extension's functions run as superuser: refuse it.

@@ -491,7 +491,7 @@ mod tests {
                 });
             }
             for ticket in 1..=TICKETS {
-                cell.open(ticket);
+                cell.open(ticket, 0);
                 cell.publish(Status::Committed {
                     version: ticket,
                     position: -ticket,

@@ -26,6 +26,25 @@ pub fn name<'a>(argument: &str, value: Option<&'a str>) -> Result<&'a str> {
     Ok(value)
 }
 
+/// A tenant setting's raw bytes (`allsource.tenant`, `allsource.role_tenant`):
+/// `None` when unset or empty, otherwise a name as [`name`] checks it. A
+/// setting is bytes (a connection's startup options reach it unchecked): one
+/// that is not UTF-8 is refused, as a lossy copy would be a different tenant
+/// from the bytes reads compare.
+pub fn tenant<'a>(setting: &str, value: Option<&'a std::ffi::CStr>) -> Result<Option<&'a str>> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        Error::new(
+            crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+            format!("invalid value for {setting}: it is not valid UTF-8"),
+        )
+        .with_hint("A tenant is a UTF-8 name of 1 to 255 bytes.")
+    })?;
+    name(setting, Some(value)).map(Some)
+}
+
 /// A required argument of any type.
 pub fn required<T>(argument: &str, value: Option<T>) -> Result<T> {
     value.ok_or_else(|| Error::invalid_argument(argument, "must not be null"))
@@ -163,6 +182,24 @@ mod tests {
         assert!(name("event_type", Some(&long[1..])).is_ok());
         // 128 two-byte characters are 256 bytes: the limit is in bytes.
         assert!(name("stream_id", Some(&"é".repeat(128))).is_err());
+    }
+
+    #[test]
+    fn tenants_are_utf8_names_or_none() {
+        assert_eq!(tenant("allsource.tenant", None), Ok(None));
+        assert_eq!(tenant("allsource.tenant", Some(c"")), Ok(None));
+        assert_eq!(tenant("allsource.tenant", Some(c"acme")), Ok(Some("acme")));
+        assert_eq!(
+            tenant("allsource.tenant", Some(c"acm\xc3\xa9")),
+            Ok(Some("acmé"))
+        );
+        for bad in [c"acme\xff", c"\xc3", c"acme\xc3("] {
+            let err = tenant("allsource.tenant", Some(bad)).unwrap_err();
+            assert_eq!(err.sqlstate, sqlstate::INVALID_PARAMETER_VALUE);
+            assert!(err.message.contains("UTF-8"), "{}", err.message);
+        }
+        let long = std::ffi::CString::new("t".repeat(MAX_NAME_BYTES + 1)).unwrap();
+        assert!(tenant("allsource.tenant", Some(&long)).is_err());
     }
 
     #[test]

@@ -2,11 +2,19 @@
 //! [`WriteGuard`] while they do; the statement trigger `refuse_direct_write`
 //! refuses every other INSERT, UPDATE, DELETE and TRUNCATE, superusers'
 //! included. The flag is backend-local memory no SQL can set.
+//!
+//! One write is let through: a client's `COPY allsource.<table> FROM STDIN`
+//! into exactly that table, which is how a dump (pg_restore, or psql on a
+//! plain dump) loads the tables. It cannot happen by accident the way an
+//! `INSERT` or `UPDATE` can, only their owner or a superuser may run it, and
+//! `verify_all()` checks what it loaded (README "Backup").
 
 use crate::error::Error;
 use crate::sql::raise::raise;
 use pgrx::prelude::*;
+use pgrx::{is_a, PgList};
 use std::cell::Cell;
+use std::ffi::CStr;
 
 thread_local! {
     static WRITERS: Cell<u32> = const { Cell::new(0) };
@@ -33,27 +41,70 @@ fn writing() -> bool {
     WRITERS.with(|w| w.get() > 0)
 }
 
+/// Whether the statement the client sent is `COPY schema.table FROM STDIN`
+/// naming this very table (schema-qualified, as pg_dump writes it). A COPY
+/// from a server file or a program, or a write nested in another statement,
+/// is not a restore.
+fn restoring(schema: &str, table: &str) -> bool {
+    // SAFETY: ActivePortal is null or the portal running the client's
+    // statement; its statement list and their nodes live while it runs, and
+    // every pointer is checked for null and node type before it is read.
+    unsafe {
+        let portal = pg_sys::ActivePortal;
+        if portal.is_null() || (*portal).commandTag != pg_sys::CommandTag::CMDTAG_COPY {
+            return false;
+        }
+        let statements = PgList::<pg_sys::PlannedStmt>::from_pg((*portal).stmts);
+        let Some(planned) = statements.head() else {
+            return false;
+        };
+        if !is_a(planned.cast(), pg_sys::NodeTag::T_PlannedStmt)
+            || !is_a((*planned).utilityStmt, pg_sys::NodeTag::T_CopyStmt)
+        {
+            return false;
+        }
+        let copy = &*(*planned).utilityStmt.cast::<pg_sys::CopyStmt>();
+        if !copy.is_from || copy.is_program || !copy.filename.is_null() || copy.relation.is_null() {
+            return false;
+        }
+        let relation = &*copy.relation;
+        !relation.schemaname.is_null()
+            && CStr::from_ptr(relation.schemaname).to_bytes() == schema.as_bytes()
+            && CStr::from_ptr(relation.relname).to_bytes() == table.as_bytes()
+    }
+}
+
+/// Why this statement may not write, or `None` when it may.
+fn refusal(trigger: &PgTrigger) -> Result<Option<Error>, PgTriggerError> {
+    if writing() {
+        return Ok(None);
+    }
+    let (schema, table, operation) = (
+        trigger.table_schema()?,
+        trigger.table_name()?,
+        trigger.op()?,
+    );
+    if matches!(operation, PgTriggerOperation::Insert) && restoring(&schema, &table) {
+        return Ok(None);
+    }
+    Ok(Some(
+        Error::new(
+            "42501",
+            format!("direct {operation} on {schema}.{table} is not allowed"),
+        )
+        .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
+        .with_hint("Use allsource.append or allsource.append_batch to write events. A dump restores with pg_restore or psql as it is (README \"Backup\")."),
+    ))
+}
+
 /// Statement trigger on every table of the extension.
 #[pg_trigger]
 fn refuse_direct_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
-    if writing() {
-        return Ok(None);
+    // Every value with a destructor is gone before raise() jumps.
+    match refusal(trigger)? {
+        None => Ok(None),
+        Some(error) => raise(error),
     }
-    // raise() longjmps past this frame: the Error is its only owned value
-    // (the table's name is built and dropped inside `refusal`).
-    raise(refusal(trigger)?)
-}
-
-/// The error for a direct write to the trigger's table.
-fn refusal(trigger: &PgTrigger) -> Result<Error, PgTriggerError> {
-    let table = format!("{}.{}", trigger.table_schema()?, trigger.table_name()?);
-    let operation = trigger.op()?;
-    Ok(Error::new(
-        "42501",
-        format!("direct {operation} on {table} is not allowed"),
-    )
-    .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
-    .with_hint("Use allsource.append or allsource.append_batch to write events. To restore a dump, run pg_restore or psql as a superuser with PGOPTIONS='-c session_replication_role=replica'."))
 }

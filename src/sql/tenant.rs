@@ -35,15 +35,7 @@ pub fn session_tenant() -> Result<Option<String>> {
 
 /// A tenant setting's value: `None` when unset or empty.
 fn setting_text(name: &str, value: Option<CString>) -> Result<Option<String>> {
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let text = value.into_string().map_err(|_| {
-        Error::invalid_argument(name, "is not valid UTF-8")
-            .with_hint("Tenant names are text: use UTF-8.")
-    })?;
-    validate::name(name, Some(&text))?;
-    Ok(Some(text))
+    Ok(validate::tenant(name, value.as_deref())?.map(str::to_string))
 }
 
 /// The session's tenant (NULL without one): reads and writes are scoped to it.

@@ -176,13 +176,8 @@ fn a_tenant_cannot_reach_another_tenants_streams() {
     assert!(ok && checked == 2, "acme verifies its own stream");
 }
 
-/// pg_dump / pg_restore from the server's own binaries, or those in
-/// `ALLSOURCE_TEST_PG_DUMP_BIN` (PostgreSQL 13's and 14's own pg_dump crash on
-/// partitions that are extension configuration tables: README "Backup").
-fn pg_tool(tool: &str, args: &[&str]) {
-    let bin = std::env::var("ALLSOURCE_TEST_PG_DUMP_BIN")
-        .or_else(|_| std::env::var("ALLSOURCE_TEST_PG_BIN"))
-        .expect("ALLSOURCE_TEST_PG_BIN is not set");
+/// A command-line tool's arguments to reach the test server as postgres.
+fn connection_args() -> [String; 5] {
     let url = server_url();
     let setting = |key: &str| {
         url.split_whitespace()
@@ -190,15 +185,26 @@ fn pg_tool(tool: &str, args: &[&str]) {
             .unwrap_or_else(|| panic!("no {key} in ALLSOURCE_TEST_URL"))
             .to_string()
     };
+    [
+        "--host".into(),
+        setting("host"),
+        "--port".into(),
+        setting("port"),
+        "--username=postgres".into(),
+    ]
+}
+
+/// pg_dump, pg_restore or psql from the server's own binaries, or those in
+/// `ALLSOURCE_TEST_PG_DUMP_BIN` (PostgreSQL 13's and 14's own pg_dump crash on
+/// partitions that are extension configuration tables: README "Backup").
+/// No options beyond the connection: a restore must work as it comes.
+fn pg_tool(tool: &str, args: &[&str]) {
+    let bin = std::env::var("ALLSOURCE_TEST_PG_DUMP_BIN")
+        .or_else(|_| std::env::var("ALLSOURCE_TEST_PG_BIN"))
+        .expect("ALLSOURCE_TEST_PG_BIN is not set");
     let output = Command::new(format!("{bin}/{tool}"))
-        .env("PGOPTIONS", "-c session_replication_role=replica")
-        .args([
-            "--host",
-            &setting("host"),
-            "--port",
-            &setting("port"),
-            "--username=postgres",
-        ])
+        .env_remove("PGOPTIONS")
+        .args(connection_args())
         .args(args)
         .output()
         .unwrap();
@@ -227,41 +233,10 @@ fn contents(client: &mut Client) -> Vec<String> {
     rows
 }
 
-#[test]
-fn pg_dump_and_pg_restore_keep_every_event_stream_snapshot_and_tombstone() {
-    let source = TestDb::new("dump_source");
-    let mut client = source.connect();
-    client
-        .batch_execute(
-            "SELECT allsource.append_batch('kept-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1}, \"metadata\": {\"by\": \"me\"}},
-                                                       {\"type\": \"B\", \"payload\": {\"n\": 2}}]');
-             SELECT allsource.save_snapshot('kept-1', 2, '{\"sum\": 3}');
-             SELECT allsource.append('tombstone-1', 'A', '{}');
-             SELECT allsource.delete_stream('tombstone-1');
-             SELECT allsource.append('erased-1', 'A', '{\"name\": \"Ada\"}', '{\"ip\": \"10.0.0.1\"}');
-             SELECT allsource.delete_stream('erased-1', hard => true);
-             SET allsource.tenant = 'acme';
-             SELECT allsource.append('acme-1', 'A', '{}');
-             RESET allsource.tenant",
-        )
-        .unwrap();
-    let dump = std::env::temp_dir().join(format!("{}.dump", source.name()));
-    let dump = dump.to_str().unwrap();
-    pg_tool(
-        "pg_dump",
-        &["--format=custom", "--file", dump, "--dbname", source.name()],
-    );
-    let target = TestDb::empty("dump_target");
-    // The guard triggers refuse every write but the extension's own: the
-    // restore loads the rows with them disabled, as a superuser.
-    pg_tool(
-        "pg_restore",
-        &["--disable-triggers", "--dbname", target.name(), dump],
-    );
-    std::fs::remove_file(dump).unwrap();
-
-    let mut restored = target.connect();
-    assert_eq!(contents(&mut restored), contents(&mut client));
+/// A database restored from a dump of `expected`'s store: the same rows,
+/// clean for every tenant, and writable where the original left off.
+fn assert_restored(restored: &mut Client, expected: &[String], last_position: i64, how: &str) {
+    assert_eq!(contents(restored), expected, "{how}: every row restored");
     for tenant in ["", "acme"] {
         restored
             .batch_execute(&format!("SET allsource.tenant = '{tenant}'"))
@@ -270,26 +245,25 @@ fn pg_dump_and_pg_restore_keep_every_event_stream_snapshot_and_tombstone() {
             .query_one("SELECT count(*) FROM allsource.verify_all()", &[])
             .unwrap()
             .get(0);
-        assert_eq!(failing, 0, "verify_all clean for tenant {tenant:?}");
+        assert_eq!(failing, 0, "{how}: verify_all clean for tenant {tenant:?}");
     }
     restored.batch_execute("RESET allsource.tenant").unwrap();
-    let before: i64 = client
-        .query_one("SELECT max(position) FROM allsource.events", &[])
-        .unwrap()
-        .get(0);
     let row = restored
         .query_one("SELECT version, position FROM allsource.append('kept-1', 'C', '{}', expected_version => 2)", &[])
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 3, "versions continue");
-    assert!(row.get::<_, i64>(1) > before, "positions continue");
+    assert_eq!(row.get::<_, i64>(0), 3, "{how}: versions continue");
+    assert!(
+        row.get::<_, i64>(1) > last_position,
+        "{how}: positions continue past the restored ones"
+    );
     for stream in ["tombstone-1", "erased-1"] {
         assert_eq!(
             refused(
-                &mut restored,
+                restored,
                 &format!("SELECT allsource.append('{stream}', 'A', '{{}}')")
             ),
             "ZA002",
-            "{stream} stays deleted"
+            "{how}: {stream} stays deleted"
         );
     }
     let (ok, problem): (bool, Option<String>) = {
@@ -302,4 +276,303 @@ fn pg_dump_and_pg_restore_keep_every_event_stream_snapshot_and_tombstone() {
         (row.get(0), row.get(1))
     };
     assert!(ok && problem.is_some_and(|p| p.starts_with("erased at")));
+    // The guard is back for everything but a restore.
+    for sql in DIRECT_WRITES {
+        assert_eq!(refused(restored, sql), "42501", "{how}: {sql}");
+    }
+}
+
+/// A superuser's emergency restore: pg_dump in each of its formats, then
+/// pg_restore (or psql for a plain dump) into a new database, no options.
+#[test]
+fn every_dump_format_restores_with_the_standard_tools_and_no_options() {
+    let source = TestDb::new("dump_source");
+    let mut client = source.connect();
+    client
+        .batch_execute(
+            "SELECT allsource.append_batch('kept-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1, \"k\": \"ü€\"}, \"metadata\": {\"by\": \"me\"}},
+                                                       {\"type\": \"B\", \"payload\": {\"n\": 2}}]');
+             SELECT allsource.save_snapshot('kept-1', 2, '{\"sum\": 3}');
+             SELECT allsource.append('tombstone-1', 'A', '{}');
+             SELECT allsource.delete_stream('tombstone-1');
+             SELECT allsource.append('erased-1', 'A', '{\"name\": \"Ada\"}', '{\"ip\": \"10.0.0.1\"}');
+             SELECT allsource.delete_stream('erased-1', hard => true);
+             SET allsource.tenant = 'acme';
+             SELECT allsource.append('acme-1', 'A', '{}');
+             RESET allsource.tenant",
+        )
+        .unwrap();
+    let expected = contents(&mut client);
+    let last_position: i64 = client
+        .query_one("SELECT max(position) FROM allsource.events", &[])
+        .unwrap()
+        .get(0);
+    for format in ["custom", "directory", "tar", "plain"] {
+        let dump = std::env::temp_dir().join(format!("{}.{format}", source.name()));
+        let dump = dump.to_str().unwrap();
+        pg_tool(
+            "pg_dump",
+            &[
+                "--format",
+                format,
+                "--file",
+                dump,
+                "--dbname",
+                source.name(),
+            ],
+        );
+        let target = TestDb::empty(&format!("restored_{format}"));
+        if format == "plain" {
+            // ON_ERROR_STOP only makes a failed statement fail the test.
+            let args = [
+                "--no-psqlrc",
+                "--set=ON_ERROR_STOP=1",
+                "--dbname",
+                target.name(),
+                "--file",
+                dump,
+            ];
+            pg_tool("psql", &args);
+        } else {
+            pg_tool("pg_restore", &["--dbname", target.name(), dump]);
+        }
+        if format == "directory" {
+            std::fs::remove_dir_all(dump).unwrap();
+        } else {
+            std::fs::remove_file(dump).unwrap();
+        }
+        assert_restored(&mut target.connect(), &expected, last_position, format);
+    }
+}
+
+/// The guard lets a client's `COPY allsource.<table> FROM STDIN` through
+/// (what a restore runs) and nothing else; what such a COPY loads is
+/// checked by verify_all like any other row.
+#[test]
+fn only_a_copy_from_stdin_gets_past_the_guard_and_verify_checks_what_it_loaded() {
+    let db = TestDb::new("copy_guard");
+    let mut client = db.connect();
+    client
+        .batch_execute("SELECT allsource.append('honest-1', 'A', '{}')")
+        .unwrap();
+    let partition: i32 = client
+        .query_one("SELECT allsource.partition_for('forged-1')", &[])
+        .unwrap()
+        .get(0);
+    for sql in [
+        format!("COPY allsource.events_p{partition} FROM '/dev/null'"),
+        "COPY allsource.streams FROM PROGRAM 'true'".to_string(),
+        // Unqualified, it is not what a dump writes.
+        "SET search_path = allsource; COPY streams FROM PROGRAM 'true'".to_string(),
+    ] {
+        assert_eq!(refused(&mut client, &sql), "42501", "{sql}");
+    }
+    client.batch_execute("RESET search_path").unwrap();
+    let mut copy = client
+        .copy_in(
+            "COPY allsource.streams (stream_id, partition_id, version, last_checksum) FROM STDIN",
+        )
+        .unwrap();
+    std::io::Write::write_all(
+        &mut copy,
+        format!("forged-1\t{partition}\t1\t\\\\x00\n").as_bytes(),
+    )
+    .unwrap();
+    copy.finish().unwrap();
+    let mut copy = client
+        .copy_in(&format!(
+            "COPY allsource.events_p{partition} (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum) FROM STDIN"
+        ))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut copy,
+        format!(
+            "1000\t{partition}\tforged-1\t1\t{}\tA\t{{}}\t2026-01-01 00:00:00+00\t\\\\x00\n",
+            uuid::Uuid::new_v4()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    copy.finish().unwrap();
+    let failing: Vec<String> = client
+        .query("SELECT stream_id FROM allsource.verify_all()", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        failing,
+        ["forged-1"],
+        "verify_all finds the forgery a COPY loaded"
+    );
+}
+
+/// SQL cannot carry a string that is not UTF-8 into a UTF-8 database, but a
+/// connection's startup options can: psql with `allsource.tenant` set to
+/// `acme` and a stray byte. Every write and read refuses it (22023) rather
+/// than storing `acme\u{FFFD}` or comparing the raw bytes.
+#[test]
+fn a_tenant_that_is_not_utf8_is_refused_by_writes_and_reads() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = TestDb::new("tenant_utf8");
+    db.connect()
+        .batch_execute(
+            "SET allsource.tenant = 'acme';
+             SELECT allsource.append('acme-1', 'A', '{}');
+             SELECT allsource.save_snapshot('acme-1', 1, '{}')",
+        )
+        .unwrap();
+    let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
+    for sql in [
+        "SELECT allsource.append('acme-1', 'A', '{}')",
+        "SELECT allsource.append('acme-2', 'A', '{}')",
+        "SELECT allsource.append_batch('acme-2', '[{\"type\": \"A\", \"payload\": 1}]')",
+        "SELECT allsource.enqueue('acme-2', 'A', '{}')",
+        "SELECT allsource.save_snapshot('acme-1', 1, '{}')",
+        "SELECT allsource.delete_stream('acme-1')",
+        "SELECT allsource.current_tenant()",
+        "SELECT allsource.stream_version('acme-1')",
+        "SELECT * FROM allsource.read_stream('acme-1')",
+        "SELECT * FROM allsource.read_all()",
+        "SELECT * FROM allsource.read_category('acme')",
+        "SELECT * FROM allsource.load_snapshot('acme-1')",
+        "SELECT * FROM allsource.verify_stream('acme-1')",
+        "SELECT * FROM allsource.verify_all()",
+    ] {
+        let output = Command::new(format!("{bin}/psql"))
+            .env(
+                "PGOPTIONS",
+                std::ffi::OsStr::from_bytes(b"-c allsource.tenant=acme\xff"),
+            )
+            .args(connection_args())
+            .args([
+                "--no-psqlrc",
+                "--set=VERBOSITY=verbose",
+                "--dbname",
+                db.name(),
+                "--command",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success()
+                && stderr.contains("ERROR:  22023")
+                && stderr.contains("UTF-8"),
+            "{sql}: {stderr}"
+        );
+    }
+    let mut client = db.connect();
+    let rows: Vec<(String, Option<String>, i64)> = client
+        .query(
+            "SELECT stream_id, tenant_id, version FROM allsource.streams",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [("acme-1".to_string(), Some("acme".to_string()), 1)],
+        "nothing written"
+    );
+}
+
+/// A database that is not UTF-8 refuses CREATE EXTENSION (0A000), with the
+/// way out in the hint, and is left without any of the extension.
+#[test]
+fn create_extension_in_a_database_that_is_not_utf8_is_refused() {
+    let db = TestDb::with_options(
+        "latin1",
+        "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    );
+    let mut client = db.connect();
+    let error = client
+        .batch_execute("CREATE EXTENSION allsource")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "0A000");
+    let db_error = error.as_db_error().unwrap();
+    assert!(
+        db_error.message().contains("UTF8"),
+        "{}",
+        db_error.message()
+    );
+    assert!(db_error.hint().unwrap().contains("ENCODING 'UTF8'"));
+    let leftovers: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'allsource')
+                  + (SELECT count(*) FROM pg_extension WHERE extname = 'allsource')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+}
+
+/// scripts/run.sh runs scripts/demo.sql on every start, in the database it
+/// tells users to connect to: a second run must keep what is there, the
+/// first run's streams and the user's alike, and still tour afresh.
+#[test]
+fn running_the_demo_twice_keeps_every_event() {
+    let db = TestDb::empty("demo_twice");
+    let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sql");
+    let run_demo = || {
+        let output = Command::new(format!("{bin}/psql"))
+            .args(connection_args())
+            .args([
+                "--no-psqlrc",
+                "--quiet",
+                "--dbname",
+                db.name(),
+                "--file",
+                demo,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run_demo();
+    let mut client = db.connect();
+    client
+        .batch_execute("SELECT allsource.append('mine-1', 'A', '{\"keep\": true}')")
+        .unwrap();
+    let before = contents(&mut client);
+    run_demo();
+    let after = contents(&mut client);
+    assert!(
+        before
+            .iter()
+            .all(|row| row.starts_with("last position") || after.contains(row)),
+        "every row before the second run is still there"
+    );
+    let versions: Vec<(String, i64)> = client
+        .query(
+            "SELECT stream_id, version FROM allsource.streams WHERE stream_id LIKE 'order-demo%' OR stream_id = 'mine-1' ORDER BY stream_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("mine-1".to_string(), 1),
+            ("order-demo1".to_string(), 4),
+            ("order-demo2".to_string(), 4)
+        ],
+        "the second run toured a stream of its own"
+    );
+    let failing: i64 = client
+        .query_one("SELECT count(*) FROM allsource.verify_all()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(failing, 0);
 }

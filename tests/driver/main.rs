@@ -64,6 +64,11 @@ impl TestDb {
 
     /// A database without the extension (a restore creates it).
     pub fn empty(test: &str) -> TestDb {
+        TestDb::with_options(test, "")
+    }
+
+    /// A database without the extension, made with CREATE DATABASE's `options`.
+    pub fn with_options(test: &str, options: &str) -> TestDb {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "driver_{}_{}_{}",
@@ -73,7 +78,7 @@ impl TestDb {
         );
         let mut admin = connect_to("postgres");
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .unwrap();
         TestDb { name }
     }
