@@ -575,6 +575,7 @@ mod tests {
                     payload: Body::Text(&payload),
                     metadata: metadata.as_deref().map(Body::Text),
                     created_at_unix_micros: row.get(7).unwrap().unwrap(),
+                    tenant: None,
                 };
                 let expected = checksum::checksum(&fields, &previous);
                 assert_eq!(
