@@ -701,10 +701,15 @@ mod tests {
             assert_damage(&format!("tamper/{name}"), *version, words);
         }
 
-        // verify_all reports each damaged stream once, at the same version.
+        // verify_all reports each damaged stream once, at the same version,
+        // and the ids of the removed events as still registered.
         let reported: String = one(
             "SELECT string_agg(format('%s@%s', stream_id, first_bad_version), ' ')
-             FROM allsource.verify_all()",
+             FROM allsource.verify_all() WHERE stream_id IS NOT NULL",
+        );
+        assert_eq!(
+            one::<String>("SELECT problem FROM allsource.verify_all() WHERE stream_id IS NULL"),
+            "2 rows of allsource.event_ids point at no event with their id: those ids are refused as if used"
         );
         let mut reported: Vec<&str> = reported.split(' ').collect();
         reported.sort();

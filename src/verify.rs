@@ -253,13 +253,6 @@ impl<'a> StreamVerifier<'a> {
                     };
                     return false;
                 }
-                if let Some(problem) = self.breaks_a_rule(&row) {
-                    self.state = State::Found {
-                        version: row.version,
-                        problem,
-                    };
-                    return false;
-                }
                 let Some(link) = self.link(&row) else {
                     self.state = State::Mismatch(Box::new(Mismatch {
                         row,
@@ -269,6 +262,15 @@ impl<'a> StreamVerifier<'a> {
                     }));
                     return true;
                 };
+                // After the chain: a changed event says "content changed"
+                // rather than what follows from it (its id unregistered, say).
+                if let Some(problem) = self.breaks_a_rule(&row) {
+                    self.state = State::Found {
+                        version: row.version,
+                        problem,
+                    };
+                    return false;
+                }
                 if let Some((version, found)) = &mut self.watch {
                     if *version == row.version {
                         *found = Some(link);
@@ -546,7 +548,7 @@ fn diagnose(
     if next_link_holds {
         format!("the content of version {k} was changed: its type, event id, payload, metadata, created_at or tenant no longer match its checksum")
     } else {
-        format!("the checksum of version {k} does not match its event or its chain: the checksum was changed, or this and later events (their tenant, say) together")
+        format!("the checksum of version {k} does not match its event or its chain: the checksum was changed")
     }
 }
 

@@ -2,10 +2,11 @@
 //! (`load_snapshot` is SQL, in sql/finalize.sql).
 //!
 //! A soft delete leaves a tombstone: the stream row keeps its version and
-//! says when and by whom. A hard delete also erases every event's payload
-//! and metadata; what the hash chain covers of them, their SHA-256 digests,
-//! moves to `allsource.erased_events`, so `verify_*` still proves the chain
-//! and reports the stream as erased.
+//! says when and by whom, sealed into the hash chain (`tombstone_checksum`).
+//! A hard delete also erases every event's payload and metadata; what the
+//! hash chain covers of them, their SHA-256 digests, moves to
+//! `allsource.erased_events`, so `verify_*` still proves the chain and
+//! reports the stream as erased.
 
 use crate::checksum::{
     digest, tombstone_checksum, unix_micros_from_postgres, TombstoneFields, CHECKSUM_LEN, GENESIS,
