@@ -42,6 +42,7 @@ fn bench_checksum(c: &mut Criterion) {
                     payload: Body::Text(payload),
                     metadata: Some(Body::Text(r#"{"user": "alice"}"#)),
                     created_at_unix_micros: 1_767_225_600_000_000,
+                    tenant: Some("acme"),
                 };
                 checksum(black_box(&event), &GENESIS)
             })

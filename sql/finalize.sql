@@ -45,7 +45,7 @@ DO $roles$
 DECLARE
     role_name text;
 BEGIN
-    FOREACH role_name IN ARRAY ARRAY['allsource_reader', 'allsource_writer', 'allsource_worker'] LOOP
+    FOREACH role_name IN ARRAY ARRAY['allsource_reader', 'allsource_writer', 'allsource_worker', 'allsource_auditor'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
             -- Another database's CREATE EXTENSION may create it at the same moment.
             BEGIN
@@ -369,9 +369,34 @@ REVOKE EXECUTE ON FUNCTION allsource.stats_reset() FROM PUBLIC;
 -- The trigger function is written in Rust, without pgrx's search_path attribute.
 ALTER FUNCTION allsource.refuse_direct_write() SET search_path = pg_catalog, pg_temp;
 -- Verification reads the erased events' digests: readers and writers only.
-REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all()
+REVOKE EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all(),
+    allsource.verify_anchor(text, bigint, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.verify_stream(text), allsource.verify_all(),
+    allsource.verify_anchor(text, bigint, bytea)
 TO allsource_reader, allsource_writer;
+-- Every tenant's streams at once: for auditors (and the owner) only.
+REVOKE EXECUTE ON FUNCTION allsource.verify_all_tenants() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.verify_all_tenants() TO allsource_auditor;
+GRANT USAGE ON SCHEMA allsource TO allsource_auditor;
+
+-- A stream's head: what to record to detect later that its tail was cut
+-- off or its tombstone removed (verify_anchor checks a recorded head).
+CREATE FUNCTION allsource.stream_head(stream_id text) RETURNS TABLE (version bigint, checksum bytea)
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM allsource._check_stream_id(stream_head.stream_id);
+    RETURN QUERY
+        SELECT s.version, coalesce(s.tombstone_checksum, s.last_checksum) FROM allsource.streams s
+        WHERE s.stream_id OPERATOR(pg_catalog.=) stream_head.stream_id
+          AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
+END
+$$;
+REVOKE EXECUTE ON FUNCTION allsource.stream_head(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.stream_head(text) TO allsource_reader, allsource_writer;
+COMMENT ON FUNCTION allsource.stream_head(text) IS
+    'The stream''s version and head checksum (the last event''s, or the tombstone''s once deleted); no row for an unknown stream. Record it and check it later with verify_anchor.';
 
 -- For a router over several nodes (sql/router.sql): a ticket does not say
 -- which node issued it, so the router asks every node at once. A node that did
@@ -426,4 +451,8 @@ COMMENT ON FUNCTION allsource.verify_stream(text) IS
 COMMENT ON FUNCTION allsource.current_tenant() IS
     'The session''s tenant (allsource.role_tenant of its role, else SET allsource.tenant), NULL without one: reads and writes are scoped to it.';
 COMMENT ON FUNCTION allsource.verify_all() IS
-    'verify_stream over every stream: one row per stream whose chain or versions do not hold.';
+    'verify_stream over every stream of the session''s tenant, and the partitions and event id registry: one row per stream that does not hold (stream_id NULL for the store''s own parts).';
+COMMENT ON FUNCTION allsource.verify_all_tenants() IS
+    'verify_all over every tenant''s streams, with each failing stream''s tenant: for the extension''s owner and allsource_auditor.';
+COMMENT ON FUNCTION allsource.verify_anchor(text, bigint, bytea) IS
+    'verify_stream, and whether the stream still holds a head recorded earlier with stream_head (checksum at version): catches a cut-off tail or a removed tombstone.';

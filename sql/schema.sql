@@ -71,7 +71,11 @@ CREATE TABLE allsource.streams (
     deleted_at    timestamptz,
     deleted_by    text,
     erased_at     timestamptz,
-    erased_by     text
+    erased_by     text,
+    -- Seals the tombstone into the hash chain (SHA-256 of deleted_at,
+    -- deleted_by, tenant and version ‖ last_checksum), so that a cleared
+    -- deleted_at is found: README, Integrity.
+    tombstone_checksum bytea
 );
 COMMENT ON TABLE allsource.streams IS
     'One row per stream: its version, last checksum, tenant and tombstone. Written by AllSource''s functions only.';

@@ -1,10 +1,9 @@
 //! The per-stream hash chain. Each event's checksum is
 //! `SHA-256(encoding(event) ‖ previous checksum)`, the previous checksum being
-//! 32 zero bytes for version 1. The encoding (format 1), every integer
-//! big-endian:
+//! 32 zero bytes for version 1. The encoding, every integer big-endian:
 //!
 //! ```text
-//! 0x01                                   format version
+//! 0x02                                   format version (0x01 before 0.4.0)
 //! u32 length ‖ stream_id                 UTF-8
 //! i64 version
 //! u32 length ‖ event_type                UTF-8
@@ -13,10 +12,28 @@
 //! 0x00                                   metadata is NULL, or
 //! 0x01 ‖ 32 bytes SHA-256(metadata jsonb text)
 //! i64 created_at                         microseconds since 1970-01-01 UTC
+//! 0x00                                   no tenant, or           (format 2 only)
+//! 0x01 ‖ u32 length ‖ tenant_id          UTF-8                   (format 2 only)
 //! ```
 //!
-//! Payload and metadata enter through their digests, so a stream whose
-//! payloads are erased on request can still prove its chain from the digests.
+//! Format 1 (events written before 0.4.0) ends after `created_at`. The format
+//! byte is hashed, so a checksum is valid under one format only: a verifier
+//! may try both. Payload and metadata enter through their digests, so a
+//! stream whose payloads are erased on request can still prove its chain from
+//! the digests. Positions are not covered: moving a partition to another node
+//! renumbers them (README, "A router over several nodes").
+//!
+//! A soft or hard delete seals the stream with a tombstone link,
+//! `SHA-256(tombstone encoding ‖ last checksum)`, kept in the stream row:
+//!
+//! ```text
+//! 0x80                                   a tombstone
+//! u32 length ‖ stream_id
+//! i64 version                            the stream's last version
+//! 0x00 | 0x01 ‖ u32 length ‖ tenant_id
+//! i64 deleted_at                         microseconds since 1970-01-01 UTC
+//! 0x00 | 0x01 ‖ u32 length ‖ deleted_by  the deleting role
+//! ```
 
 use sha2::{Digest, Sha256};
 
@@ -24,8 +41,8 @@ use sha2::{Digest, Sha256};
 pub const CHECKSUM_LEN: usize = 32;
 /// The "previous checksum" of version 1.
 pub const GENESIS: [u8; CHECKSUM_LEN] = [0; CHECKSUM_LEN];
-/// The encoding format this module writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The first byte of a tombstone's encoding.
+pub const TOMBSTONE: u8 = 0x80;
 /// PostgreSQL counts timestamps from 2000-01-01; Unix from 1970-01-01.
 pub const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800_000_000;
 
@@ -42,6 +59,37 @@ pub struct EventFields<'a> {
     pub metadata: Option<Body<'a>>,
     /// Microseconds since 1970-01-01 UTC.
     pub created_at_unix_micros: i64,
+    /// The stream's tenant (format 2 covers it).
+    pub tenant: Option<&'a str>,
+}
+
+/// An encoding format of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Before 0.4.0: no tenant.
+    V1 = 1,
+    /// Since 0.4.0: the tenant too. What appends write.
+    V2 = 2,
+}
+
+impl Format {
+    /// The other format: what a verifier tries when one does not fit.
+    pub fn other(self) -> Format {
+        match self {
+            Format::V1 => Format::V2,
+            Format::V2 => Format::V1,
+        }
+    }
+}
+
+/// The fields of a tombstone that its link covers.
+#[derive(Debug, Clone, Copy)]
+pub struct TombstoneFields<'a> {
+    pub stream_id: &'a str,
+    pub version: i64,
+    pub tenant: Option<&'a str>,
+    pub deleted_at_unix_micros: i64,
+    pub deleted_by: Option<&'a str>,
 }
 
 /// A payload or metadata as the chain sees it: the jsonb text, or (after a
@@ -90,8 +138,18 @@ fn put_text(sink: &mut impl Sink, text: &str) {
     sink.put(text.as_bytes());
 }
 
-fn encode_into(sink: &mut impl Sink, event: &EventFields) {
-    sink.put(&[FORMAT_VERSION]);
+fn put_optional_text(sink: &mut impl Sink, text: Option<&str>) {
+    match text {
+        None => sink.put(&[0]),
+        Some(text) => {
+            sink.put(&[1]);
+            put_text(sink, text);
+        }
+    }
+}
+
+fn encode_into(sink: &mut impl Sink, format: Format, event: &EventFields) {
+    sink.put(&[format as u8]);
     put_text(sink, event.stream_id);
     sink.put(&event.version.to_be_bytes());
     put_text(sink, event.event_type);
@@ -105,19 +163,59 @@ fn encode_into(sink: &mut impl Sink, event: &EventFields) {
         }
     }
     sink.put(&event.created_at_unix_micros.to_be_bytes());
+    if format == Format::V2 {
+        put_optional_text(sink, event.tenant);
+    }
 }
 
-/// The canonical encoding of `event`, as documented above.
-pub fn encode(event: &EventFields) -> Vec<u8> {
+/// The canonical encoding of `event` in `format`, as documented above.
+pub fn encode(format: Format, event: &EventFields) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    encode_into(&mut out, event);
+    encode_into(&mut out, format, event);
     out
 }
 
-/// The checksum of `event` chained to `previous`.
+/// The checksum of `event` chained to `previous`, as appends write it (format 2).
 pub fn checksum(event: &EventFields, previous: &[u8; CHECKSUM_LEN]) -> [u8; CHECKSUM_LEN] {
+    checksum_in(Format::V2, event, previous)
+}
+
+/// The checksum of `event` in `format` chained to `previous`.
+pub fn checksum_in(
+    format: Format,
+    event: &EventFields,
+    previous: &[u8; CHECKSUM_LEN],
+) -> [u8; CHECKSUM_LEN] {
     let mut hasher = Sha256::new();
-    encode_into(&mut hasher, event);
+    encode_into(&mut hasher, format, event);
+    hasher.update(previous);
+    hasher.finalize().into()
+}
+
+/// The encoding of a tombstone, as documented above.
+pub fn encode_tombstone(tombstone: &TombstoneFields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    encode_tombstone_into(&mut out, tombstone);
+    out
+}
+
+fn encode_tombstone_into(sink: &mut impl Sink, t: &TombstoneFields) {
+    sink.put(&[TOMBSTONE]);
+    put_text(sink, t.stream_id);
+    sink.put(&t.version.to_be_bytes());
+    put_optional_text(sink, t.tenant);
+    sink.put(&t.deleted_at_unix_micros.to_be_bytes());
+    put_optional_text(sink, t.deleted_by);
+}
+
+/// The tombstone's link, chained to the stream's last checksum (`previous`,
+/// 32 zero bytes for a stream without events).
+pub fn tombstone_checksum(
+    tombstone: &TombstoneFields,
+    previous: &[u8; CHECKSUM_LEN],
+) -> [u8; CHECKSUM_LEN] {
+    let mut hasher = Sha256::new();
+    encode_tombstone_into(&mut hasher, tombstone);
     hasher.update(previous);
     hasher.finalize().into()
 }
@@ -148,21 +246,71 @@ mod tests {
             metadata: None,
             // 2026-01-01 00:00:00 UTC
             created_at_unix_micros: 1_767_225_600_000_000,
+            tenant: None,
         }
     }
 
-    /// The README's worked example; `scripts/verify_checksum.py` recomputes it.
+    /// The README's worked examples; `scripts/audit_checksums.py --self-test`
+    /// recomputes them.
     #[test]
-    fn test_vector() {
+    fn test_vectors() {
         let event = sample();
-        let encoding = encode(&event);
+        let encoding = encode(Format::V1, &event);
         assert_eq!(encoding.len(), 1 + 4 + 7 + 8 + 4 + 11 + 16 + 32 + 1 + 8);
         assert_eq!(
-            hex(&checksum(&event, &GENESIS)),
+            hex(&checksum_in(Format::V1, &event, &GENESIS)),
             "205e6ad34393386b772f1c2bed4f777b9309d9093d5ca47f74a5299f50659aa7",
             "encoding was {}",
             hex(&encoding)
         );
+        assert_eq!(
+            hex(&checksum(&event, &GENESIS)),
+            "f58dddc5b320835bd05215a1a5af620e6ab2505c620cd95bbb18cbb083b52575"
+        );
+        let acme = EventFields {
+            tenant: Some("acme"),
+            ..event
+        };
+        assert_eq!(encode(Format::V2, &acme).len(), 93 + 4 + 4);
+        let first = checksum(&acme, &GENESIS);
+        assert_eq!(
+            hex(&first),
+            "4b2875adce265dc70bc3e9ebf503f3bfafda7a767add6e8999fda62c4816e46a"
+        );
+        let tombstone = TombstoneFields {
+            stream_id: "order-1",
+            version: 1,
+            tenant: Some("acme"),
+            // 2026-01-01 01:00:00 UTC
+            deleted_at_unix_micros: 1_767_229_200_000_000,
+            deleted_by: Some("app"),
+        };
+        assert_eq!(
+            hex(&encode_tombstone(&tombstone)),
+            "80000000076f726465722d310000000000000001010000000461636d65000647491cb3e4000100000003617070"
+        );
+        assert_eq!(
+            hex(&tombstone_checksum(&tombstone, &first)),
+            "f185a8b3ceafb129c892e91df284e6f5a9f959fb934c6e9f4fa391e9299d0518"
+        );
+    }
+
+    /// A checksum fits one format only, and format 1 ignores the tenant.
+    #[test]
+    fn formats_are_told_apart_by_their_checksums() {
+        let event = sample();
+        let v1 = checksum_in(Format::V1, &event, &GENESIS);
+        assert_ne!(v1, checksum_in(Format::V2, &event, &GENESIS));
+        let acme = EventFields {
+            tenant: Some("acme"),
+            ..event
+        };
+        assert_eq!(v1, checksum_in(Format::V1, &acme, &GENESIS));
+        assert_ne!(
+            checksum_in(Format::V2, &acme, &GENESIS),
+            checksum_in(Format::V2, &event, &GENESIS)
+        );
+        assert_eq!(Format::V1.other(), Format::V2);
     }
 
     /// A hard delete keeps the digests: the chain still verifies.
@@ -208,6 +356,9 @@ mod tests {
         let mut e = sample();
         e.created_at_unix_micros += 1;
         variants.push(e);
+        let mut e = sample();
+        e.tenant = Some("acme");
+        variants.push(e);
         for variant in &variants {
             assert_ne!(checksum(variant, &GENESIS), base, "{variant:?}");
         }
@@ -226,7 +377,7 @@ mod tests {
         let mut b = sample();
         b.stream_id = "a";
         b.event_type = "bc";
-        assert_ne!(encode(&a), encode(&b));
+        assert_ne!(encode(Format::V2, &a), encode(Format::V2, &b));
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn plan<'a>(
                             payload: Body::Text(&event.payload),
                             metadata: event.metadata.as_deref().map(Body::Text),
                             created_at_unix_micros: created_at,
+                            tenant: request.tenant,
                         },
                         &previous,
                     );

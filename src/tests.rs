@@ -575,6 +575,7 @@ mod tests {
                     payload: Body::Text(&payload),
                     metadata: metadata.as_deref().map(Body::Text),
                     created_at_unix_micros: row.get(7).unwrap().unwrap(),
+                    tenant: None,
                 };
                 let expected = checksum::checksum(&fields, &previous);
                 assert_eq!(
@@ -700,10 +701,16 @@ mod tests {
             assert_damage(&format!("tamper/{name}"), *version, words);
         }
 
-        // verify_all reports each damaged stream once, at the same version.
+        // verify_all reports each damaged stream once, at the same version,
+        // and the registry rows that no longer point at their event: those of
+        // the two removed events, the changed id and the two exchanged ones.
         let reported: String = one(
             "SELECT string_agg(format('%s@%s', stream_id, first_bad_version), ' ')
-             FROM allsource.verify_all()",
+             FROM allsource.verify_all() WHERE stream_id IS NOT NULL",
+        );
+        assert_eq!(
+            one::<String>("SELECT problem FROM allsource.verify_all() WHERE stream_id IS NULL"),
+            "5 rows of allsource.event_ids point at no event with their id: those ids are refused as if used"
         );
         let mut reported: Vec<&str> = reported.split(' ').collect();
         reported.sort();

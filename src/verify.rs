@@ -3,7 +3,10 @@
 //! diagnosis. Pure Rust, so the detection logic is property-tested without
 //! PostgreSQL; `sql/verify.rs` feeds it from the tables.
 
-use crate::checksum::{checksum, Body, EventFields, CHECKSUM_LEN, GENESIS};
+use crate::checksum::{
+    checksum_in, tombstone_checksum, Body, EventFields, Format, TombstoneFields, CHECKSUM_LEN,
+    GENESIS,
+};
 use std::collections::VecDeque;
 
 /// Rows kept before and read after a failure to tell what happened.
@@ -13,8 +16,10 @@ pub const DIAGNOSIS_WINDOW: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
     pub version: i64,
+    pub position: i64,
     pub event_type: String,
     pub event_id: [u8; 16],
+    pub tenant: Option<String>,
     /// `payload::text`
     pub payload: String,
     /// `metadata::text`
@@ -23,6 +28,17 @@ pub struct EventRow {
     pub erased: Option<ErasedDigests>,
     pub created_at_unix_micros: i64,
     pub checksum: Vec<u8>,
+    /// What `allsource.event_ids` says of the event's id.
+    pub registered: Registered,
+}
+
+/// Whether `allsource.event_ids` holds an event's id, pointing at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Yes,
+    Missing,
+    /// The id's row points at another partition or position.
+    Elsewhere,
 }
 
 /// What `allsource.erased_events` keeps of an erased event.
@@ -52,15 +68,78 @@ impl EventRow {
             payload,
             metadata,
             created_at_unix_micros: self.created_at_unix_micros,
+            tenant: self.tenant.as_deref(),
         }
+    }
+
+    /// Whether this row, taken as `version` after `link`, has `checksum`
+    /// under either format.
+    fn fits(
+        &self,
+        stream_id: &str,
+        version: i64,
+        link: &[u8; CHECKSUM_LEN],
+        checksum: &[u8],
+    ) -> bool {
+        let fields = self.fields(stream_id, version);
+        [Format::V2, Format::V1]
+            .into_iter()
+            .any(|format| checksum_in(format, &fields, link)[..] == checksum[..])
     }
 }
 
-/// The stream row: its version and last checksum.
+/// The stream row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRow {
     pub version: i64,
     pub last_checksum: Option<Vec<u8>>,
+    pub tenant: Option<String>,
+    /// `deleted_at` and `deleted_by`, when the stream is deleted.
+    pub deletion: Option<Deletion>,
+    /// `erased_at` is set.
+    pub erased: bool,
+    /// The tombstone's link, which `delete_stream` chains to the last checksum.
+    pub tombstone_checksum: Option<Vec<u8>>,
+}
+
+/// A tombstone as the stream row records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub at_unix_micros: i64,
+    pub by: Option<String>,
+}
+
+impl StreamRow {
+    /// A live stream's row.
+    pub fn live(version: i64, last_checksum: Option<Vec<u8>>, tenant: Option<String>) -> Self {
+        StreamRow {
+            version,
+            last_checksum,
+            tenant,
+            deletion: None,
+            erased: false,
+            tombstone_checksum: None,
+        }
+    }
+
+    /// The tombstone link a deletion of this stream, after `previous`, comes to.
+    pub fn expected_tombstone(
+        &self,
+        stream_id: &str,
+        deletion: &Deletion,
+        previous: &[u8; CHECKSUM_LEN],
+    ) -> [u8; CHECKSUM_LEN] {
+        tombstone_checksum(
+            &TombstoneFields {
+                stream_id,
+                version: self.version,
+                tenant: self.tenant.as_deref(),
+                deleted_at_unix_micros: deletion.at_unix_micros,
+                deleted_by: deletion.by.as_deref(),
+            },
+            previous,
+        )
+    }
 }
 
 /// The outcome for one stream.
@@ -83,11 +162,12 @@ impl Verdict {
         }
     }
 
-    fn bad(events_checked: i64, version: i64, problem: String) -> Verdict {
+    /// Damage at `version`, or (`None`) in the stream row or store only.
+    pub fn bad(events_checked: i64, version: Option<i64>, problem: String) -> Verdict {
         Verdict {
             ok: false,
             events_checked,
-            first_bad_version: Some(version),
+            first_bad_version: version,
             problem: Some(problem),
         }
     }
@@ -109,6 +189,11 @@ enum State {
         expected: i64,
         found: i64,
     },
+    /// A row that breaks a rule the chain does not express.
+    Found {
+        version: i64,
+        problem: String,
+    },
     Mismatch(Box<Mismatch>),
 }
 
@@ -116,29 +201,45 @@ enum State {
 /// true, then ask [`finish`](Self::finish) for the verdict.
 pub struct StreamVerifier<'a> {
     stream_id: &'a str,
+    /// The stream row, `None` if it is missing.
+    stream: Option<&'a StreamRow>,
     previous: [u8; CHECKSUM_LEN],
+    /// The format of the last event: the next one most likely has it too.
+    format: Format,
     next_version: i64,
+    last_position: Option<i64>,
     checked: i64,
     before: VecDeque<EventRow>,
     state: State,
+    /// An anchor's version, and the checksum found there once verified.
+    watch: Option<(i64, Option<[u8; CHECKSUM_LEN]>)>,
 }
 
 impl<'a> StreamVerifier<'a> {
-    pub fn new(stream_id: &'a str) -> Self {
+    pub fn new(stream_id: &'a str, stream: Option<&'a StreamRow>) -> Self {
         StreamVerifier {
             stream_id,
+            stream,
             previous: GENESIS,
+            format: Format::V2,
             next_version: 1,
+            last_position: None,
             checked: 0,
             before: VecDeque::with_capacity(DIAGNOSIS_WINDOW),
             state: State::Checking,
+            watch: None,
         }
+    }
+
+    /// Remembers the verified checksum of `version`, for [`finish_against`](Self::finish_against).
+    pub fn watch(&mut self, version: i64) {
+        self.watch = Some((version, None));
     }
 
     /// Takes the next row in version order; false once no more rows are needed.
     pub fn push(&mut self, row: EventRow) -> bool {
         match &mut self.state {
-            State::Gap { .. } => false,
+            State::Gap { .. } | State::Found { .. } => false,
             State::Mismatch(mismatch) => {
                 mismatch.after.push(row);
                 mismatch.after.len() < DIAGNOSIS_WINDOW
@@ -152,8 +253,7 @@ impl<'a> StreamVerifier<'a> {
                     };
                     return false;
                 }
-                let expected = checksum(&row.fields(self.stream_id, row.version), &self.previous);
-                if row.checksum != expected {
+                let Some(link) = self.link(&row) else {
                     self.state = State::Mismatch(Box::new(Mismatch {
                         row,
                         previous: self.previous,
@@ -161,9 +261,24 @@ impl<'a> StreamVerifier<'a> {
                         copied_from: None,
                     }));
                     return true;
+                };
+                // After the chain: a changed event says "content changed"
+                // rather than what follows from it (its id unregistered, say).
+                if let Some(problem) = self.breaks_a_rule(&row) {
+                    self.state = State::Found {
+                        version: row.version,
+                        problem,
+                    };
+                    return false;
                 }
-                self.previous = expected;
+                if let Some((version, found)) = &mut self.watch {
+                    if *version == row.version {
+                        *found = Some(link);
+                    }
+                }
+                self.previous = link;
                 self.next_version += 1;
+                self.last_position = Some(row.position);
                 if self.before.len() == DIAGNOSIS_WINDOW {
                     self.before.pop_front();
                 }
@@ -171,6 +286,69 @@ impl<'a> StreamVerifier<'a> {
                 true
             }
         }
+    }
+
+    /// The row's checksum if it is its chain link (in either format).
+    fn link(&mut self, row: &EventRow) -> Option<[u8; CHECKSUM_LEN]> {
+        let fields = row.fields(self.stream_id, row.version);
+        for format in [self.format, self.format.other()] {
+            let link = checksum_in(format, &fields, &self.previous);
+            if row.checksum[..] == link[..] {
+                self.format = format;
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    /// What the chain does not say but must hold: positions rise with
+    /// versions, the event is its stream's tenant's, its id is registered,
+    /// and erased digests stand in only for content really erased.
+    fn breaks_a_rule(&self, row: &EventRow) -> Option<String> {
+        let v = row.version;
+        if let Some(previous) = self.last_position.filter(|&p| row.position <= p) {
+            return Some(format!(
+                "version {v}'s position {} is not after version {}'s position {previous}: the events' order was changed",
+                row.position,
+                v - 1
+            ));
+        }
+        // Names no tenant: the caller may be of either.
+        if self.stream.is_some_and(|s| s.tenant != row.tenant) {
+            return Some(format!(
+                "version {v} is of another tenant than its stream row: a stream or its events were moved between tenants"
+            ));
+        }
+        let id = uuid::Uuid::from_bytes(row.event_id);
+        match row.registered {
+            Registered::Yes => {}
+            Registered::Missing => {
+                return Some(format!(
+                    "version {v}'s event id {id} is missing from allsource.event_ids, so it could be appended again"
+                ))
+            }
+            Registered::Elsewhere => {
+                return Some(format!(
+                    "allsource.event_ids maps version {v}'s event id {id} to another event"
+                ))
+            }
+        }
+        if row.erased.is_some() {
+            let stream_erased = self
+                .stream
+                .is_some_and(|s| s.erased && s.deletion.is_some());
+            if !stream_erased {
+                return Some(format!(
+                    "version {v} has erased digests in allsource.erased_events, but its stream was not erased"
+                ));
+            }
+            if row.payload != "null" || row.metadata.is_some() {
+                return Some(format!(
+                    "version {v} has erased digests in allsource.erased_events, but its payload or metadata is not erased"
+                ));
+            }
+        }
+        None
     }
 
     /// The checksum that failed to verify, if any: the caller may look for it
@@ -189,57 +367,133 @@ impl<'a> StreamVerifier<'a> {
         }
     }
 
-    /// The verdict, given the stream row (`None` if it is missing).
-    pub fn finish(self, stream: Option<&StreamRow>) -> Verdict {
+    /// The verdict.
+    pub fn finish(self) -> Verdict {
         let checked = self.checked;
+        let stream = self.stream;
         match self.state {
             State::Gap { expected, found } if found > expected => Verdict::bad(
                 checked,
-                expected,
+                Some(expected),
                 format!("version {expected} is missing (the next event found is version {found})"),
             ),
             State::Gap { expected, found } => Verdict::bad(
                 checked,
-                expected,
+                Some(expected),
                 format!("version {found} appears again where version {expected} belongs"),
             ),
+            State::Found { version, problem } => Verdict::bad(checked, Some(version), problem),
             State::Mismatch(mismatch) => {
                 let version = mismatch.row.version;
                 let problem = diagnose(self.stream_id, &mismatch, &self.before, stream);
-                Verdict::bad(checked, version, problem)
+                Verdict::bad(checked, Some(version), problem)
             }
             State::Checking => {
                 let last = self.next_version - 1;
-                match stream {
-                    None if checked == 0 => Verdict::sound(0),
-                    None => Verdict::bad(
+                let Some(head) = stream else {
+                    return if checked == 0 {
+                        Verdict::sound(0)
+                    } else {
+                        Verdict::bad(
+                            checked,
+                            Some(1),
+                            "events exist but the stream row is missing".into(),
+                        )
+                    };
+                };
+                if head.version != last {
+                    return Verdict::bad(
                         checked,
-                        1,
-                        "events exist but the stream row is missing".into(),
-                    ),
-                    Some(head) if head.version != last => Verdict::bad(
-                        checked,
-                        head.version.min(last) + 1,
+                        Some(head.version.min(last) + 1),
                         format!(
                             "the stream row says version {}, but the events end at version {last}",
                             head.version
                         ),
-                    ),
-                    Some(head)
-                        if last > 0
-                            && head.last_checksum.as_deref() != Some(&self.previous[..]) =>
-                    {
-                        Verdict::bad(
-                            checked,
-                            last,
-                            format!("the stream row's last checksum does not match version {last}"),
-                        )
-                    }
-                    Some(_) => Verdict::sound(checked),
+                    );
+                }
+                let last_checksum = head.last_checksum.as_deref();
+                if (last > 0 && last_checksum != Some(&self.previous[..]))
+                    || (last == 0 && last_checksum.is_some())
+                {
+                    return Verdict::bad(
+                        checked,
+                        Some(last.max(1)),
+                        format!("the stream row's last checksum does not match version {last}"),
+                    );
+                }
+                match tombstone_problem(self.stream_id, head, &self.previous) {
+                    Some(problem) => Verdict::bad(checked, None, problem),
+                    None => Verdict::sound(checked),
                 }
             }
         }
     }
+
+    /// The verdict, and whether the stream still holds an anchor someone
+    /// recorded: `checksum` at `version` (an event's checksum, or the
+    /// stream's tombstone when `version` is its last). Call
+    /// [`watch`](Self::watch)`(version)` before pushing rows.
+    pub fn finish_against(self, version: i64, checksum: &[u8]) -> Verdict {
+        let found = self
+            .watch
+            .and_then(|(watched, found)| found.filter(|_| watched == version));
+        let stream = self.stream;
+        let verdict = self.finish();
+        if !verdict.ok {
+            return verdict;
+        }
+        let (head_version, tombstone) =
+            stream.map_or((0, None), |s| (s.version, s.tombstone_checksum.as_deref()));
+        if version > head_version {
+            return Verdict::bad(
+                verdict.events_checked,
+                Some(head_version + 1),
+                format!(
+                    "the stream ends at version {head_version}, before the anchor's version {version}: events were removed from its tail"
+                ),
+            );
+        }
+        let holds = found.is_some_and(|found| found[..] == checksum[..])
+            || (version == head_version && tombstone == Some(checksum));
+        if holds {
+            verdict
+        } else {
+            Verdict::bad(
+                verdict.events_checked,
+                Some(version.max(1)),
+                format!(
+                    "version {version} no longer has the anchor's checksum: the stream was rewritten from there on (or its tombstone removed), or the anchor is not this stream's"
+                ),
+            )
+        }
+    }
+}
+
+/// Whether the stream row's tombstone is the one `delete_stream` sealed.
+fn tombstone_problem(
+    stream_id: &str,
+    head: &StreamRow,
+    previous: &[u8; CHECKSUM_LEN],
+) -> Option<String> {
+    let problem = match (&head.deletion, head.tombstone_checksum.as_deref()) {
+        (None, None) if head.erased => {
+            "the stream row says it was erased but not deleted: its tombstone was removed"
+        }
+        (None, None) => return None,
+        (Some(deletion), Some(sealed)) => {
+            if head.expected_tombstone(stream_id, deletion, previous)[..] == sealed[..] {
+                return None;
+            }
+            "the tombstone does not match the stream row: its deletion time, role, tenant or version was changed"
+        }
+        (Some(_), None) => {
+            "the stream row says it was deleted, but has no tombstone checksum: it was not deleted by delete_stream"
+        }
+        (None, Some(_)) => {
+            "the stream row has a tombstone checksum but says it is not deleted: a deleted stream was brought back"
+        }
+    };
+    Some(problem.to_string())
 }
 
 /// Tells what most likely happened at a version whose checksum failed.
@@ -257,7 +511,7 @@ fn diagnose(
 
     // Another event's content, hashed as version k, gives k's checksum: contents were exchanged.
     for other in &neighbours {
-        if checksum(&other.fields(stream_id, k), &m.previous)[..] == m.row.checksum[..] {
+        if other.fits(stream_id, k, &m.previous, &m.row.checksum) {
             return format!(
                 "version {k} holds the content of version {}: events were swapped",
                 other.version
@@ -275,7 +529,7 @@ fn diagnose(
             let Ok(link) = <[u8; CHECKSUM_LEN]>::try_from(*link) else {
                 continue;
             };
-            if checksum(&m.row.fields(stream_id, candidate), &link)[..] == m.row.checksum[..] {
+            if m.row.fits(stream_id, candidate, &link, &m.row.checksum) {
                 return format!(
                     "the event at version {k} was written as version {candidate}: events were swapped or reordered"
                 );
@@ -285,16 +539,14 @@ fn diagnose(
     // The checksum is genuine if what comes after still chains to it: then the content changed.
     let next_link_holds = match m.after.first() {
         Some(next) if next.version == k + 1 => <[u8; CHECKSUM_LEN]>::try_from(&m.row.checksum[..])
-            .is_ok_and(|link| {
-                checksum(&next.fields(stream_id, k + 1), &link)[..] == next.checksum[..]
-            }),
+            .is_ok_and(|link| next.fits(stream_id, k + 1, &link, &next.checksum)),
         Some(_) => false,
         None => stream.is_some_and(|s| {
             s.version == k && s.last_checksum.as_deref() == Some(&m.row.checksum[..])
         }),
     };
     if next_link_holds {
-        format!("the content of version {k} was changed: its type, event id, payload, metadata or created_at no longer match its checksum")
+        format!("the content of version {k} was changed: its type, event id, payload, metadata, created_at or tenant no longer match its checksum")
     } else {
         format!("the checksum of version {k} does not match its event or its chain: the checksum was changed")
     }
@@ -308,34 +560,68 @@ mod tests {
 
     const STREAM: &str = "order-1";
 
-    /// A sound stream of `n` events with distinct content.
+    /// A sound stream of `n` events with distinct content: the first third
+    /// in format 1 (written before 0.4.0), the rest in format 2.
     fn stream_of(n: i64) -> (Vec<EventRow>, StreamRow) {
         let mut previous = GENESIS;
         let mut rows = vec![];
         for version in 1..=n {
             let mut row = EventRow {
                 version,
+                position: version * 10,
                 event_type: format!("Type{}", version % 3),
                 event_id: (version as u128 * 7919).to_be_bytes(),
+                tenant: None,
                 payload: format!(r#"{{"n": {version}}}"#),
                 metadata: (version % 2 == 0).then(|| format!(r#"{{"m": {version}}}"#)),
                 created_at_unix_micros: 1_767_225_600_000_000 + version / 3,
                 checksum: vec![],
                 erased: None,
+                registered: Registered::Yes,
             };
-            previous = checksum(&row.fields(STREAM, version), &previous);
+            let format = if version <= n / 3 {
+                Format::V1
+            } else {
+                Format::V2
+            };
+            previous = checksum_in(format, &row.fields(STREAM, version), &previous);
             row.checksum = previous.to_vec();
             rows.push(row);
         }
-        let head = StreamRow {
-            version: n,
-            last_checksum: (n > 0).then(|| previous.to_vec()),
-        };
+        let head = StreamRow::live(n, (n > 0).then(|| previous.to_vec()), None);
         (rows, head)
     }
 
-    fn verify(rows: &[EventRow], head: Option<&StreamRow>) -> Verdict {
-        let mut verifier = StreamVerifier::new(STREAM);
+    /// `head` deleted (and erased) by delete_stream: its tombstone sealed.
+    fn deleted(head: &StreamRow, erased: bool) -> StreamRow {
+        let deletion = Deletion {
+            at_unix_micros: 1_767_229_200_000_000,
+            by: Some("app".into()),
+        };
+        let previous = head
+            .last_checksum
+            .as_deref()
+            .map_or(GENESIS, |c| c.try_into().unwrap());
+        StreamRow {
+            tombstone_checksum: Some(
+                head.expected_tombstone(STREAM, &deletion, &previous)
+                    .to_vec(),
+            ),
+            deletion: Some(deletion),
+            erased,
+            ..head.clone()
+        }
+    }
+
+    fn verifier<'a>(
+        rows: &[EventRow],
+        head: Option<&'a StreamRow>,
+        watch: Option<i64>,
+    ) -> StreamVerifier<'a> {
+        let mut verifier = StreamVerifier::new(STREAM, head);
+        if let Some(version) = watch {
+            verifier.watch(version);
+        }
         for row in rows {
             if !verifier.push(row.clone()) {
                 break;
@@ -349,12 +635,20 @@ mod tests {
         if let Some(source) = copy_of {
             verifier.copied_from(source);
         }
-        verifier.finish(head)
+        verifier
+    }
+
+    fn verify(rows: &[EventRow], head: Option<&StreamRow>) -> Verdict {
+        verifier(rows, head, None).finish()
     }
 
     fn assert_bad(verdict: &Verdict, version: i64, words: &str) {
+        assert_bad_at(verdict, Some(version), words);
+    }
+
+    fn assert_bad_at(verdict: &Verdict, version: Option<i64>, words: &str) {
         assert!(!verdict.ok, "{verdict:?}");
-        assert_eq!(verdict.first_bad_version, Some(version), "{verdict:?}");
+        assert_eq!(verdict.first_bad_version, version, "{verdict:?}");
         let problem = verdict.problem.as_deref().unwrap();
         assert!(
             problem.contains(words),
@@ -380,10 +674,158 @@ mod tests {
     #[test]
     fn an_erased_stream_still_verifies_and_a_wrong_digest_does_not() {
         let (rows, head) = stream_of(6);
+        let head = deleted(&head, true);
         let mut erased = erase(&rows);
         assert!(verify(&erased, Some(&head)).ok);
         erased[3].erased.as_mut().unwrap().payload[0] ^= 1;
         assert_bad(&verify(&erased, Some(&head)), 4, "");
+    }
+
+    /// Digests stand in for content only where a hard delete erased it.
+    #[test]
+    fn digests_of_live_content_are_found() {
+        let (rows, head) = stream_of(6);
+        // The digests of version 3's content, then another content.
+        let mut forged = rows.clone();
+        forged[2].erased = erase(&rows)[2].erased.clone();
+        forged[2].payload = r#"{"n": -3}"#.into();
+        assert_bad(
+            &verify(&forged, Some(&head)),
+            3,
+            "its stream was not erased",
+        );
+        // The same in a stream only soft-deleted.
+        assert_bad(
+            &verify(&forged, Some(&deleted(&head, false))),
+            3,
+            "not erased",
+        );
+        // An erased stream whose event got a content back.
+        let mut revived = erase(&rows);
+        revived[4].payload = rows[4].payload.clone();
+        assert_bad(
+            &verify(&revived, Some(&deleted(&head, true))),
+            5,
+            "payload or metadata is not erased",
+        );
+    }
+
+    #[test]
+    fn positions_must_rise_with_versions() {
+        let (mut rows, head) = stream_of(6);
+        rows[3].position = rows[1].position;
+        assert_bad(&verify(&rows, Some(&head)), 4, "position");
+    }
+
+    #[test]
+    fn tenants_are_checked_and_covered() {
+        let (mut rows, mut head) = stream_of(6);
+        head.tenant = Some("acme".into());
+        assert_bad(&verify(&rows, Some(&head)), 1, "another tenant");
+        // Everything moved to another tenant: format 2 events no longer verify.
+        for row in &mut rows {
+            row.tenant = Some("acme".into());
+        }
+        assert_bad(&verify(&rows, Some(&head)), 3, "");
+        // Format 1 events do not cover the tenant: only the stream row's is checked.
+        assert!(
+            verify(
+                &rows[..2],
+                Some(&StreamRow {
+                    version: 2,
+                    last_checksum: Some(rows[1].checksum.clone()),
+                    ..head.clone()
+                })
+            )
+            .ok
+        );
+    }
+
+    #[test]
+    fn the_event_id_registry_is_checked() {
+        let (mut rows, head) = stream_of(6);
+        rows[1].registered = Registered::Missing;
+        assert_bad(
+            &verify(&rows, Some(&head)),
+            2,
+            "missing from allsource.event_ids",
+        );
+        rows[1].registered = Registered::Yes;
+        rows[5].registered = Registered::Elsewhere;
+        assert_bad(&verify(&rows, Some(&head)), 6, "maps version 6's event id");
+    }
+
+    #[test]
+    fn tombstones_are_sealed() {
+        for n in [0, 1, 5] {
+            let (rows, head) = stream_of(n);
+            let gone = deleted(&head, false);
+            assert!(verify(&rows, Some(&gone)).ok, "{n}");
+            // Brought back: deleted_at cleared.
+            let back = StreamRow {
+                deletion: None,
+                ..gone.clone()
+            };
+            assert_bad_at(&verify(&rows, Some(&back)), None, "brought back");
+            // Deleted by hand, without a tombstone.
+            let forged = StreamRow {
+                tombstone_checksum: None,
+                ..gone.clone()
+            };
+            assert_bad_at(
+                &verify(&rows, Some(&forged)),
+                None,
+                "not deleted by delete_stream",
+            );
+            // Its time or role changed.
+            let mut changed = gone.clone();
+            changed.deletion.as_mut().unwrap().by = Some("mallory".into());
+            assert_bad_at(
+                &verify(&rows, Some(&changed)),
+                None,
+                "tombstone does not match",
+            );
+            // Erased, its tombstone removed entirely.
+            let erased = StreamRow {
+                deletion: None,
+                tombstone_checksum: None,
+                ..deleted(&head, true)
+            };
+            assert_bad_at(
+                &verify(&rows, Some(&erased)),
+                None,
+                "erased but not deleted",
+            );
+        }
+    }
+
+    #[test]
+    fn anchors_catch_a_truncated_tail_and_a_removed_tombstone() {
+        let (rows, head) = stream_of(6);
+        let anchor = |rows: &[EventRow], head: &StreamRow, version: i64, checksum: &[u8]| {
+            verifier(rows, Some(head), Some(version)).finish_against(version, checksum)
+        };
+        assert!(anchor(&rows, &head, 6, &rows[5].checksum).ok);
+        assert!(anchor(&rows, &head, 2, &rows[1].checksum).ok);
+        // The tail cut off and the stream row set back: sound by itself, not against the anchor.
+        let cut = StreamRow::live(5, Some(rows[4].checksum.clone()), None);
+        assert!(verify(&rows[..5], Some(&cut)).ok);
+        assert_bad(
+            &anchor(&rows[..5], &cut, 6, &rows[5].checksum),
+            6,
+            "ends at version 5",
+        );
+        assert!(anchor(&rows[..5], &cut, 4, &rows[3].checksum).ok);
+        assert_bad(
+            &anchor(&rows, &head, 4, &rows[2].checksum),
+            4,
+            "no longer has the anchor's checksum",
+        );
+        // A deleted stream's head is its tombstone; removing the tombstone breaks it.
+        let gone = deleted(&head, false);
+        let tombstone = gone.tombstone_checksum.clone().unwrap();
+        assert!(anchor(&rows, &gone, 6, &tombstone).ok);
+        assert_bad(&anchor(&rows, &head, 6, &tombstone), 6, "tombstone removed");
     }
 
     #[test]
@@ -515,13 +957,7 @@ mod tests {
         );
         assert_bad(&verify(&rows, None), 1, "stream row is missing");
         assert_bad(
-            &verify(
-                &[],
-                Some(&StreamRow {
-                    version: 2,
-                    last_checksum: None,
-                }),
-            ),
+            &verify(&[], Some(&StreamRow::live(2, None, None))),
             1,
             "says version 2",
         );

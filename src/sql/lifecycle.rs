@@ -2,12 +2,15 @@
 //! (`load_snapshot` is SQL, in sql/finalize.sql).
 //!
 //! A soft delete leaves a tombstone: the stream row keeps its version and
-//! says when and by whom. A hard delete also erases every event's payload
-//! and metadata; what the hash chain covers of them, their SHA-256 digests,
-//! moves to `allsource.erased_events`, so `verify_*` still proves the chain
-//! and reports the stream as erased.
+//! says when and by whom, sealed into the hash chain (`tombstone_checksum`).
+//! A hard delete also erases every event's payload and metadata; what the
+//! hash chain covers of them, their SHA-256 digests, moves to
+//! `allsource.erased_events`, so `verify_*` still proves the chain and
+//! reports the stream as erased.
 
-use crate::checksum::digest;
+use crate::checksum::{
+    digest, tombstone_checksum, unix_micros_from_postgres, TombstoneFields, CHECKSUM_LEN, GENESIS,
+};
 use crate::error::{Error, Result};
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
@@ -26,6 +29,7 @@ const CHUNK: i64 = 1000;
 struct Stream {
     partition_id: i32,
     version: i64,
+    last_checksum: Option<Vec<u8>>,
     tenant: Option<String>,
     deleted: bool,
     erased: bool,
@@ -39,7 +43,7 @@ fn lock_stream(
     tenant: Option<&str>,
 ) -> Result<Option<Stream>> {
     let rows = spi(client.update(
-        "SELECT partition_id, version, tenant_id, deleted_at IS NOT NULL, erased_at IS NOT NULL \
+        "SELECT partition_id, version, tenant_id, deleted_at IS NOT NULL, erased_at IS NOT NULL, last_checksum \
          FROM allsource.streams WHERE stream_id = $1 FOR UPDATE",
         None,
         &[stream_id.into()],
@@ -53,6 +57,7 @@ fn lock_stream(
         tenant: spi(row.get(3)),
         deleted: spi(row.get(4)).expect("computed"),
         erased: spi(row.get(5)).expect("computed"),
+        last_checksum: spi(row.get(6)),
     };
     if stream.tenant.as_deref() != tenant {
         return Err(Error::other_tenant(stream_id));
@@ -103,11 +108,13 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
                 }
             };
             if !stream.deleted {
+                let role = calling_role();
+                let tombstone = tombstone(stream_id, &stream, &role);
                 spi(client.update(
-                    "UPDATE allsource.streams SET deleted_at = pg_catalog.now(), deleted_by = $2, updated_at = pg_catalog.now() \
-                     WHERE stream_id = $1",
+                    "UPDATE allsource.streams SET deleted_at = pg_catalog.now(), deleted_by = $2, tombstone_checksum = $3, \
+                     updated_at = pg_catalog.now() WHERE stream_id = $1",
                     None,
-                    &[stream_id.into(), calling_role().into()],
+                    &[stream_id.into(), role.into(), tombstone.into()],
                 ));
             }
             if hard && !stream.erased {
@@ -116,6 +123,31 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
             Ok(stream.version)
         })
     })())
+}
+
+/// The tombstone's link (see [`crate::checksum`]): seals the deletion into
+/// the chain, so that clearing `deleted_at` is found by `verify_*`, and
+/// by whoever recorded the head (`stream_head`) when the link goes too.
+/// `deleted_at` is `now()`, the transaction's start.
+fn tombstone(stream_id: &str, stream: &Stream, role: &str) -> Vec<u8> {
+    let previous = stream
+        .last_checksum
+        .as_deref()
+        .and_then(|c| <[u8; CHECKSUM_LEN]>::try_from(c).ok())
+        .unwrap_or(GENESIS);
+    // SAFETY: reads the transaction's start time, which now() returns.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    tombstone_checksum(
+        &TombstoneFields {
+            stream_id,
+            version: stream.version,
+            tenant: stream.tenant.as_deref(),
+            deleted_at_unix_micros: unix_micros_from_postgres(now),
+            deleted_by: Some(role),
+        },
+        &previous,
+    )
+    .to_vec()
 }
 
 /// Replaces every event's payload and metadata of the stream by their digests.

@@ -4,13 +4,18 @@
 
 use crate::checksum::unix_micros_from_postgres;
 use crate::checksum::CHECKSUM_LEN;
+use crate::error::Error;
+use crate::partition;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::validate;
-use crate::verify::{ErasedDigests, EventRow, StreamRow, StreamVerifier, Verdict};
+use crate::verify::{
+    Deletion, ErasedDigests, EventRow, Registered, StreamRow, StreamVerifier, Verdict,
+};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::Uuid;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// Rows fetched per cursor round trip.
@@ -18,15 +23,20 @@ const CHUNK: i64 = 1000;
 /// How often `verify_all` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// An event and, once a hard delete erased it, the digests kept in its place.
+/// An event, what `event_ids` says of its id (0 missing, 1 this event,
+/// 2 another), and once a hard delete erased it, the digests kept in its place.
 const EVENT_COLUMNS: &str =
     "e.version, e.event_type, e.event_id, e.payload::text, e.metadata::text, \
-     e.created_at, e.checksum, x.payload_digest, x.metadata_digest";
-const ERASED_JOIN: &str = "LEFT JOIN allsource.erased_events x \
-     ON x.partition_id = e.partition_id AND x.position = e.position";
+     e.created_at, e.checksum, x.payload_digest, x.metadata_digest, e.position, e.tenant_id, \
+     CASE WHEN i.event_id IS NULL THEN 0 \
+          WHEN i.partition_id = e.partition_id AND i.position = e.position THEN 1 ELSE 2 END";
+const EVENT_JOINS: &str = "LEFT JOIN allsource.erased_events x \
+     ON x.partition_id = e.partition_id AND x.position = e.position \
+     LEFT JOIN allsource.event_ids i ON i.event_id = e.event_id";
 /// The stream row's columns a verdict needs.
-const HEAD_COLUMNS: &str = "partition_id, version, last_checksum, \
-     CASE WHEN erased_at IS NOT NULL THEN pg_catalog.format('erased at %s by %s', erased_at, erased_by) END";
+const HEAD_COLUMNS: &str = "s.partition_id, s.version, s.last_checksum, \
+     CASE WHEN s.erased_at IS NOT NULL THEN pg_catalog.format('erased at %s by %s', s.erased_at, s.erased_by) END, \
+     s.tenant_id, s.deleted_at, s.deleted_by, s.tombstone_checksum";
 
 /// Verifies one stream: gapless versions 1..version, the stream row, the hash chain.
 /// Runs as the extension's owner (it reads the erased events' digests, which
@@ -46,8 +56,9 @@ fn verify_stream(
 > {
     let stream_id = or_raise(validate::name("stream_id", stream_id));
     let verdict = Spi::connect(|client| {
+        let partitions = Partitions::read(client);
         let head = stream_head(client, stream_id);
-        verify_one(client, stream_id, head.as_ref())
+        verify_one(client, &partitions, stream_id, head.as_ref(), None)
     });
     TableIterator::once((
         verdict.ok,
@@ -57,56 +68,166 @@ fn verify_stream(
     ))
 }
 
-/// Verifies every stream; one row per stream that fails, none when all hold.
+/// Verifies one stream as `verify_stream` does, and that it still holds an
+/// anchor recorded earlier (`stream_head`): `checksum` at `version`.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_anchor(
+    stream_id: Option<&str>,
+    version: Option<i64>,
+    checksum: Option<Vec<u8>>,
+) -> TableIterator<
+    'static,
+    (
+        name!(ok, bool),
+        name!(events_checked, i64),
+        name!(first_bad_version, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    let (stream_id, version, checksum) = or_raise((|| {
+        let stream_id = validate::name("stream_id", stream_id)?;
+        let version = version
+            .filter(|&v| v >= 0)
+            .ok_or_else(|| Error::invalid_argument("version", "must be 0 or more"))?;
+        let checksum = checksum
+            .filter(|c| c.len() == CHECKSUM_LEN)
+            .ok_or_else(|| {
+                Error::invalid_argument("checksum", "must be 32 bytes, as stream_head returns it")
+            })?;
+        Ok((stream_id, version, checksum))
+    })());
+    let verdict = Spi::connect(|client| {
+        let partitions = Partitions::read(client);
+        let head = stream_head(client, stream_id);
+        verify_one(
+            client,
+            &partitions,
+            stream_id,
+            head.as_ref(),
+            Some((version, &checksum)),
+        )
+    });
+    TableIterator::once((
+        verdict.ok,
+        verdict.events_checked,
+        verdict.first_bad_version,
+        verdict.problem,
+    ))
+}
+
+/// Verifies every stream of the session's tenant, and the store's shared
+/// parts (partitions, event id registry); one row per stream that fails
+/// (`stream_id` NULL for the shared parts), none when all hold.
 #[pg_extern(stable, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn verify_all() -> TableIterator<
     'static,
     (
-        name!(stream_id, String),
+        name!(stream_id, Option<String>),
         name!(first_bad_version, Option<i64>),
         name!(problem, Option<String>),
     ),
 > {
+    let failures = verify_store(Scope::Tenant);
+    TableIterator::new(
+        failures
+            .into_iter()
+            .map(|f| (f.stream_id, f.version, Some(f.problem))),
+    )
+}
+
+/// `verify_all` over every tenant, for auditors: executable by the
+/// extension's owner and the roles granted `allsource_auditor` only.
+// pgrx reads the column names from the signature, so no alias for the type.
+#[allow(clippy::type_complexity)]
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_all_tenants() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, Option<String>),
+        name!(stream_id, Option<String>),
+        name!(first_bad_version, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    let failures = verify_store(Scope::Everyone);
+    TableIterator::new(
+        failures
+            .into_iter()
+            .map(|f| (f.tenant, f.stream_id, f.version, Some(f.problem))),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The session's tenant's streams.
+    Tenant,
+    /// Every stream.
+    Everyone,
+}
+
+impl Scope {
+    /// A condition on a row's `tenant_id` column `column`.
+    fn filter(self, column: &str) -> String {
+        match self {
+            Scope::Tenant => {
+                format!("{column} IS NOT DISTINCT FROM (SELECT allsource.current_tenant())")
+            }
+            Scope::Everyone => "true".into(),
+        }
+    }
+}
+
+/// One row of `verify_all`'s answer.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Failure {
+    tenant: Option<String>,
+    stream_id: Option<String>,
+    version: Option<i64>,
+    problem: String,
+}
+
+fn verify_store(scope: Scope) -> Vec<Failure> {
     let started = Instant::now();
     let mut last_report = started;
     let (mut streams, mut events) = (0u64, 0u64);
     let mut failures = vec![];
     Spi::connect(|client| {
+        let partitions = Partitions::read(client);
+        failures.extend(partitions.problems.iter().map(|problem| Failure {
+            tenant: None,
+            stream_id: None,
+            version: None,
+            problem: problem.clone(),
+        }));
         let mut cursor = spi(client.try_open_cursor(
             &format!(
-                "SELECT stream_id, {HEAD_COLUMNS} FROM allsource.streams WHERE allsource._in_tenant(tenant_id) ORDER BY stream_id"
+                "SELECT s.stream_id, {HEAD_COLUMNS} FROM allsource.streams s WHERE {} ORDER BY s.stream_id",
+                scope.filter("s.tenant_id")
             ),
             &[],
         ));
         loop {
             let heads: Vec<(String, Head)> = consume(spi(cursor.fetch(CHUNK)), |row| {
-                (
-                    spi(row.get(1)).expect("NOT NULL"),
-                    Head {
-                        partition_id: spi(row.get(2)).expect("NOT NULL"),
-                        row: StreamRow {
-                            version: spi(row.get(3)).expect("NOT NULL"),
-                            last_checksum: spi(row.get(4)),
-                        },
-                        erased: spi(row.get(5)),
-                    },
-                )
+                (spi(row.get(1)).expect("NOT NULL"), head_row(&row, 2))
             });
             if heads.is_empty() {
                 break;
             }
             for (stream_id, head) in &heads {
                 check_for_interrupts!();
-                let verdict = verify_one(client, stream_id, Some(head));
+                let verdict = verify_one(client, &partitions, stream_id, Some(head), None);
                 streams += 1;
                 events += verdict.events_checked as u64;
                 if !verdict.ok {
-                    failures.push((
-                        stream_id.clone(),
-                        verdict.first_bad_version,
-                        verdict.problem,
-                    ));
+                    failures.push(Failure {
+                        tenant: head.row.tenant.clone(),
+                        stream_id: Some(stream_id.clone()),
+                        version: verdict.first_bad_version,
+                        problem: verdict.problem.unwrap_or_default(),
+                    });
                 }
                 if last_report.elapsed() >= PROGRESS_EVERY {
                     last_report = Instant::now();
@@ -115,21 +236,59 @@ fn verify_all() -> TableIterator<
             }
         }
         drop(cursor);
-        // Events whose stream row is gone altogether.
-        let orphans = spi(client.select(
-            "SELECT DISTINCT e.stream_id FROM allsource.events e
-             WHERE allsource._in_tenant(e.tenant_id)
-               AND NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)",
+        // Events without their stream row; for a tenant, also its events
+        // under another tenant's stream row (which it cannot see).
+        let (orphans, problem) = match scope {
+            Scope::Everyone => (
+                "SELECT DISTINCT e.stream_id, e.tenant_id FROM allsource.events e \
+                 WHERE NOT EXISTS (SELECT 1 FROM allsource.streams s WHERE s.stream_id = e.stream_id)",
+                "events exist but the stream row is missing",
+            ),
+            Scope::Tenant => (
+                "SELECT DISTINCT e.stream_id, e.tenant_id FROM allsource.events e \
+                 WHERE e.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant()) AND NOT EXISTS (SELECT 1 FROM allsource.streams s \
+                   WHERE s.stream_id = e.stream_id AND s.tenant_id IS NOT DISTINCT FROM e.tenant_id)",
+                "events exist but the stream row is missing or another tenant's",
+            ),
+        };
+        let orphans = spi(client.select(orphans, None, &[]));
+        failures.extend(consume(orphans, |row| Failure {
+            stream_id: Some(spi(row.get::<String>(1)).expect("NOT NULL")),
+            tenant: spi(row.get(2)),
+            version: Some(1),
+            problem: problem.to_string(),
+        }));
+        // event_ids rows that point at no event with their id: such an id is
+        // refused as if it had been used. No tenant owns them; only the
+        // auditor is told which ids.
+        let dangling = spi(client.select(
+            "SELECT count(*), min(i.event_id::text) FROM allsource.event_ids i \
+             WHERE NOT EXISTS (SELECT 1 FROM allsource.events e WHERE e.partition_id = i.partition_id \
+               AND e.position = i.position AND e.event_id = i.event_id)",
             None,
             &[],
         ));
-        failures.extend(consume(orphans, |row| {
+        for (count, first) in consume(dangling, |row| {
             (
-                spi(row.get::<String>(1)).expect("NOT NULL"),
-                Some(1),
-                Some("events exist but the stream row is missing".to_string()),
+                spi(row.get::<i64>(1)).expect("count"),
+                spi(row.get::<String>(2)),
             )
-        }));
+        }) {
+            if count > 0 {
+                let which = match (scope, first) {
+                    (Scope::Everyone, Some(id)) => format!(" (the first: {id})"),
+                    _ => String::new(),
+                };
+                failures.push(Failure {
+                    tenant: None,
+                    stream_id: None,
+                    version: None,
+                    problem: format!(
+                        "{count} rows of allsource.event_ids point at no event with their id{which}: those ids are refused as if used"
+                    ),
+                });
+            }
+        }
     });
     if started.elapsed() >= PROGRESS_EVERY {
         notice!(
@@ -138,7 +297,7 @@ fn verify_all() -> TableIterator<
         );
     }
     failures.sort();
-    TableIterator::new(failures)
+    failures
 }
 
 fn progress(streams: u64, events: u64, failing: usize, started: Instant) -> String {
@@ -149,6 +308,101 @@ fn progress(streams: u64, events: u64, failing: usize, started: Instant) -> Stri
     )
 }
 
+/// The partitions of `allsource.events` as they must be: `events_p0` …
+/// `events_p{N-1}` of schema allsource, each for its own partition id, and
+/// no table of that name left detached.
+struct Partitions {
+    count: u32,
+    attached: HashSet<i32>,
+    problems: Vec<String>,
+}
+
+impl Partitions {
+    fn read(client: &SpiClient) -> Partitions {
+        let rows = spi(client.select(
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_expr(c.relpartbound, c.oid) \
+             FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE i.inhparent = 'allsource.events'::pg_catalog.regclass",
+            None,
+            &[],
+        ));
+        let found: Vec<(String, String, String)> = consume(rows, |row| {
+            (
+                spi(row.get(1)).expect("NOT NULL"),
+                spi(row.get(2)).expect("NOT NULL"),
+                spi::<Option<String>>(row.get(3)).unwrap_or_default(),
+            )
+        });
+        let count = found.len() as u32;
+        let mut attached = HashSet::new();
+        let mut problems = vec![];
+        for (schema, table, bound) in &found {
+            let id = table
+                .strip_prefix("events_p")
+                .and_then(|k| k.parse::<i32>().ok())
+                .filter(|&k| {
+                    schema == "allsource"
+                        && (k as u32) < count
+                        && *bound == format!("FOR VALUES IN ({k})")
+                        && *table == format!("events_p{k}")
+                });
+            match id {
+                Some(id) => {
+                    attached.insert(id);
+                }
+                None => problems.push(format!(
+                    "{schema}.{table} ({bound}) is a partition of allsource.events that AllSource did not create"
+                )),
+            }
+        }
+        for k in 0..count as i32 {
+            if !attached.contains(&k) {
+                problems.push(format!(
+                    "allsource.events_p{k} is not attached to allsource.events: its events are invisible"
+                ));
+            }
+        }
+        let detached = spi(client.select(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = 'allsource'::pg_catalog.regnamespace AND c.relkind OPERATOR(pg_catalog.=) 'r' \
+               AND NOT c.relispartition AND c.relname OPERATOR(pg_catalog.~) '^events_p[0-9]+$' ORDER BY 1",
+            None,
+            &[],
+        ));
+        for table in consume(detached, |row| {
+            spi::<Option<String>>(row.get(1)).expect("NOT NULL")
+        }) {
+            problems.push(format!(
+                "allsource.{table} exists but is not attached to allsource.events: a partition was detached"
+            ));
+        }
+        problems.sort();
+        problems.dedup();
+        Partitions {
+            count,
+            attached,
+            problems,
+        }
+    }
+
+    /// What is wrong with a stream row's partition, if anything.
+    fn problem(&self, stream_id: &str, partition_id: i32) -> Option<String> {
+        if !self.attached.contains(&partition_id) {
+            return Some(format!(
+                "its partition allsource.events_p{partition_id} is not attached to allsource.events"
+            ));
+        }
+        let expected = partition::partition_for(stream_id, self.count) as i32;
+        (expected != partition_id).then(|| {
+            format!(
+                "the stream row says partition {partition_id}, but the stream belongs to partition {expected} of {}",
+                self.count
+            )
+        })
+    }
+}
+
 /// A stream row and where its events live.
 struct Head {
     partition_id: i32,
@@ -157,40 +411,70 @@ struct Head {
     erased: Option<String>,
 }
 
+/// A [`Head`] from `HEAD_COLUMNS`, starting at column `first`.
+fn head_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> Head {
+    let erased: Option<String> = spi(row.get(first + 3));
+    let deleted_at: Option<TimestampWithTimeZone> = spi(row.get(first + 5));
+    Head {
+        partition_id: spi(row.get(first)).expect("NOT NULL"),
+        row: StreamRow {
+            version: spi(row.get(first + 1)).expect("NOT NULL"),
+            last_checksum: spi(row.get(first + 2)),
+            tenant: spi(row.get(first + 4)),
+            deletion: deleted_at.map(|at| Deletion {
+                at_unix_micros: unix_micros_from_postgres(at.into_inner()),
+                by: spi(row.get(first + 6)),
+            }),
+            erased: erased.is_some(),
+            tombstone_checksum: spi(row.get(first + 7)),
+        },
+        erased,
+    }
+}
+
 fn stream_head(client: &SpiClient, stream_id: &str) -> Option<Head> {
     let table = spi(client.select(
         &format!(
-            "SELECT {HEAD_COLUMNS} FROM allsource.streams WHERE stream_id = $1 AND allsource._in_tenant(tenant_id)"
+            "SELECT {HEAD_COLUMNS} FROM allsource.streams s WHERE s.stream_id = $1 AND s.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant())"
         ),
         None,
         &[stream_id.into()],
     ));
-    consume(table, |row| Head {
-        partition_id: spi(row.get(1)).expect("NOT NULL"),
-        row: StreamRow {
-            version: spi(row.get(2)).expect("NOT NULL"),
-            last_checksum: spi(row.get(3)),
-        },
-        erased: spi(row.get(4)),
-    })
-    .pop()
+    consume(table, |row| head_row(&row, 1)).pop()
 }
 
-/// Streams the stream's events through a verifier.
-fn verify_one(client: &SpiClient, stream_id: &str, head: Option<&Head>) -> Verdict {
-    // With a stream row, read its partition only; without one, look everywhere.
+/// Streams the stream's events through a verifier; with an anchor, also
+/// checks that the stream still holds it.
+fn verify_one(
+    client: &SpiClient,
+    partitions: &Partitions,
+    stream_id: &str,
+    head: Option<&Head>,
+    anchor: Option<(i64, &[u8])>,
+) -> Verdict {
+    // With a stream row, read its partition only, through the parent (a
+    // detached partition is no longer the store's), whatever the events'
+    // tenant; without one, look everywhere, in the session's tenant.
     let query = match head {
-        Some(head) => format!(
-            "SELECT {EVENT_COLUMNS} FROM allsource.events_p{} e {ERASED_JOIN} \
-             WHERE e.stream_id = $1 AND allsource._in_tenant(e.tenant_id) ORDER BY e.version",
-            head.partition_id
-        ),
+        Some(head) => {
+            if let Some(problem) = partitions.problem(stream_id, head.partition_id) {
+                return Verdict::bad(0, None, problem);
+            }
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM allsource.events e {EVENT_JOINS} \
+                 WHERE e.partition_id = {} AND e.stream_id = $1 ORDER BY e.version",
+                head.partition_id
+            )
+        }
         None => format!(
-            "SELECT {EVENT_COLUMNS} FROM allsource.events e {ERASED_JOIN} \
-             WHERE e.stream_id = $1 AND allsource._in_tenant(e.tenant_id) ORDER BY e.version"
+            "SELECT {EVENT_COLUMNS} FROM allsource.events e {EVENT_JOINS} \
+             WHERE e.stream_id = $1 AND e.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant()) ORDER BY e.version"
         ),
     };
-    let mut verifier = StreamVerifier::new(stream_id);
+    let mut verifier = StreamVerifier::new(stream_id, head.map(|h| &h.row));
+    if let Some((version, _)) = anchor {
+        verifier.watch(version);
+    }
     let mut cursor = spi(client.try_open_cursor(&query, &[stream_id.into()]));
     'rows: loop {
         let rows = consume(spi(cursor.fetch(CHUNK)), event_row);
@@ -215,7 +499,10 @@ fn verify_one(client: &SpiClient, stream_id: &str, head: Option<&Head>) -> Verdi
             verifier.copied_from(source);
         }
     }
-    let mut verdict = verifier.finish(head.map(|h| &h.row));
+    let mut verdict = match anchor {
+        Some((version, checksum)) => verifier.finish_against(version, checksum),
+        None => verifier.finish(),
+    };
     // Sound but erased: say so, so that nobody mistakes the payloads for lost.
     if let (true, Some(erased)) = (verdict.ok, head.and_then(|h| h.erased.clone())) {
         verdict.problem = Some(erased);
@@ -238,6 +525,13 @@ fn event_row(row: pgrx::spi::SpiHeapTupleData) -> EventRow {
             payload: digest_bytes(payload),
             metadata: spi::<Option<Vec<u8>>>(row.get(9)).map(digest_bytes),
         }),
+        position: spi(row.get(10)).expect("NOT NULL"),
+        tenant: spi(row.get(11)),
+        registered: match spi::<Option<i32>>(row.get(12)).expect("computed") {
+            0 => Registered::Missing,
+            1 => Registered::Yes,
+            _ => Registered::Elsewhere,
+        },
     }
 }
 

@@ -35,6 +35,8 @@ SELECT allsource.stream_version(:'s1');
 SELECT * FROM allsource.load_snapshot(:'s1');
 SELECT allsource.verify_gapless(:'s1');
 SELECT * FROM allsource.verify_stream(:'s1');
+SELECT version AS head_version, checksum AS head_checksum FROM allsource.stream_head(:'s1') \gset
+SELECT * FROM allsource.verify_anchor(:'s1', :head_version, :'head_checksum');
 SELECT pg_catalog.count(*) FROM allsource.verify_all();
 SELECT allsource.watermark();
 SELECT pg_catalog.count(*) FROM allsource.inflight();

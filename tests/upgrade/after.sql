@@ -6,9 +6,19 @@ DECLARE
     v bigint;
     p bigint;
     last_position bigint;
+    head bytea;
 BEGIN
     IF EXISTS (SELECT FROM allsource.verify_all()) THEN
         RAISE EXCEPTION 'verify_all() reports problems after the upgrade';
+    END IF;
+    -- Every tenant's streams too, and the tombstones the upgrade sealed.
+    IF EXISTS (SELECT FROM allsource.verify_all_tenants()) THEN
+        RAISE EXCEPTION 'verify_all_tenants() reports problems after the upgrade: %',
+            (SELECT string_agg(format('%s/%s: %s', tenant_id, stream_id, problem), '; ') FROM allsource.verify_all_tenants());
+    END IF;
+    IF (SELECT checksum FROM allsource.stream_head('gone-1'))
+       IS NOT DISTINCT FROM (SELECT last_checksum FROM allsource.streams WHERE stream_id = 'gone-1') THEN
+        RAISE EXCEPTION 'the tombstone of gone-1 was not sealed';
     END IF;
     IF (SELECT problem FROM allsource.verify_stream('erased-1')) NOT LIKE 'erased at %' THEN
         RAISE EXCEPTION 'the erased stream does not verify as erased';
@@ -25,7 +35,12 @@ BEGIN
     END IF;
 
     SELECT max(position) INTO last_position FROM allsource.events;
+    SELECT h.checksum INTO head FROM allsource.stream_head('order-1') h;
     SELECT a.version, a.position INTO v, p FROM allsource.append('order-1', 'OrderShipped', '{}', expected_version => 2) a;
+    -- The new event (format 2) chains to the format 1 ones; the old head still holds.
+    IF NOT (SELECT ok FROM allsource.verify_anchor('order-1', 2, head)) THEN
+        RAISE EXCEPTION 'order-1 no longer holds its head from before the upgrade';
+    END IF;
     IF v <> 3 OR p <= last_position THEN
         RAISE EXCEPTION 'append after the upgrade: version %, position % (last position before: %)', v, p, last_position;
     END IF;

@@ -17,7 +17,11 @@ SELECT allsource.delete_stream('erased-1', hard => true);
 -- A tenant's stream.
 SET allsource.tenant = 'acme';
 SELECT allsource.append('acme-1', 'Created', '{"plan": "pro"}');
+-- Tombstones of a tenant's stream and of a stream never written: 0.4.0 seals them.
+SELECT allsource.append('acme-gone', 'Created', '{}');
+SELECT allsource.delete_stream('acme-gone');
 RESET allsource.tenant;
+SELECT allsource.delete_stream('never-1');
 -- Events through the ingest queue.
 SELECT allsource.enqueue('queued-1', 'Queued', '{"n": 1}', expected_version => 0) AS ticket \gset
 SELECT status FROM allsource.await_ticket(:ticket);
