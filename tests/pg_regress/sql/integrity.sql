@@ -20,10 +20,23 @@ RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
         || CASE WHEN metadata_digest IS NULL THEN '\x00'::bytea ELSE '\x01'::bytea || metadata_digest END
         || int8send((extract(epoch FROM created_at) * 1000000)::bigint)
 $$;
--- README's test vector.
+-- Format 2 (events appended since 0.4.0): format byte 0x02, and the tenant last.
+CREATE FUNCTION pg_temp.encoding2(stream_id text, version bigint, event_type text, event_id uuid,
+                                  payload_digest bytea, metadata_digest bytea, created_at timestamptz, tenant_id text)
+RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+    SELECT overlay(pg_temp.encoding(stream_id, version, event_type, event_id, payload_digest, metadata_digest, created_at)
+                   PLACING '\x02'::bytea FROM 1 FOR 1)
+        || CASE WHEN tenant_id IS NULL THEN '\x00'::bytea
+                ELSE '\x01'::bytea || int4send(octet_length(convert_to(tenant_id, 'UTF8'))) || convert_to(tenant_id, 'UTF8') END
+$$;
+-- README's test vectors: format 1, format 2 without a tenant and with tenant acme.
 SELECT encode(e, 'hex') AS encoding, encode(sha256(e || decode(repeat('00', 32), 'hex')), 'hex') AS checksum
 FROM pg_temp.encoding('order-1', 1, 'OrderPlaced', '00112233-4455-6677-8899-aabbccddeeff',
                       sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00') AS e;
+SELECT t AS tenant, encode(sha256(pg_temp.encoding2('order-1', 1, 'OrderPlaced', '00112233-4455-6677-8899-aabbccddeeff',
+                      sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00', t)
+                      || decode(repeat('00', 32), 'hex')), 'hex') AS checksum
+FROM unnest(ARRAY[NULL, 'acme']) t;
 
 -- Streams of five events each.
 SELECT s AS stream_id, last_version
@@ -36,9 +49,9 @@ FROM unnest(ARRAY['audit-sound', 'audit-payload', 'audit-missing', 'audit-tail',
          expected_version => 0);
 
 -- Anyone can recompute every checksum from a plain SELECT.
-SELECT stream_id, bool_and(checksum = sha256(pg_temp.encoding(
+SELECT stream_id, bool_and(checksum = sha256(pg_temp.encoding2(
            stream_id, version, event_type, event_id, sha256(convert_to(payload::text, 'UTF8')),
-           sha256(convert_to(metadata::text, 'UTF8')), created_at) || previous)) AS every_checksum_recomputed
+           sha256(convert_to(metadata::text, 'UTF8')), created_at, tenant_id) || previous)) AS every_checksum_recomputed
 FROM (SELECT e.*, lag(checksum, 1, decode(repeat('00', 32), 'hex'))
                   OVER (PARTITION BY stream_id ORDER BY version) AS previous
       FROM allsource.events e WHERE tenant_id = 'audit') e

@@ -143,8 +143,9 @@ SELECT * FROM allsource.load_snapshot('user-2');
 SELECT deleted_by FROM allsource.streams WHERE stream_id = 'user-2';
 -- Erasing again is a no-op.
 SELECT allsource.delete_stream('user-1', hard => true);
--- verify_all does not list erased streams.
-SELECT count(*) AS failing FROM allsource.verify_all();
+-- verify_all does not list erased streams (the rows of the store's own parts,
+-- stream_id NULL, show the damage integrity.sql did to the id registry).
+SELECT count(*) AS failing FROM allsource.verify_all() WHERE stream_id IS NOT NULL;
 -- Appends and snapshots raise ZA002 as for a soft delete.
 SELECT * FROM allsource.append('user-1', 'Renamed', '{}');
 \echo SQLSTATE :SQLSTATE

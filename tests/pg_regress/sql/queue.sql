@@ -64,7 +64,11 @@ SELECT status, version FROM allsource.await_ticket(:t);
 SELECT version, payload FROM allsource.read_stream('sensor-4');
 
 -- pending: not settled within timeout_ms. Here the worker waits for the lock
--- on sensor-4's stream row, which this transaction holds until it commits.
+-- on sensor-4's stream row, which this transaction holds until it commits
+-- (a minute at most here: by default it gives up after 200 ms, see below).
+ALTER SYSTEM SET allsource.ingest_lock_timeout_ms = 60000;
+SELECT pg_reload_conf();
+SELECT pg_sleep(1);  -- the worker reloads its configuration when it wakes
 BEGIN;
 SELECT version FROM allsource.append('sensor-4', 'Reading', '{"direct": true}');
 SELECT allsource.enqueue('sensor-4', 'Reading', '{"queued": true}') AS blocked \gset
@@ -95,6 +99,8 @@ RESET allsource.max_event_bytes;
 -- Seven events wait behind the held one.
 SELECT regress.wait_for_worker('appending', 7);
 COMMIT;
+ALTER SYSTEM RESET allsource.ingest_lock_timeout_ms;
+SELECT pg_reload_conf();
 -- Released: everything queued is appended, in queue order.
 SELECT status, version FROM allsource.await_ticket(:blocked);
 SELECT allsource.enqueue('sensor-5', 'Reading', '{"last": true}') AS t \gset

@@ -1,7 +1,8 @@
 -- write_guard: INSERT, UPDATE, DELETE, TRUNCATE and COPY on every table of the
 -- extension fail with 42501 for anything but AllSource's own functions, the
 -- superuser running this file included (the roles' own privileges refuse
--- them earlier: see tenants_roles). Streams guard-*.
+-- them earlier: see tenants_roles), but for what a restore sends: COPY
+-- allsource.… FROM STDIN (README "Backup"). Streams guard-*.
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 
@@ -35,9 +36,13 @@ UPDATE allsource.streams SET deleted_at = NULL, erased_at = NULL WHERE stream_id
 \echo SQLSTATE :SQLSTATE
 DELETE FROM allsource.streams WHERE stream_id = 'guard-1';
 \echo SQLSTATE :SQLSTATE
+-- A restore's COPY … FROM STDIN passes (what it loads must verify); a COPY
+-- from a server file is no restore.
 COPY allsource.streams (stream_id, partition_id) FROM stdin;
 guard-4	0
 \.
+\echo SQLSTATE :SQLSTATE
+COPY allsource.streams (stream_id, partition_id) FROM '/dev/null';
 \echo SQLSTATE :SQLSTATE
 -- The other tables.
 INSERT INTO allsource.event_ids VALUES ('6e6e6e6e-0000-4000-8000-000000000002', 0, 1000000);
@@ -58,7 +63,7 @@ WITH gone AS (DELETE FROM allsource.snapshots RETURNING 1) SELECT count(*) FROM 
 DO $$ BEGIN UPDATE allsource.streams SET version = 0 WHERE stream_id = 'guard-1'; END $$;
 \echo SQLSTATE :SQLSTATE
 
--- Nothing changed.
+-- Nothing changed (but the row the COPY loaded).
 SELECT stream_id, version, deleted_at IS NOT NULL AS deleted, erased_at IS NOT NULL AS erased
 FROM allsource.streams WHERE stream_id LIKE 'guard-%' ORDER BY 1;
 SELECT version, payload FROM allsource.events WHERE stream_id = 'guard-1';
