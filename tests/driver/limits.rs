@@ -76,6 +76,8 @@ fn the_largest_append_batch_is_linear_with_and_without_ids() {
 fn queue_a_worker_batch_of_many_streams_is_linear() {
     const EVENTS: i32 = 30_000;
     let mut admin = fresh_queue_db();
+    // The worker waits for the locked stream without limit while the queue fills.
+    let _waits = crate::queue::worker_waits_for_locks();
     admin
         .batch_execute("ALTER SYSTEM SET allsource.batch_max = 100000")
         .unwrap();

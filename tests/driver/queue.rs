@@ -482,7 +482,7 @@ impl Drop for Reloaded {
 }
 
 /// For tests that stall the worker on a lock: it waits without limit.
-fn worker_waits_for_locks() -> Reloaded {
+pub fn worker_waits_for_locks() -> Reloaded {
     Reloaded::with(&[("allsource.ingest_lock_timeout_ms", "0")])
 }
 
