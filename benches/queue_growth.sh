@@ -8,9 +8,11 @@
 # partitions autoanalyzed): flat figures mean the workers' plans and the
 # tables' statistics keep up. Asserts nothing.
 #   benches/queue_growth.sh [SECONDS] [SIZES...]   default 10 s at 10k 50k 100k 250k 500k
+# PostgreSQL 15 unless ALLSOURCE_BENCH_PG names another major.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
+use_postgres "${ALLSOURCE_BENCH_PG:-15}"
 seconds=${1:-10}
 shift || true
 sizes=(10000 50000 100000 250000 500000)
