@@ -319,19 +319,10 @@ impl<'a> StreamVerifier<'a> {
                 "version {v} is of another tenant than its stream row: a stream or its events were moved between tenants"
             ));
         }
-        let id = uuid::Uuid::from_bytes(row.event_id);
-        match row.registered {
-            Registered::Yes => {}
-            Registered::Missing => {
-                return Some(format!(
-                    "version {v}'s event id {id} is missing from allsource.event_ids, so it could be appended again"
-                ))
-            }
-            Registered::Elsewhere => {
-                return Some(format!(
-                    "allsource.event_ids maps version {v}'s event id {id} to another event"
-                ))
-            }
+        if let Some(problem) =
+            registry_problem(v, &uuid::Uuid::from_bytes(row.event_id), row.registered)
+        {
+            return Some(problem);
         }
         if row.erased.is_some() {
             let stream_erased = self
@@ -466,6 +457,19 @@ impl<'a> StreamVerifier<'a> {
                 ),
             )
         }
+    }
+}
+
+/// What is wrong with an event's row in `allsource.event_ids`, if anything.
+pub fn registry_problem(version: i64, id: &uuid::Uuid, registered: Registered) -> Option<String> {
+    match registered {
+        Registered::Yes => None,
+        Registered::Missing => Some(format!(
+            "version {version}'s event id {id} is missing from allsource.event_ids, so it could be appended again"
+        )),
+        Registered::Elsewhere => Some(format!(
+            "allsource.event_ids maps version {version}'s event id {id} to another event"
+        )),
     }
 }
 
