@@ -502,17 +502,19 @@ fn verify_one(
     } else {
         ("1", "")
     };
-    // With a stream row, read its partition only, through the parent (a
-    // detached partition is no longer the store's), whatever the events'
-    // tenant; without one, look everywhere, in the session's tenant.
+    // With a stream row, read its partition only (once it is known to be
+    // attached: a detached one is no longer the store's), whatever the
+    // events' tenant; without one, look everywhere, in the session's tenant.
+    // The partition itself, not the parent: planning through the parent
+    // costs each stream's query more than reading it.
     let query = match head {
         Some(head) => {
             if let Some(problem) = partitions.problem(stream_id, head.partition_id) {
                 return Verdict::bad(0, None, problem);
             }
             format!(
-                "SELECT {EVENT_COLUMNS}, {registered} FROM allsource.events e {EVENT_JOINS} {registry_join} \
-                 WHERE e.partition_id = {} AND e.stream_id = $1 ORDER BY e.version",
+                "SELECT {EVENT_COLUMNS}, {registered} FROM allsource.events_p{} e {EVENT_JOINS} {registry_join} \
+                 WHERE e.stream_id = $1 ORDER BY e.version",
                 head.partition_id
             )
         }
