@@ -185,11 +185,18 @@ fn prepare(server: &Server) -> Result<(), String> {
     // Its long transactions hold streams for up to 2 s, which the queue also
     // writes: a worker that waits longer keeps every ticket committed, which
     // is what this run checks (a shorter wait rejects them with 55P03).
-    client
-        .batch_execute(
-            "ALTER SYSTEM SET allsource.ingest_lock_timeout_ms = '5s'; SELECT pg_reload_conf()",
-        )
-        .map_err(|e| format!("setting allsource.ingest_lock_timeout_ms: {e}"))?;
+    // Two statements: ALTER SYSTEM cannot run in the implicit transaction of a
+    // multi-statement query.
+    for sql in [
+        "ALTER SYSTEM SET allsource.ingest_lock_timeout_ms = '5s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client
+            .batch_execute(sql)
+            .map_err(|e| format!("setting allsource.ingest_lock_timeout_ms: {e}"))?;
+    }
+    // The workers take it when they next wake, well within a second.
+    std::thread::sleep(Duration::from_secs(1));
     let workers: i64 = client
         .query_one("SELECT count(*) FROM allsource.ingest_workers()", &[])
         .map_err(|e| format!("the stress run needs shared_preload_libraries = 'allsource': {e}"))?
