@@ -109,7 +109,12 @@ FROM unnest(ARRAY['audit-sound', 'audit-payload', 'audit-missing', 'audit-tail',
 ORDER BY n;
 -- verify_all: one row per stream that fails (events without a stream row
 -- included), none for the sound one.
-SELECT * FROM allsource.verify_all();
+-- The streams' findings; the store's own part (stream_id NULL) names how many
+-- registry rows the damage above left pointing at no event, a number that
+-- depends on which rows the swaps matched: only that it is found is shown.
+SELECT * FROM allsource.verify_all() WHERE stream_id IS NOT NULL;
+SELECT count(*) = 1 AS registry_damage_found FROM allsource.verify_all()
+WHERE stream_id IS NULL AND problem LIKE '% rows of allsource.event_ids point at no event with their id%';
 
 -- Every verify function scopes to the session's tenant: without it, none of
 -- these streams exists.
