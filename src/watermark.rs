@@ -8,17 +8,29 @@
 //! is visible to new snapshots, or it aborted. The watermark is
 //!
 //! ```text
-//! min(V, lowest occupied slot − 1)      V = the last position handed out, read first
+//! min(V, lowest held slot − 1)      V = the last position handed out, read first
 //! ```
 //!
 //! Why it holds: take a position p ≤ watermark that is not visible yet. p ≤ V,
 //! so p was handed out before V was read; its transaction published a bound
 //! ≤ p before taking p, hence before V was read, hence before the slots were
 //! scanned (the sequence's buffer lock and sequentially consistent atomics
-//! order these). The scan therefore saw that slot still occupied unless the
+//! order these). The scan therefore saw that slot still held unless the
 //! transaction had already ended, so the watermark is < p: a contradiction.
 //! A transaction that ended aborted never shows p; one that committed
 //! already shows it.
+//!
+//! Why it never goes back. Reading the sequence and publishing the bound are
+//! two steps: a bound read before another transaction took and committed the
+//! next position, and published after a reader passed that position, would
+//! pull the next watermark below the one just returned. So a claim is
+//! published first as *pending* (no bound yet), then the sequence is read,
+//! then the bound is settled by one compare-and-swap. A reader that meets a
+//! pending claim of its database ignores it (its owner has taken no position
+//! yet, and will take only positions above anything the reader read) and
+//! turns it into *retry*, which makes the owner's swap fail: the owner reads
+//! the sequence again. A settled bound is therefore above every watermark a
+//! reader returned before it was settled.
 //!
 //! Cancelling (`allsource.max_append_transaction_ms`). Another process may
 //! doom a claim that is too old: one compare-and-swap on the slot's phase,
@@ -28,27 +40,33 @@
 
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// A slot's phase, in the low two bits of [`Slot::phase`]; the bits above
+/// A slot's phase, in the low three bits of [`Slot::phase`]; the bits above
 /// count the claims the slot held, so a phase is never seen twice.
 const EMPTY: u64 = 0;
-const HOLDING: u64 = 1;
-const COMMITTING: u64 = 2;
-const DOOMED: u64 = 3;
-const PHASE_BITS: u64 = 3;
+const PENDING: u64 = 1;
+const RETRY: u64 = 2;
+const HOLDING: u64 = 3;
+const COMMITTING: u64 = 4;
+const DOOMED: u64 = 5;
+const PHASE_BITS: u64 = 7;
+
+fn with_phase(word: u64, phase: u64) -> u64 {
+    (word & !PHASE_BITS) | phase
+}
 
 /// One backend's claim: the lowest position its open transaction may commit.
 /// A cache line each, so backends writing their own slots do not contend.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub struct Slot {
-    /// 0 when empty; positions start at 1.
+    /// The settled bound; meaningful only while the phase says so.
     lowest: AtomicI64,
     database: AtomicU32,
     pid: AtomicI32,
     /// When the claim was made, in PostgreSQL's microseconds since 2000-01-01.
     since: AtomicI64,
     /// The claim's number and phase: written by the owner, except that
-    /// another process may turn HOLDING into DOOMED.
+    /// another process may turn PENDING into RETRY, or HOLDING into DOOMED.
     phase: AtomicU64,
 }
 
@@ -61,46 +79,106 @@ pub struct Claim {
     pub since: i64,
 }
 
+/// A consistent look at a slot.
+enum Seen {
+    Nothing,
+    /// Published, no bound yet: the phase word to swap.
+    Pending(u64),
+    /// Holding or committing: the claim counts.
+    Settled(Claim),
+}
+
 impl Slot {
-    /// Publishes `claim` unless the slot already holds one (a transaction's
-    /// first claim is its lowest). Returns whether it published.
-    pub fn hold(&self, claim: Claim) -> bool {
-        if self.lowest.load(Ordering::SeqCst) != 0 {
-            return false;
+    /// Publishes a claim of `database` whose bound is `next_position()`, the
+    /// sequence's next value, read after the claim is visible; reads it again
+    /// while a reader interfered. Call on an empty slot, before taking any
+    /// position. Returns the bound.
+    pub fn hold(
+        &self,
+        database: u32,
+        pid: i32,
+        since: i64,
+        mut next_position: impl FnMut() -> i64,
+    ) -> i64 {
+        loop {
+            // The details first; the phase last, so a reader that sees it sees them.
+            self.database.store(database, Ordering::Relaxed);
+            self.pid.store(pid, Ordering::Relaxed);
+            self.since.store(since, Ordering::Relaxed);
+            let number = (self.phase.load(Ordering::SeqCst) & !PHASE_BITS) + PHASE_BITS + 1;
+            let pending = number | PENDING;
+            self.phase.store(pending, Ordering::SeqCst);
+            let lowest = next_position();
+            assert!(lowest > 0, "positions start at 1");
+            self.lowest.store(lowest, Ordering::SeqCst);
+            if self
+                .phase
+                .compare_exchange(
+                    pending,
+                    with_phase(pending, HOLDING),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+            {
+                return lowest;
+            }
         }
-        assert!(claim.lowest > 0, "positions start at 1");
-        // The details first; `lowest` last, so a reader that sees it sees them.
-        self.database.store(claim.database, Ordering::Relaxed);
-        self.pid.store(claim.pid, Ordering::Relaxed);
-        self.since.store(claim.since, Ordering::Relaxed);
-        self.lowest.store(claim.lowest, Ordering::SeqCst);
-        let number = (self.phase.load(Ordering::SeqCst) & !PHASE_BITS) + PHASE_BITS + 1;
-        self.phase.store(number | HOLDING, Ordering::SeqCst);
-        true
     }
 
     /// Empties the slot: call once the transaction's outcome is visible.
     pub fn release(&self) {
         let phase = self.phase.load(Ordering::SeqCst);
-        self.phase
-            .store((phase & !PHASE_BITS) | EMPTY, Ordering::SeqCst);
-        self.lowest.store(0, Ordering::SeqCst);
+        self.phase.store(with_phase(phase, EMPTY), Ordering::SeqCst);
     }
 
-    /// The claim, unless the slot is empty or its claim is doomed.
-    pub fn claim(&self) -> Option<Claim> {
-        let before = self.phase.load(Ordering::SeqCst);
-        let lowest = self.lowest.load(Ordering::SeqCst);
-        let claim = (lowest != 0).then(|| Claim {
-            lowest,
-            database: self.database.load(Ordering::Relaxed),
-            pid: self.pid.load(Ordering::Relaxed),
-            since: self.since.load(Ordering::Relaxed),
-        })?;
-        // Doomed, and still the same claim: it can never commit. A claim
-        // that changed meanwhile counts, which only holds the mark back.
-        let doomed = before & PHASE_BITS == DOOMED && self.phase.load(Ordering::SeqCst) == before;
-        (!doomed).then_some(claim)
+    fn look(&self) -> Seen {
+        loop {
+            let before = self.phase.load(Ordering::SeqCst);
+            match before & PHASE_BITS {
+                PENDING => return Seen::Pending(before),
+                HOLDING | COMMITTING => {
+                    let claim = Claim {
+                        lowest: self.lowest.load(Ordering::SeqCst),
+                        database: self.database.load(Ordering::Relaxed),
+                        pid: self.pid.load(Ordering::Relaxed),
+                        since: self.since.load(Ordering::Relaxed),
+                    };
+                    // Still the same claim (a doom or commit since keeps its bound).
+                    if self.phase.load(Ordering::SeqCst) & !PHASE_BITS == before & !PHASE_BITS {
+                        return Seen::Settled(claim);
+                    }
+                }
+                // Empty, retrying, or doomed: nothing of it can become visible.
+                _ => return Seen::Nothing,
+            }
+        }
+    }
+
+    /// The claim of `database` that holds its watermark back, if any. A
+    /// pending claim of `database` is sent back to read the sequence again.
+    pub fn claim(&self, database: u32) -> Option<Claim> {
+        loop {
+            match self.look() {
+                Seen::Nothing => return None,
+                Seen::Settled(claim) => return (claim.database == database).then_some(claim),
+                Seen::Pending(phase) => {
+                    if self.database.load(Ordering::Relaxed) != database
+                        || self
+                            .phase
+                            .compare_exchange(
+                                phase,
+                                with_phase(phase, RETRY),
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok()
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// The owner, before its commit: from now on the claim cannot be doomed.
@@ -112,7 +190,7 @@ impl Slot {
                 .phase
                 .compare_exchange(
                     phase,
-                    (phase & !PHASE_BITS) | COMMITTING,
+                    with_phase(phase, COMMITTING),
                     Ordering::SeqCst,
                     Ordering::SeqCst,
                 )
@@ -127,14 +205,16 @@ impl Slot {
         self.phase.load(Ordering::SeqCst) & PHASE_BITS == DOOMED
     }
 
-    /// Dooms the claim if it was made before `before` and its owner has not
-    /// begun to commit; returns it then.
+    /// Dooms the claim, of any database, if it was made before `before` and
+    /// its owner has not begun to commit; returns it then.
     pub fn doom_if_older(&self, before: i64) -> Option<Claim> {
         let phase = self.phase.load(Ordering::SeqCst);
         if phase & PHASE_BITS != HOLDING {
             return None;
         }
-        let claim = self.claim()?;
+        let Seen::Settled(claim) = self.look() else {
+            return None;
+        };
         // Unchanged since the first look: `since` is this claim's.
         if claim.since >= before || self.phase.load(Ordering::SeqCst) != phase {
             return None;
@@ -142,7 +222,7 @@ impl Slot {
         self.phase
             .compare_exchange(
                 phase,
-                (phase & !PHASE_BITS) | DOOMED,
+                with_phase(phase, DOOMED),
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             )
@@ -162,8 +242,7 @@ pub fn watermark(last_handed_out: i64, slots: &[Slot], database: u32) -> i64 {
 pub fn lowest_claim(slots: &[Slot], database: u32) -> Option<i64> {
     slots
         .iter()
-        .filter_map(Slot::claim)
-        .filter(|claim| claim.database == database)
+        .filter_map(|slot| slot.claim(database))
         .map(|claim| claim.lowest)
         .min()
 }
@@ -173,6 +252,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
     use std::thread;
     use std::time::Duration;
@@ -186,6 +266,13 @@ mod tests {
         }
     }
 
+    fn hold(slot: &Slot, claim: Claim) {
+        assert_eq!(
+            slot.hold(claim.database, claim.pid, claim.since, || claim.lowest),
+            claim.lowest
+        );
+    }
+
     #[test]
     fn empty_registry_gives_the_last_position() {
         let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
@@ -195,14 +282,10 @@ mod tests {
     #[test]
     fn the_lowest_claim_of_the_database_holds_it_back() {
         let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
-        assert!(slots[0].hold(claim(30, 1)));
-        assert!(slots[2].hold(claim(20, 1)));
-        assert!(slots[3].hold(claim(5, 2)), "another database's claim");
+        hold(&slots[0], claim(30, 1));
+        hold(&slots[2], claim(20, 1));
+        hold(&slots[3], claim(5, 2));
         assert_eq!(watermark(42, &slots, 1), 19);
-        assert!(
-            !slots[2].hold(claim(25, 1)),
-            "a transaction keeps its first claim"
-        );
         slots[2].release();
         assert_eq!(watermark(42, &slots, 1), 29);
         slots[0].release();
@@ -217,11 +300,14 @@ mod tests {
             since: 100,
             ..claim(10, 1)
         };
-        assert!(slots[0].hold(old));
-        assert!(slots[1].hold(Claim {
-            since: 500,
-            ..claim(20, 1)
-        }));
+        hold(&slots[0], old);
+        hold(
+            &slots[1],
+            Claim {
+                since: 500,
+                ..claim(20, 1)
+            },
+        );
         assert_eq!(slots[0].doom_if_older(100), None, "not older");
         assert_eq!(slots[0].doom_if_older(101), Some(old));
         assert!(slots[0].is_doomed());
@@ -234,7 +320,7 @@ mod tests {
         assert_eq!(slots[1].doom_if_older(1000), None, "committing: too late");
         assert_eq!(watermark(42, &slots, 1), 19, "a committing claim holds");
         slots[0].release();
-        assert!(slots[0].hold(claim(30, 1)));
+        hold(&slots[0], claim(30, 1));
         assert!(!slots[0].is_doomed(), "a new claim starts afresh");
         assert!(slots[0].begin_commit());
     }
@@ -254,11 +340,8 @@ mod tests {
                 thread::spawn(move || {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
                     for _ in 0..300 {
-                        let bound = *sequence.lock().unwrap() + 1;
-                        slots[w].hold(Claim {
-                            since: bound,
-                            ..claim(bound, 1)
-                        });
+                        let since = *sequence.lock().unwrap();
+                        slots[w].hold(1, 1, since, || *sequence.lock().unwrap() + 1);
                         let mut mine = vec![];
                         for _ in 0..rng.gen_range(1..4) {
                             let mut next = sequence.lock().unwrap();
@@ -323,5 +406,98 @@ mod tests {
             }
         }
         assert!(committed.len() > 1000, "the model did real work");
+    }
+
+    #[test]
+    fn a_reader_sends_a_pending_claim_back_to_read_the_sequence_again() {
+        let slots: Vec<Slot> = (0..2).map(|_| Slot::default()).collect();
+        let mut reads = 0;
+        let lowest = slots[0].hold(1, 1, 0, || {
+            reads += 1;
+            // While the claim is pending, another transaction's position 11
+            // commits and a reader passes it; the bound read now is stale.
+            if reads == 1 {
+                assert_eq!(watermark(11, &slots, 1), 11, "a pending claim is ignored");
+                assert_eq!(watermark(11, &slots, 2), 11);
+                11
+            } else {
+                12
+            }
+        });
+        assert_eq!(reads, 2, "the owner read the sequence again");
+        assert_eq!(lowest, 12);
+        assert_eq!(
+            watermark(20, &slots, 1),
+            11,
+            "never below a watermark returned"
+        );
+    }
+
+    #[test]
+    fn another_databases_reader_leaves_a_pending_claim_alone() {
+        let slots: Vec<Slot> = (0..1).map(|_| Slot::default()).collect();
+        let mut reads = 0;
+        slots[0].hold(1, 1, 0, || {
+            reads += 1;
+            assert_eq!(watermark(7, &slots, 2), 7);
+            5
+        });
+        assert_eq!(reads, 1);
+        assert_eq!(watermark(7, &slots, 1), 4);
+    }
+
+    /// Writers claim with a delay between reading the "sequence" and
+    /// settling (a descheduled backend), others take and commit positions
+    /// meanwhile; readers must never see the watermark go back.
+    #[test]
+    fn the_watermark_never_goes_back() {
+        let sequence = Arc::new(Mutex::new(0i64));
+        let slots: Arc<Vec<Slot>> = Arc::new((0..6).map(|_| Slot::default()).collect());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (sequence, slots) = (sequence.clone(), slots.clone());
+                thread::spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(100 + w as u64);
+                    for _ in 0..200 {
+                        slots[w].hold(1, 1, 0, || {
+                            let next = *sequence.lock().unwrap() + 1;
+                            thread::sleep(Duration::from_micros(rng.gen_range(0..50)));
+                            next
+                        });
+                        for _ in 0..rng.gen_range(1..3) {
+                            *sequence.lock().unwrap() += 1;
+                        }
+                        slots[w].release();
+                    }
+                })
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (sequence, slots, done) = (sequence.clone(), slots.clone(), done.clone());
+                thread::spawn(move || {
+                    let mut last = 0;
+                    let mut rises = 0;
+                    while !done.load(Ordering::SeqCst) {
+                        let mark = watermark(*sequence.lock().unwrap(), &slots, 1);
+                        assert!(
+                            mark >= last,
+                            "the watermark went back from {last} to {mark}"
+                        );
+                        rises += usize::from(mark > last);
+                        last = mark;
+                    }
+                    rises
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        for reader in readers {
+            assert!(reader.join().unwrap() > 100, "the readers saw it move");
+        }
     }
 }

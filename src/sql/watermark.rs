@@ -151,12 +151,6 @@ pub fn before_taking_positions() -> crate::error::Result<()> {
         }
         // A transaction keeps its first claim: the lowest it may commit.
         if !HOLDING.with(Cell::get) {
-            let claim = Claim {
-                lowest: last_handed_out(position_sequence()) + 1,
-                database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-                pid: unsafe { pg_sys::MyProcPid },
-                since: unsafe { pg_sys::GetCurrentTimestamp() },
-            };
             if !EXIT_CALLBACK.with(|r| r.replace(true)) {
                 // A backend that exits without ending its transaction still frees its slot.
                 unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
@@ -164,7 +158,16 @@ pub fn before_taking_positions() -> crate::error::Result<()> {
             // The slot is ours alone (one per PGPROC); clearing first drops
             // anything a previous owner of this PGPROC could have left.
             slot.release();
-            slot.hold(claim);
+            let sequence = position_sequence();
+            // SAFETY: reads of this backend's globals.
+            let (database, pid, since) = unsafe {
+                (
+                    pg_sys::MyDatabaseId.to_u32(),
+                    pg_sys::MyProcPid,
+                    pg_sys::GetCurrentTimestamp(),
+                )
+            };
+            slot.hold(database, pid, since, || last_handed_out(sequence) + 1);
             HOLDING.with(|h| h.set(true));
         }
     }
@@ -305,8 +308,7 @@ fn inflight() -> TableIterator<
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let mut claims: Vec<Claim> = live_slots()
         .iter()
-        .filter_map(Slot::claim)
-        .filter(|c| c.database == database)
+        .filter_map(|slot| slot.claim(database))
         .collect();
     claims.sort_by_key(|c| c.lowest);
     TableIterator::new(claims.into_iter().map(|c| {
