@@ -1,13 +1,13 @@
 //! Criterion benches of the pure-Rust core: what an append spends outside
 //! PostgreSQL. `cargo bench --bench core`.
 
-use allsource::batch::parse_batch;
-use allsource::checksum::{checksum, Body, EventFields, GENESIS};
-use allsource::ingest::QueuedEvent;
-use allsource::jsontext::jsonb_text;
-use allsource::partition::partition_for;
-use allsource::ring::HeapRing;
-use allsource::validate::ExpectedVersion;
+use allsource_core::batch::parse_batch;
+use allsource_core::checksum::{checksum, Body, EventFields, GENESIS};
+use allsource_core::ingest::QueuedEvent;
+use allsource_core::jsontext::jsonb_text;
+use allsource_core::partition::partition_for;
+use allsource_core::ring::HeapRing;
+use allsource_core::validate::ExpectedVersion;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
 
@@ -86,7 +86,7 @@ fn bench_ring(c: &mut Criterion) {
         expected: ExpectedVersion::Any,
         tenant: None,
         enqueued_at: 0,
-        event: allsource::batch::NewEvent {
+        event: allsource_core::batch::NewEvent {
             event_type: "OrderPlaced".into(),
             event_id: None,
             payload: jsonb_text(&payload_of(200)),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up what is missing and runs every test: formatting and lints, then on
-# each PostgreSQL version the pure-Rust unit tests and #[pg_test]s (cargo
-# pgrx's test cluster), the driver tests against a private cluster with the
+# Sets up what is missing and runs every test: formatting and lints, the
+# pure-Rust unit tests of allsource-core, then on each PostgreSQL version the
+# #[pg_test]s (cargo pgrx's test cluster), the driver tests against a private cluster with the
 # extension preloaded, the client examples, a stress run with crash-restarts,
 # the tests without preloading and the independent audit; then the pg_regress
 # suite, the adversarial suite, the upgrade from the previous release, a hot standby with failover and
@@ -29,15 +29,18 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 # The driver tests are `test = false` (they need a server): --all-targets skips them.
 cargo clippy --quiet --test driver -- -D warnings
+cargo clippy --quiet -p allsource-core --all-targets -- -D warnings
 cargo clippy --quiet -p allsource-stress --all-targets -- -D warnings
 cargo clippy --quiet -p allsource-example --all-targets -- -D warnings
 
+log "allsource-core: the pure-Rust unit tests (no PostgreSQL needed)"
+cargo test --quiet -p allsource-core
 cargo test --quiet -p allsource-stress
 
 # test_version MAJOR: every test that runs against a server, on that version.
 test_version() {
     use_postgres "$1"
-    log "PostgreSQL $PG_MAJOR: unit tests and #[pg_test]s"
+    log "PostgreSQL $PG_MAJOR: #[pg_test]s"
     stop_demo_for_install  # the pgrx test harness installs the extension too
     PGRX_DATA=$STATE_DIR/pgrx-test-$PG_MAJOR
     mkdir -p "$PGRX_DATA" && chmod 700 "$PGRX_DATA"

@@ -1,24 +1,11 @@
 //! AllSource: an event store inside PostgreSQL.
 //!
-//! The pure-Rust core (no PostgreSQL needed, unit-tested and benchmarked on
-//! its own): [`partition`], [`checksum`], [`jsontext`], [`batch`],
-//! [`validate`], [`error`], [`savepoints`]. The thin pgrx layer that exposes
-//! it as SQL lives in `sql`; the schema in `sql/*.sql`.
+//! This crate is the extension: the SQL surface and the PostgreSQL
+//! integration (shared memory, transaction callbacks, background workers).
+//! What it decides without PostgreSQL lives in the `allsource-core` crate
+//! (`core/`); the schema in `sql/*.sql`.
 
-pub mod batch;
-pub mod checksum;
-pub mod error;
-pub mod ingest;
-pub mod jsontext;
-pub mod partition;
-pub mod plan;
-pub mod ring;
-pub mod savepoints;
-pub mod stats;
-pub mod validate;
-pub mod verify;
-pub mod watermark;
-
+mod savepoints;
 mod settings;
 pub(crate) mod sql;
 

@@ -1,6 +1,6 @@
 //! The `allsource.*` settings (GUCs).
 
-use crate::partition::{DEFAULT_PARTITIONS, MAX_PARTITIONS};
+use allsource_core::partition::{DEFAULT_PARTITIONS, MAX_PARTITIONS};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 

@@ -6,7 +6,7 @@
 
 #[pgrx::pg_schema]
 mod tests {
-    use crate::checksum::{self, Body, EventFields, GENESIS};
+    use allsource_core::checksum::{self, Body, EventFields, GENESIS};
     use pgrx::prelude::*;
     use pgrx::{IntoDatum, Uuid};
 

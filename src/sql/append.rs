@@ -2,16 +2,12 @@
 //! with the ingest workers.
 //!
 //! The stream row is the lock. Under it: the idempotency check, the expected
-//! version ([`crate::plan`] decides both), positions from the sequence, one
+//! version ([`allsource_core::plan`] decides both), positions from the sequence, one
 //! multi-row insert for every stream, and the stream rows' new versions and
 //! last checksums.
 //! Versions are gapless because only the lock holder advances them and a
 //! rollback undoes them.
 
-use crate::batch::{parse_batch_text, Appended, NewEvent, StoredEvent};
-use crate::checksum::{self, GENESIS};
-use crate::error::{Error, Result};
-use crate::plan::{self, Head, Refused, Request, Row};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
@@ -21,7 +17,11 @@ use crate::sql::stats::{self, Call};
 use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
-use crate::validate::{self, ExpectedVersion};
+use allsource_core::batch::{parse_batch_text, Appended, NewEvent, StoredEvent};
+use allsource_core::checksum::{self, GENESIS};
+use allsource_core::error::{Error, Result};
+use allsource_core::plan::{self, Head, Refused, Request, Row};
+use allsource_core::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgOid, Uuid};

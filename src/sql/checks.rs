@@ -2,7 +2,7 @@
 //! they call these so every function validates with the same rules and words.
 
 use crate::sql::raise::or_raise;
-use crate::validate;
+use allsource_core::validate;
 use pgrx::prelude::*;
 
 /// Internal: raises 22023 unless `stream_id` is a valid stream id.

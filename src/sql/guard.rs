@@ -9,8 +9,8 @@
 //! `INSERT` or `UPDATE` can, only their owner or a superuser may run it, and
 //! `verify_all()` checks what it loaded (README "Backup").
 
-use crate::error::Error;
 use crate::sql::raise::raise;
+use allsource_core::error::Error;
 use pgrx::prelude::*;
 use pgrx::{is_a, PgList};
 use std::cell::Cell;

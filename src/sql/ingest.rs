@@ -3,8 +3,8 @@
 //!
 //! Shared memory, sized at server start from `allsource.queue_size` and
 //! `allsource.ingest_workers`, holds one lane per worker: a lock-free ring
-//! ([`crate::ring`]) of encoded events ([`crate::ingest::QueuedEvent`]) and
-//! a table of ticket results ([`crate::ingest::ResultCell`]). A stream's
+//! ([`allsource_core::ring`]) of encoded events ([`allsource_core::ingest::QueuedEvent`]) and
+//! a table of ticket results ([`allsource_core::ingest::ResultCell`]). A stream's
 //! events always go to the same lane, so one worker appends them in order.
 //!
 //! A worker takes a batch, appends it in one transaction through the path of
@@ -14,11 +14,6 @@
 //! that dies mid-batch leaves its events in the ring, and its successor
 //! either confirms them (the transaction committed) or appends them again.
 
-use crate::error::{Error, Result};
-use crate::ingest::{tenant_tag, Lookup, QueuedEvent, ResultCell, Status, TicketPlace, Tickets};
-use crate::partition::stable_hash;
-use crate::plan::Request;
-use crate::ring::{PushError, Ring, RingHeader, Slot, Taken, SLOT_BYTES};
 use crate::settings;
 use crate::sql::append::{append_requests, new_event};
 use crate::sql::jsonb::JsonbText;
@@ -27,7 +22,14 @@ use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;
 use crate::sql::watermark::require_preloaded;
 use crate::sql::{spi, stats, wake, worker, worker_session};
-use crate::validate::ExpectedVersion;
+use allsource_core::error::{Error, Result};
+use allsource_core::ingest::{
+    tenant_tag, Lookup, QueuedEvent, ResultCell, Status, TicketPlace, Tickets,
+};
+use allsource_core::partition::stable_hash;
+use allsource_core::plan::Request;
+use allsource_core::ring::{PushError, Ring, RingHeader, Slot, Taken, SLOT_BYTES};
+use allsource_core::validate::ExpectedVersion;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -225,7 +227,7 @@ unsafe extern "C-unwind" fn create_shared_memory() {
 /// `base` points to `layout.total()` writable bytes, 64-byte aligned.
 unsafe fn initialize(base: *mut u8, layout: &Layout) {
     let micros_since_2000 = unsafe { pg_sys::GetCurrentTimestamp() };
-    let unix_micros = crate::checksum::unix_micros_from_postgres(micros_since_2000);
+    let unix_micros = allsource_core::checksum::unix_micros_from_postgres(micros_since_2000);
     unsafe {
         (base as *mut QueueHeader).write(QueueHeader {
             lanes: layout.lanes,
@@ -530,8 +532,8 @@ fn await_ticket(
     ),
 > {
     let status = or_raise((|| {
-        let ticket = crate::validate::required("ticket", ticket)?;
-        let timeout_ms = crate::validate::non_negative("timeout_ms", timeout_ms)?;
+        let ticket = allsource_core::validate::required("ticket", ticket)?;
+        let timeout_ms = allsource_core::validate::non_negative("timeout_ms", timeout_ms)?;
         let queue = queue_here("allsource.await_ticket()")?;
         // Another tenant's ticket is answered as one never issued.
         let tenant = tenant_tag(tenant::session_tenant()?.as_deref());
@@ -1156,7 +1158,9 @@ impl Worker {
                 },
                 Err(refused) => {
                     stats::refused(&refused.error);
-                    if refused.error.sqlstate == crate::error::sqlstate::WRONG_EXPECTED_VERSION {
+                    if refused.error.sqlstate
+                        == allsource_core::error::sqlstate::WRONG_EXPECTED_VERSION
+                    {
                         Status::Conflict {
                             actual: refused.stream_version,
                         }

@@ -8,17 +8,17 @@
 //! `allsource.erased_events`, so `verify_*` still proves the chain and
 //! reports the stream as erased.
 
-use crate::checksum::{
-    digest, tombstone_checksum, unix_micros_from_postgres, TombstoneFields, CHECKSUM_LEN, GENESIS,
-};
-use crate::error::{Error, Result};
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;
-use crate::validate;
+use allsource_core::checksum::{
+    digest, tombstone_checksum, unix_micros_from_postgres, TombstoneFields, CHECKSUM_LEN, GENESIS,
+};
+use allsource_core::error::{Error, Result};
+use allsource_core::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -125,7 +125,7 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
     })())
 }
 
-/// The tombstone's link (see [`crate::checksum`]): seals the deletion into
+/// The tombstone's link (see [`allsource_core::checksum`]): seals the deletion into
 /// the chain, so that clearing `deleted_at` is found by `verify_*`, and
 /// by whoever recorded the head (`stream_head`) when the link goes too.
 /// `deleted_at` is `now()`, the transaction's start.

@@ -17,11 +17,11 @@
 //! not hold its database open. Without preloading, each transaction sends
 //! its own notifications at commit instead.
 
-use crate::partition::MAX_PARTITIONS;
 use crate::savepoints::Nested;
 use crate::sql::watermark::PRELOADED;
 use crate::sql::worker;
 use crate::sql::{current_subtransaction, end_of_subtransaction, wake};
+use allsource_core::partition::MAX_PARTITIONS;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };

@@ -1,10 +1,10 @@
 //! `allsource.partition_for`.
 
-use crate::error::Error;
-use crate::partition::{self, MAX_PARTITIONS};
 use crate::sql::raise::or_raise;
 use crate::sql::select_one;
-use crate::validate;
+use allsource_core::error::Error;
+use allsource_core::partition::{self, MAX_PARTITIONS};
+use allsource_core::validate;
 use pgrx::prelude::*;
 
 /// The partition that owns `stream_id`: see [`partition::partition_for`].

@@ -4,7 +4,7 @@
 //! travel through its `ereport`. This is the one place that calls
 //! PostgreSQL's `errstart`/`errfinish` itself.
 
-use crate::error::Error;
+use allsource_core::error::Error;
 use std::ffi::{c_char, c_int, CString};
 
 unsafe extern "C-unwind" {
@@ -64,7 +64,7 @@ pub fn raise(error: Error) -> ! {
 }
 
 /// The value, or the error raised.
-pub fn or_raise<T>(result: crate::error::Result<T>) -> T {
+pub fn or_raise<T>(result: allsource_core::error::Result<T>) -> T {
     match result {
         Ok(value) => value,
         Err(error) => raise(error),

@@ -9,12 +9,12 @@
 //! Writes on a standby raise 25006; the ingest workers, the notifier and the
 //! publisher start only once recovery has finished (after a promotion).
 
-use crate::error::{Error, Result};
 use crate::settings;
 use crate::sql::guard::WriteGuard;
 use crate::sql::select_one;
 use crate::sql::watermark::{cancel_long_appends, local_watermark};
 use crate::sql::{worker, worker_session};
+use allsource_core::error::{Error, Result};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };

@@ -1,15 +1,15 @@
-//! `allsource.stats()` and `stats_reset()`: the counters of [`crate::stats`]
+//! `allsource.stats()` and `stats_reset()`: the counters of [`allsource_core::stats`]
 //! in shared memory. Appends count when their transaction commits (those
 //! rolled back to a savepoint do not); conflicts and rejections when they
 //! happen.
 
-use crate::batch::Appended;
-use crate::error::{sqlstate, Error, Result};
 use crate::savepoints::Nested;
 use crate::sql::raise::or_raise;
 use crate::sql::watermark::{require_preloaded, PRELOADED};
 use crate::sql::{current_subtransaction, end_of_subtransaction, ingest};
-use crate::stats::Counters;
+use allsource_core::batch::Appended;
+use allsource_core::error::{sqlstate, Error, Result};
+use allsource_core::stats::Counters;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::cell::RefCell;
@@ -17,10 +17,15 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-// SAFETY: plain atomics, no pointers.
-unsafe impl PGRXSharedMemory for Counters {}
+/// The counters in shared memory (a type of this crate, so that it may be shared).
+#[repr(transparent)]
+#[derive(Default)]
+struct SharedCounters(Counters);
 
-static COUNTERS: PgAtomic<Counters> = unsafe { PgAtomic::new(c"allsource_stats") };
+// SAFETY: plain atomics, no pointers.
+unsafe impl PGRXSharedMemory for SharedCounters {}
+
+static COUNTERS: PgAtomic<SharedCounters> = unsafe { PgAtomic::new(c"allsource_stats") };
 
 /// Counts of this transaction, published when it commits.
 #[derive(Clone, Copy, Default)]
@@ -41,8 +46,8 @@ pub fn init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(
             COUNTERS = {
-                let counters = Counters::default();
-                counters.reset(unsafe { pg_sys::GetCurrentTimestamp() });
+                let counters = SharedCounters::default();
+                counters.0.reset(unsafe { pg_sys::GetCurrentTimestamp() });
                 counters
             }
         );
@@ -61,7 +66,7 @@ fn count(change: impl FnOnce(&mut Uncommitted)) {
 
 /// The counters, when preloaded.
 pub fn counters() -> Option<&'static Counters> {
-    PRELOADED.load(Ordering::Relaxed).then(|| COUNTERS.get())
+    PRELOADED.load(Ordering::Relaxed).then(|| &COUNTERS.get().0)
 }
 
 fn add(counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
@@ -183,7 +188,7 @@ fn stats() -> TableIterator<
     ),
 > {
     or_raise(require_preloaded("allsource.stats()"));
-    let c = COUNTERS.get();
+    let c = &COUNTERS.get().0;
     let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as i64;
     let since = TimestampWithTimeZone::try_from(c.since.load(Ordering::Relaxed))
         .expect("a valid timestamp");
@@ -212,5 +217,6 @@ fn stats_reset() {
     or_raise(require_preloaded("allsource.stats_reset()"));
     COUNTERS
         .get()
+        .0
         .reset(unsafe { pg_sys::GetCurrentTimestamp() });
 }

@@ -7,10 +7,10 @@
 //! superuser may change, so the role's sessions act for that tenant and no
 //! other, whatever they set; `allsource.tenant` may then only repeat it.
 
-use crate::error::{Error, Result};
 use crate::settings;
 use crate::sql::raise::or_raise;
-use crate::validate;
+use allsource_core::error::{Error, Result};
+use allsource_core::validate;
 use pgrx::prelude::*;
 use std::ffi::CString;
 
@@ -24,7 +24,7 @@ pub fn session_tenant() -> Result<Option<String>> {
     };
     if requested.as_ref().is_some_and(|r| *r != bound) {
         return Err(Error::new(
-            crate::error::sqlstate::INSUFFICIENT_PRIVILEGE,
+            allsource_core::error::sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("this session is bound to tenant \"{bound}\""),
         )
         .with_detail("allsource.role_tenant binds the role to a tenant; allsource.tenant may only repeat it.")

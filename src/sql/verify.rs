@@ -1,15 +1,15 @@
 //! `allsource.verify_stream` and `allsource.verify_all`: stream events out of
 //! the tables through SPI cursors, in chunks freed as they are consumed, into
-//! the pure [`crate::verify`] checker. Memory stays flat whatever the store's size.
+//! the pure [`allsource_core::verify`] checker. Memory stays flat whatever the store's size.
 
-use crate::checksum::unix_micros_from_postgres;
-use crate::checksum::CHECKSUM_LEN;
-use crate::error::Error;
-use crate::partition;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
-use crate::validate;
-use crate::verify::{
+use allsource_core::checksum::unix_micros_from_postgres;
+use allsource_core::checksum::CHECKSUM_LEN;
+use allsource_core::error::Error;
+use allsource_core::partition;
+use allsource_core::validate;
+use allsource_core::verify::{
     registry_problem, Deletion, ErasedDigests, EventRow, Registered, StreamRow, StreamVerifier,
     Verdict,
 };

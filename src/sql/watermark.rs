@@ -1,4 +1,4 @@
-//! The watermark in PostgreSQL: the in-flight registry ([`crate::watermark`])
+//! The watermark in PostgreSQL: the in-flight registry ([`allsource_core::watermark`])
 //! in shared memory, one slot per backend (indexed by `pgprocno`); the
 //! transaction callback that empties a slot once its transaction's outcome is
 //! visible; `watermark()`, `inflight()`; and the refusal to prepare a
@@ -10,11 +10,11 @@
 //! (FATAL exits abort the open transaction) and, after a crash, by the
 //! postmaster re-creating shared memory.
 
-use crate::error::Error;
 use crate::savepoints::Nested;
 use crate::sql::raise::or_raise;
 use crate::sql::{current_subtransaction, end_of_subtransaction, standby};
-use crate::watermark::{watermark as watermark_of, Claim, Slot};
+use allsource_core::error::Error;
+use allsource_core::watermark::{watermark as watermark_of, Claim, Slot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
 use std::cell::{Cell, RefCell};
@@ -66,7 +66,7 @@ pub fn init() {
 }
 
 /// Whether the library was preloaded; the error to raise otherwise.
-pub fn require_preloaded(function: &str) -> crate::error::Result<()> {
+pub fn require_preloaded(function: &str) -> allsource_core::error::Result<()> {
     if PRELOADED.load(Ordering::Relaxed) {
         return Ok(());
     }
@@ -142,7 +142,7 @@ fn make_handed_out_durable(sequence: pg_sys::Oid) {
 /// Call before taking positions: publishes this transaction's lower bound.
 /// Fails if the transaction appended longer ago than
 /// `allsource.max_append_transaction_ms` allows.
-pub fn before_taking_positions() -> crate::error::Result<()> {
+pub fn before_taking_positions() -> allsource_core::error::Result<()> {
     let sub = current_subtransaction();
     APPENDED.with(|a| a.borrow_mut().change(sub, |a| *a = true));
     if let Some(slot) = my_slot() {
@@ -290,7 +290,7 @@ pub fn local_watermark() -> i64 {
 
 /// The lowest position an open transaction of `database` may still commit.
 pub fn lowest_claim(database: u32) -> Option<i64> {
-    crate::watermark::lowest_claim(live_slots(), database)
+    allsource_core::watermark::lowest_claim(live_slots(), database)
 }
 
 /// The transactions holding the watermark back, lowest first.

@@ -5,7 +5,7 @@
 //! which holds only the table rights the workers need, not as the bootstrap
 //! superuser a worker has to connect as.
 
-use crate::error::{Error, Result};
+use allsource_core::error::{Error, Result};
 use pgrx::pg_sys;
 
 /// The role the ingest workers and the watermark publisher write as

@@ -1,5 +1,5 @@
 //! Errors users see: a SQLSTATE, a lower-case message that names the object,
-//! and where it helps a detail and a hint. Pure Rust; the pgrx layer raises them.
+//! and where it helps a detail and a hint. Pure Rust; the extension raises them.
 
 use std::fmt;
 

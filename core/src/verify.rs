@@ -1,7 +1,7 @@
 //! Verification of a stream's hash chain, streaming: rows go in one at a time
 //! in version order, memory stays bounded by a small window kept for
 //! diagnosis. Pure Rust, so the detection logic is property-tested without
-//! PostgreSQL; `sql/verify.rs` feeds it from the tables.
+//! PostgreSQL; the extension's `src/sql/verify.rs` feeds it from the tables.
 
 use crate::checksum::{
     checksum_in, tombstone_checksum, Body, EventFields, Format, TombstoneFields, CHECKSUM_LEN,

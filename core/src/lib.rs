@@ -1,0 +1,30 @@
+//! AllSource's core: everything an append, a read or a verification decides
+//! that needs no PostgreSQL, as plain Rust, unit-tested and benchmarked on its
+//! own (`cargo test -p allsource-core`, `cargo bench -p allsource-core`). The
+//! extension crate (`src/`) calls it from SQL and gives it PostgreSQL's data.
+//!
+//! - [`error`]: the errors users see, every SQLSTATE the project raises.
+//! - [`validate`]: arguments checked before anything is written.
+//! - [`batch`]: `append_batch`'s JSON array parsed into requests.
+//! - [`plan`]: which versions and positions a set of appends gets, which are repeats.
+//! - [`jsontext`]: PostgreSQL's `jsonb` text, as the checksum hashes it.
+//! - [`checksum`]: the SHA-256 hash chain's encoding.
+//! - [`verify`]: walking a stream's chain and reporting what does not match.
+//! - [`partition`]: a stream's partition.
+//! - [`watermark`]: the in-flight registry's rule and its proof.
+//! - [`ingest`]: the ingest queue's events, tickets and results.
+//! - [`ring`]: the queue's lock-free ring buffer.
+//! - [`stats`]: the counters behind `allsource.stats()`.
+
+pub mod batch;
+pub mod checksum;
+pub mod error;
+pub mod ingest;
+pub mod jsontext;
+pub mod partition;
+pub mod plan;
+pub mod ring;
+pub mod stats;
+pub mod validate;
+pub mod verify;
+pub mod watermark;
