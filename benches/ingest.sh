@@ -5,7 +5,7 @@
 # "Plain" inserts go into a table equivalent to allsource.events: the same
 # columns and indexes, event_id unique, created with LIKE.
 #   benches/ingest.sh [ROUNDS] [SECONDS_PER_MODE]     default 3 rounds of 10 s
-# Prints events/s per mode, median over rounds, the ratios the README quotes,
+# Prints events/s per mode, median over rounds, the ratios benches/README.md quotes,
 # the workers' batch sizes and the p50/p99 latency from enqueue to result;
 # then the queue modes again with allsource.ingest_workers = 2.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What scaling out costs, on one machine (README "Benchmarks"), with durable
+# What scaling out costs, on one machine (benches/README.md, "Scaling out"), with durable
 # settings (fsync and synchronous_commit on), 200-byte JSON payloads into
 # 10,000 streams:
 #   1. the watermark publisher's cost on the primary: append throughput at 8

@@ -3,7 +3,7 @@
 
 Reads stream rows and events through psql (any psql connection options are passed
 through), recomputes every checksum and tombstone with Python's hashlib from the
-encoding documented in the README (formats 1 and 2), checks what the chain does not
+encoding documented in docs/integrity.md (formats 1 and 2), checks what the chain does not
 say (versions 1..n, positions rising, the stream row's version, last checksum and
 tenant, erased digests only where a hard delete erased the content), and compares.
 Exits 0 when every stream holds, 1 otherwise. Sees every tenant: run it as a role
@@ -11,7 +11,7 @@ that may read every row (a superuser or the extension's owner).
 
     scripts/audit_checksums.py -h localhost -p 54320 -U postgres -d allsource
     scripts/audit_checksums.py --stream order-1 -d allsource
-    scripts/audit_checksums.py --self-test      # the README's test vectors
+    scripts/audit_checksums.py --self-test      # the test vectors of docs/integrity.md
 """
 import argparse
 import hashlib
@@ -133,7 +133,7 @@ def audit_stream(stream_id, row, events):
 
 
 def self_test():
-    """The README's test vectors."""
+    """The test vectors of docs/integrity.md."""
     event = {"stream_id": "order-1", "version": 1, "event_type": "OrderPlaced",
              "event_id": "00112233-4455-6677-8899-aabbccddeeff", "payload": '{"total": 42}',
              "metadata": None, "payload_digest": None, "created_at": 1767225600000000, "tenant_id": None}
@@ -158,7 +158,7 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument("--stream", help="audit this stream only")
-    parser.add_argument("--self-test", action="store_true", help="check the README's test vectors")
+    parser.add_argument("--self-test", action="store_true", help="check the test vectors of docs/integrity.md")
     args, psql_options = parser.parse_known_args()
     if args.self_test:
         self_test()

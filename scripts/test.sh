@@ -64,7 +64,7 @@ fsync = off"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres allsource_queue
     export ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres"
     export ALLSOURCE_TEST_PGDATA=$DRIVER_DATA ALLSOURCE_TEST_PG_BIN=$PG_BIN
-    # 13's and 14's own pg_dump crash on our partitions (README "Backup"): 15's dumps them.
+    # 13's and 14's own pg_dump crash on our partitions (docs/operations.md, "Backup"): 15's dumps them.
     ALLSOURCE_TEST_PG_DUMP_BIN=$PG_BIN
     [ "$PG_MAJOR" -ge 15 ] || ALLSOURCE_TEST_PG_DUMP_BIN=$(pg_bin_dir 15)
     export ALLSOURCE_TEST_PG_DUMP_BIN

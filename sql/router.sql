@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS allsource_router.partitions (
     writable     boolean NOT NULL DEFAULT true
 );
 COMMENT ON TABLE allsource_router.partitions IS
-    'The partition map: which node holds each of the 32 partitions (it must name all 32), and whether writes to it go through (false while it moves). Moving a partition ends with an UPDATE here, after its rows were copied (see the README).';
+    'The partition map: which node holds each of the 32 partitions (it must name all 32), and whether writes to it go through (false while it moves). Moving a partition ends with an UPDATE here, after its rows were copied (see docs/scaling-out.md).';
 GRANT SELECT ON allsource_router.partitions TO PUBLIC;
 
 -- PL/Proxy reloads a cluster when get_cluster_version() returns another

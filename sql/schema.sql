@@ -74,7 +74,7 @@ CREATE TABLE allsource.streams (
     erased_by     text,
     -- Seals the tombstone into the hash chain (SHA-256 of deleted_at,
     -- deleted_by, tenant and version ‖ last_checksum), so that a cleared
-    -- deleted_at is found: README, Integrity.
+    -- deleted_at is found: docs/integrity.md, "Tombstones".
     tombstone_checksum bytea
 );
 COMMENT ON TABLE allsource.streams IS

@@ -495,7 +495,7 @@ mod tests {
             ),
             32
         );
-        // The README's test vectors.
+        // The test vectors of docs/sql-reference.md.
         assert_eq!(one::<i32>("SELECT allsource.partition_for('order-1')"), 12);
         assert_eq!(
             one::<i32>("SELECT allsource.partition_for('order-1', 7)"),

@@ -21,7 +21,7 @@
 //! may try both. Payload and metadata enter through their digests, so a
 //! stream whose payloads are erased on request can still prove its chain from
 //! the digests. Positions are not covered: moving a partition to another node
-//! renumbers them (README, "A router over several nodes").
+//! renumbers them (docs/scaling-out.md, "A router over several nodes").
 //!
 //! A soft or hard delete seals the stream with a tombstone link,
 //! `SHA-256(tombstone encoding ‖ last checksum)`, kept in the stream row:
@@ -250,7 +250,7 @@ mod tests {
         }
     }
 
-    /// The README's worked examples; `scripts/audit_checksums.py --self-test`
+    /// The test vectors of docs/integrity.md; `scripts/audit_checksums.py --self-test`
     /// recomputes them.
     #[test]
     fn test_vectors() {

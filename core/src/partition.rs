@@ -28,7 +28,7 @@ pub fn partition_for(stream_id: &str, partition_count: u32) -> u32 {
 mod tests {
     use super::*;
 
-    /// Test vectors, also published in the README. Recompute with Python:
+    /// Test vectors, also published in docs/sql-reference.md. Recompute with Python:
     /// `int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") % n`.
     #[test]
     fn test_vectors() {

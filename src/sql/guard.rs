@@ -7,7 +7,7 @@
 //! into exactly that table, which is how a dump (pg_restore, or psql on a
 //! plain dump) loads the tables. It cannot happen by accident the way an
 //! `INSERT` or `UPDATE` can, only their owner or a superuser may run it, and
-//! `verify_all()` checks what it loaded (README "Backup").
+//! `verify_all()` checks what it loaded (docs/operations.md, "Backup").
 
 use crate::sql::raise::raise;
 use allsource_core::error::Error;
@@ -93,7 +93,7 @@ fn refusal(trigger: &PgTrigger) -> Result<Option<Error>, PgTriggerError> {
             format!("direct {operation} on {schema}.{table} is not allowed"),
         )
         .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")
-        .with_hint("Use allsource.append or allsource.append_batch to write events. A dump restores with pg_restore or psql as it is (README \"Backup\")."),
+        .with_hint("Use allsource.append or allsource.append_batch to write events. A dump restores with pg_restore or psql as it is (docs/operations.md, \"Backup\")."),
     ))
 }
 

@@ -1,6 +1,6 @@
 //! allsource-stress: a mixed load against a real server for seconds or days,
 //! crash-restarts on request, and checks that nothing acknowledged is lost.
-//! See `--help` and the README's "Stress and soak" section.
+//! See `--help` and docs/operations.md, "Stress and soak test".
 
 mod check;
 mod ledger;

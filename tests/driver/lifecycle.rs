@@ -196,7 +196,7 @@ fn connection_args() -> [String; 5] {
 
 /// pg_dump, pg_restore or psql from the server's own binaries, or those in
 /// `ALLSOURCE_TEST_PG_DUMP_BIN` (PostgreSQL 13's and 14's own pg_dump crash on
-/// partitions that are extension configuration tables: README "Backup").
+/// partitions that are extension configuration tables: docs/operations.md, "Backup").
 /// No options beyond the connection: a restore must work as it comes.
 fn pg_tool(tool: &str, args: &[&str]) {
     let bin = std::env::var("ALLSOURCE_TEST_PG_DUMP_BIN")

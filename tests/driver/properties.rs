@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
-/// What a call may fail with: the README's Errors table, and PostgreSQL's own
+/// What a call may fail with: the Errors table of docs/sql-reference.md, and PostgreSQL's own
 /// input errors raised while it parses the text arguments, before AllSource runs.
 const DOCUMENTED: &[&str] = &[
     "ZA001", "ZA002", "ZA003", "22023", "54000", "53400", "42501", "55000", "0A000",

@@ -18,7 +18,7 @@ node1..node3. In order:
    read_all_nodes with one cursor per node: every event lands on the node the
    map names and only there, versions are gapless, verify_stream holds, and the
    follower sees every event of every node once, in position order per node;
-7. moving a partition to another node with the README's procedure (writes
+7. moving a partition to another node with the procedure of docs/scaling-out.md (writes
    frozen at the router meanwhile, positions renumbered on the target), under
    a router session that cached the old map.
 """
@@ -44,7 +44,7 @@ def step(message):
 
 
 def partition_of(stream_id, count=PARTITIONS):
-    """The extension's hash, as the README gives it."""
+    """The extension's hash, as docs/sql-reference.md gives it."""
     return int.from_bytes(hashlib.sha256(stream_id.encode()).digest()[:8], "big") % count
 
 
@@ -399,7 +399,7 @@ def writers_and_follower(port, router, nodes):
 
 
 # The partition's rows of each table on the source node, by temp table they
-# are copied into on the target (the README's procedure, step 3).
+# are copied into on the target (the procedure of docs/scaling-out.md, step 3).
 MOVED_ROWS = {
     "moved_streams": ("allsource.streams", "SELECT * FROM allsource.streams WHERE partition_id = {p}"),
     "moved_events": ("allsource.events", "SELECT * FROM allsource.events WHERE partition_id = {p}"),
@@ -453,7 +453,7 @@ def read_everything(conn, cursors):
 
 
 def move_partition(router_port, router, node_ports, follower):
-    """The README's procedure: partition 12 (order-1 and erase-x) from node1 to node2."""
+    """The procedure of docs/scaling-out.md: partition 12 (order-1 and erase-x) from node1 to node2."""
     partition, target_name = 12, "node2"
     erased = next(f"erase-{i}" for i in range(1000) if partition_of(f"erase-{i}") == partition)
     router.execute("SELECT allsource.append(%s, 'Secret', '{\"pin\": 1234}')", (erased,))

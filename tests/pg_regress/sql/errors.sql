@@ -1,5 +1,5 @@
--- errors: what PostgreSQL itself refuses before AllSource runs (README's
--- Errors table: 22P02, 22003, 22P05, 54001), what it refuses around
+-- errors: what PostgreSQL itself refuses before AllSource runs (the
+-- Errors table of docs/sql-reference.md: 22P02, 22003, 22P05, 54001), what it refuses around
 -- AllSource (25006, 42883), and 0A000 for PREPARE TRANSACTION. The other
 -- SQLSTATEs are shown where their function is: ZA001, ZA003, 22023 and 54000
 -- in append, ZA002 in lifecycle, 42501 in tenants_roles and write_guard,

@@ -1,4 +1,4 @@
--- integrity: the hash chain as README's Integrity section defines it,
+-- integrity: the hash chain as docs/integrity.md defines it,
 -- verify_stream, verify_gapless and verify_all on sound data, then on every
 -- kind of damage a superuser can do. Streams audit-*, all of tenant 'audit'
 -- so that verify_all here sees them alone and the other files never see
@@ -7,7 +7,7 @@
 \set SHOW_CONTEXT never
 SET allsource.tenant = 'audit';
 
--- The encoding (format 1) in SQL, from README.
+-- The encoding (format 1) in SQL, from docs/integrity.md.
 CREATE FUNCTION pg_temp.encoding(stream_id text, version bigint, event_type text, event_id uuid,
                                  payload_digest bytea, metadata_digest bytea, created_at timestamptz)
 RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
@@ -29,7 +29,7 @@ RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
         || CASE WHEN tenant_id IS NULL THEN '\x00'::bytea
                 ELSE '\x01'::bytea || int4send(octet_length(convert_to(tenant_id, 'UTF8'))) || convert_to(tenant_id, 'UTF8') END
 $$;
--- README's test vectors: format 1, format 2 without a tenant and with tenant acme.
+-- The test vectors of docs/integrity.md: format 1, format 2 without a tenant and with tenant acme.
 SELECT encode(e, 'hex') AS encoding, encode(sha256(e || decode(repeat('00', 32), 'hex')), 'hex') AS checksum
 FROM pg_temp.encoding('order-1', 1, 'OrderPlaced', '00112233-4455-6677-8899-aabbccddeeff',
                       sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00') AS e;

@@ -1,5 +1,5 @@
--- partitions: partition_count, partition_for (README's test vectors and its
--- formula), partition_stats. Streams part-*.
+-- partitions: partition_count, partition_for (the test vectors of
+-- docs/sql-reference.md and its formula), partition_stats. Streams part-*.
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 SELECT last_value - (NOT is_called)::int AS p0 FROM allsource.event_position \gset
@@ -7,7 +7,7 @@ SELECT last_value - (NOT is_called)::int AS p0 FROM allsource.event_position \gs
 -- Fixed at CREATE EXTENSION by allsource.partitions (default 32).
 SELECT allsource.partition_count();
 
--- README's test vectors. Without a count, the extension's own.
+-- The test vectors of docs/sql-reference.md. Without a count, the extension's own.
 SELECT stream_id, count, allsource.partition_for(stream_id, count) AS partition
 FROM (VALUES ('order-1', 32), ('order-1', 7), ('customer-42', 32), ('customer-42', 1024),
              ('Äpfel-ünd-Birnen', 32), ('order-1', 1)) AS v(stream_id, count);
@@ -21,7 +21,7 @@ SELECT count(*) AS checked,
                    THEN 18446744073709551616 ELSE 0 END) % n) AS mismatches
 FROM unnest(ARRAY['order-1', 'customer-42', 'Äpfel-ünd-Birnen', 'a', 'part-x', repeat('z', 255)]) s,
      generate_series(1, 1024) n;
--- The empty id is not a stream id (README shows its hash all the same).
+-- The empty id is not a stream id (docs/sql-reference.md shows its hash all the same).
 SELECT allsource.partition_for('');
 \echo SQLSTATE :SQLSTATE
 SELECT allsource.partition_for(NULL);

@@ -2,7 +2,7 @@
 -- extension fail with 42501 for anything but AllSource's own functions, the
 -- superuser running this file included (the roles' own privileges refuse
 -- them earlier: see tenants_roles), but for what a restore sends: COPY
--- allsource.… FROM STDIN (README "Backup"). Streams guard-*.
+-- allsource.… FROM STDIN (docs/operations.md, "Backup"). Streams guard-*.
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 
