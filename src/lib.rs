@@ -26,6 +26,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    sql::preload::init();
     // PostgreSQL calls the transaction callbacks last registered first: the
     // watermark's slot is emptied before the commit is handed to the notifier,
     // which then finds the commit readable.
@@ -33,7 +34,6 @@ pub extern "C-unwind" fn _PG_init() {
     sql::watermark::init();
     sql::stats::init();
     sql::ingest::init();
-    sql::standby::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

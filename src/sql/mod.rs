@@ -2,21 +2,23 @@
 //! SPI and raise errors with their SQLSTATEs.
 
 mod append;
+mod background;
 mod checks;
+mod delete;
 mod guard;
 pub mod ingest;
 mod jsonb;
-mod lifecycle;
 pub mod notify;
 mod partition;
+pub mod preload;
 mod raise;
+mod snapshot;
 pub mod standby;
 pub mod stats;
+mod stream_row;
 mod tenant;
 mod verify;
 pub mod watermark;
-mod worker;
-mod worker_session;
 
 use crate::savepoints::Nested;
 use pgrx::pg_sys;

@@ -18,13 +18,10 @@
 //! its own notifications at commit instead.
 
 use crate::savepoints::Nested;
-use crate::sql::watermark::PRELOADED;
-use crate::sql::worker;
+use crate::sql::background::{self, report};
+use crate::sql::preload;
 use crate::sql::{current_subtransaction, end_of_subtransaction, wake};
 use allsource_core::partition::MAX_PARTITIONS;
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic};
 use std::cell::RefCell;
@@ -120,7 +117,7 @@ fn current_database() -> u32 {
 /// This database's board, claimed on first use; `None` without preloading
 /// or when every board is taken.
 fn board(database: u32) -> Option<&'static DatabaseBoard> {
-    if !PRELOADED.load(Ordering::Relaxed) {
+    if !preload::is_preloaded() {
         return None;
     }
     let boards = &BOARDS.get().databases;
@@ -217,17 +214,16 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
 
 fn start_notifier(board: &DatabaseBoard) {
     let database = board.database.load(Ordering::SeqCst);
-    let started =
-        BackgroundWorkerBuilder::new(&format!("allsource notifier for database {database}"))
-            .set_type("allsource notifier")
-            .set_library("allsource")
-            .set_function("allsource_notifier_main")
-            .set_argument(Some(pg_sys::Datum::from(database)))
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(None)
-            .load_dynamic();
-    if started.is_err() {
+    let name = format!("allsource notifier for database {database}");
+    let started = background::Worker {
+        name: &name,
+        kind: "allsource notifier",
+        function: "allsource_notifier_main",
+        argument: pg_sys::Datum::from(database),
+        restart_after: None,
+    }
+    .start();
+    if !started {
         board.notifier.store(NO_NOTIFIER, Ordering::SeqCst);
         pgrx::warning!(
             "allsource could not start its notifier (max_worker_processes reached?); notifications wait for the next commit"
@@ -252,12 +248,10 @@ fn send(partition_id: i32, last_position: i64) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = argument.value() as u32;
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     // It runs no SQL (pg_notify is called directly), so it needs no role of
     // its own; the path is pinned all the same.
-    crate::sql::worker_session::pin_search_path();
+    background::connect(background::Database::Oid(pg_sys::Oid::from(database)));
     let Some(board) = board(database) else { return };
     let me = super::my_procno() + 1;
     board
@@ -301,14 +295,13 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
                 }
             }
             if !to_send.is_empty() {
-                worker::report_running("sending NOTIFY allsource_events");
-                BackgroundWorker::transaction(move || {
+                report::report_running("sending NOTIFY allsource_events");
+                background::transaction(move || {
                     for (partition, position) in to_send {
                         send(partition, position);
                     }
                 });
-                worker::report_stats(false);
-                worker::report_idle("waiting for commits to notify");
+                report::report_idle("waiting for commits to notify");
             }
             last_work = Instant::now();
         } else if last_work.elapsed() >= NOTIFIER_IDLE_EXIT {
@@ -333,7 +326,8 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
         } else {
             NOTIFY_INTERVAL
         };
-        if !BackgroundWorker::wait_latch(Some(timeout)) {
+        background::sleep(timeout);
+        if background::signals().stop {
             board
                 .notifier
                 .compare_exchange(me, NO_NOTIFIER, Ordering::SeqCst, Ordering::SeqCst)

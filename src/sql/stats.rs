@@ -4,9 +4,10 @@
 //! happen.
 
 use crate::savepoints::Nested;
+use crate::sql::ingest::queue;
+use crate::sql::preload::{self, require_preloaded};
 use crate::sql::raise::or_raise;
-use crate::sql::watermark::{require_preloaded, PRELOADED};
-use crate::sql::{current_subtransaction, end_of_subtransaction, ingest};
+use crate::sql::{current_subtransaction, end_of_subtransaction};
 use allsource_core::batch::Appended;
 use allsource_core::error::{sqlstate, Error, Result};
 use allsource_core::stats::Counters;
@@ -66,7 +67,7 @@ fn count(change: impl FnOnce(&mut Uncommitted)) {
 
 /// The counters, when preloaded.
 pub fn counters() -> Option<&'static Counters> {
-    PRELOADED.load(Ordering::Relaxed).then(|| &COUNTERS.get().0)
+    preload::is_preloaded().then(|| &COUNTERS.get().0)
 }
 
 fn add(counter: impl Fn(&Counters) -> &AtomicU64, n: u64) {
@@ -199,9 +200,9 @@ fn stats() -> TableIterator<
         n(&c.enqueued),
         n(&c.conflicts),
         n(&c.rejects),
-        ingest::queued_events() as i64,
+        queue::queued_events() as i64,
         n(&c.worker_commits),
-        ingest::workers_running() as i32,
+        queue::workers_running() as i32,
         c.append_latency.quantile(0.5).map(|v| v as i64),
         c.append_latency.quantile(0.99).map(|v| v as i64),
         c.ticket_latency.quantile(0.5).map(|v| v as i64),

@@ -10,7 +10,10 @@
 //! (FATAL exits abort the open transaction) and, after a crash, by the
 //! postmaster re-creating shared memory.
 
+mod publisher;
+
 use crate::savepoints::Nested;
+use crate::sql::preload::{self, require_preloaded};
 use crate::sql::raise::or_raise;
 use crate::sql::{current_subtransaction, end_of_subtransaction, standby};
 use allsource_core::error::Error;
@@ -19,7 +22,6 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Upper bound on `pgprocno` (max_connections + workers + prepared
 /// transactions); 64 bytes each, 512 KiB in all.
@@ -35,10 +37,6 @@ unsafe impl PGRXSharedMemory for Registry {}
 
 static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"allsource_inflight_registry") };
 
-/// Set in the postmaster when loaded through shared_preload_libraries and
-/// inherited by every backend it forks.
-pub(crate) static PRELOADED: AtomicBool = AtomicBool::new(false);
-
 thread_local! {
     /// This transaction appended: it may not be prepared.
     static APPENDED: RefCell<Nested<bool>> = const { RefCell::new(Nested::new(false)) };
@@ -51,13 +49,13 @@ thread_local! {
 
 /// From `_PG_init`: shared memory when preloading, transaction callbacks always.
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if preload::is_preloaded() {
         pg_shmem_init!(
             REGISTRY = Registry {
                 slots: std::array::from_fn(|_| Slot::default())
             }
         );
-        PRELOADED.store(true, Ordering::Relaxed);
+        publisher::register();
     }
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
@@ -65,23 +63,9 @@ pub fn init() {
     }
 }
 
-/// Whether the library was preloaded; the error to raise otherwise.
-pub fn require_preloaded(function: &str) -> allsource_core::error::Result<()> {
-    if PRELOADED.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    Err(Error::new(
-        "55000",
-        format!("{function} needs allsource in shared_preload_libraries"),
-    )
-    .with_hint(
-        "Add allsource to shared_preload_libraries in postgresql.conf and restart PostgreSQL.",
-    ))
-}
-
 fn my_slot() -> Option<&'static Slot> {
     // Only backends have a PGPROC slot to claim; the postmaster has none.
-    if !PRELOADED.load(Ordering::Relaxed) || unsafe { pg_sys::MyProc.is_null() } {
+    if !preload::is_preloaded() || unsafe { pg_sys::MyProc.is_null() } {
         return None;
     }
     let index = super::my_procno() as usize;
@@ -193,7 +177,7 @@ fn cancelled() -> Error {
 /// watermark publisher.
 pub fn cancel_long_appends() {
     let limit_ms = crate::settings::MAX_APPEND_TRANSACTION_MS.get();
-    if limit_ms == 0 || !PRELOADED.load(Ordering::Relaxed) {
+    if limit_ms == 0 || !preload::is_preloaded() {
         return;
     }
     let before = unsafe { pg_sys::GetCurrentTimestamp() } - i64::from(limit_ms) * 1000;
@@ -273,7 +257,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
 fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
     if standby::is_standby() {
-        return or_raise(standby::published_watermark());
+        return or_raise(publisher::published_watermark());
     }
     local_watermark()
 }

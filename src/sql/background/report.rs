@@ -1,5 +1,4 @@
-//! What every background worker of AllSource (ingest, notifier, watermark
-//! publisher) reports about itself, so its work shows where PostgreSQL's own
+//! What every background worker reports about itself, so its work shows where PostgreSQL's own
 //! tools look: its table statistics after each transaction (the tuples it
 //! inserted and updated, which autovacuum and autoanalyze go by: a backend
 //! reports them when it goes idle, a background worker only when it asks)

@@ -9,7 +9,7 @@ use allsource_core::error::{Error, Result};
 use pgrx::pg_sys;
 
 /// The role the ingest workers and the watermark publisher write as
-/// (created by `CREATE EXTENSION`, see sql/finalize.sql).
+/// (created by `CREATE EXTENSION`).
 const WORKER_ROLE: &std::ffi::CStr = c"allsource_worker";
 
 /// Pins this worker session's `search_path`: names the extension's SQL

@@ -1,5 +1,4 @@
-//! `allsource.delete_stream` and `allsource.save_snapshot`
-//! (`load_snapshot` is SQL, in sql/finalize.sql).
+//! `allsource.delete_stream`.
 //!
 //! A soft delete leaves a tombstone: the stream row keeps its version and
 //! says when and by whom, sealed into the hash chain (`tombstone_checksum`).
@@ -9,10 +8,10 @@
 //! reports the stream as erased.
 
 use crate::sql::guard::WriteGuard;
-use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
 use crate::sql::standby::refuse_on_standby;
+use crate::sql::stream_row::{lock_stream, Stream};
 use crate::sql::tenant;
 use allsource_core::checksum::{
     digest, tombstone_checksum, unix_micros_from_postgres, TombstoneFields, CHECKSUM_LEN, GENESIS,
@@ -24,46 +23,6 @@ use pgrx::spi::SpiClient;
 
 /// Events erased per round trip.
 const CHUNK: i64 = 1000;
-
-/// The locked stream row.
-struct Stream {
-    partition_id: i32,
-    version: i64,
-    last_checksum: Option<Vec<u8>>,
-    tenant: Option<String>,
-    deleted: bool,
-    erased: bool,
-}
-
-/// Locks the stream's row; `None` if it has none. Another tenant's stream
-/// is refused.
-fn lock_stream(
-    client: &mut SpiClient,
-    stream_id: &str,
-    tenant: Option<&str>,
-) -> Result<Option<Stream>> {
-    let rows = spi(client.update(
-        "SELECT partition_id, version, tenant_id, deleted_at IS NOT NULL, erased_at IS NOT NULL, last_checksum \
-         FROM allsource.streams WHERE stream_id = $1 FOR UPDATE",
-        None,
-        &[stream_id.into()],
-    ));
-    let Some(row) = rows.into_iter().next() else {
-        return Ok(None);
-    };
-    let stream = Stream {
-        partition_id: spi(row.get(1)).expect("NOT NULL"),
-        version: spi(row.get(2)).expect("NOT NULL"),
-        tenant: spi(row.get(3)),
-        deleted: spi(row.get(4)).expect("computed"),
-        erased: spi(row.get(5)).expect("computed"),
-        last_checksum: spi(row.get(6)),
-    };
-    if stream.tenant.as_deref() != tenant {
-        return Err(Error::other_tenant(stream_id));
-    }
-    Ok(Some(stream))
-}
 
 /// The role the caller acts as (SET ROLE included), which a SECURITY
 /// DEFINER function's `current_user` no longer says.
@@ -205,56 +164,4 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
         &[stream_id.into(), calling_role().into()],
     ));
     Ok(())
-}
-
-/// Saves a snapshot of the stream's state at `version`. Only the latest is
-/// kept: returns false (and keeps the stored one) when a snapshot of a higher
-/// version exists.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<JsonbText>) -> bool {
-    or_raise((|| {
-        refuse_on_standby("allsource.save_snapshot()")?;
-        let stream_id = validate::name("stream_id", stream_id)?;
-        let version =
-            version.ok_or_else(|| Error::invalid_argument("version", "must not be null"))?;
-        let state = validate::required("state", state)?.0;
-        if version < 1 {
-            return Err(Error::invalid_argument(
-                "version",
-                format!("must be at least 1, not {version}"),
-            ));
-        }
-        let tenant = tenant::session_tenant()?;
-        let _writing = WriteGuard::new();
-        Spi::connect_mut(|client| {
-            let stream = lock_stream(client, stream_id, tenant.as_deref())?;
-            let current = stream.as_ref().map_or(0, |s| s.version);
-            if stream.as_ref().is_some_and(|s| s.deleted) {
-                return Err(Error::stream_deleted(stream_id));
-            }
-            if version > current {
-                return Err(Error::invalid_argument(
-                    "version",
-                    format!("is {version}, but stream \"{stream_id}\" is at version {current}"),
-                ));
-            }
-            let stored = spi(client.update(
-                "INSERT INTO allsource.snapshots AS s (stream_id, version, state, tenant_id) \
-                 VALUES ($1, $2, $3::jsonb, $4) \
-                 ON CONFLICT (stream_id) DO UPDATE \
-                 SET version = excluded.version, state = excluded.state, created_at = pg_catalog.now() \
-                 WHERE s.version <= excluded.version \
-                 RETURNING 1",
-                None,
-                &[
-                    stream_id.into(),
-                    version.into(),
-                    state.into(),
-                    tenant.into(),
-                ],
-            ));
-            Ok(!stored.is_empty())
-        })
-    })())
 }

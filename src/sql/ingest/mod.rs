@@ -1,0 +1,34 @@
+//! The ingest queue: `enqueue`, `await_ticket`, `ingest_workers()` and the
+//! workers that append queued events.
+//!
+//! Shared memory, sized at server start from `allsource.queue_size` and
+//! `allsource.ingest_workers`, holds one lane per worker: a lock-free ring
+//! ([`allsource_core::ring`]) of encoded events ([`allsource_core::ingest::QueuedEvent`]) and
+//! a table of ticket results ([`allsource_core::ingest::ResultCell`]). A stream's
+//! events always go to the same lane, so one worker appends them in order.
+//!
+//! A worker takes a batch, appends it in one transaction through the path of
+//! `append_batch` ([`super::append::append_requests`]), where each event is
+//! decided alone, stages the results, commits, then publishes them and wakes
+//! the waiters. The batch's ring slots are freed only after that: a worker
+//! that dies mid-batch leaves its events in the ring, and its successor
+//! either confirms them (the transaction committed) or appends them again.
+//!
+//! Three rooms: [`queue`] (the shared memory), [`functions`] (the SQL
+//! functions), [`worker`] (the workers' loop).
+
+mod functions;
+pub mod queue;
+mod worker;
+
+/// From `_PG_init`: when preloading, reserves the queue's shared memory and
+/// registers the workers.
+pub fn init() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    queue::reserve_shared_memory();
+    worker::register();
+}
+
+use pgrx::pg_sys;

@@ -1,0 +1,65 @@
+//! `allsource.save_snapshot` (`load_snapshot` is SQL, in sql/finalize.sql):
+//! one snapshot per stream, the latest.
+
+use crate::sql::guard::WriteGuard;
+use crate::sql::jsonb::JsonbText;
+use crate::sql::raise::or_raise;
+use crate::sql::spi;
+use crate::sql::standby::refuse_on_standby;
+use crate::sql::stream_row::lock_stream;
+use crate::sql::tenant;
+use allsource_core::error::Error;
+use allsource_core::validate;
+use pgrx::prelude::*;
+
+/// Saves a snapshot of the stream's state at `version`. Only the latest is
+/// kept: returns false (and keeps the stored one) when a snapshot of a higher
+/// version exists.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<JsonbText>) -> bool {
+    or_raise((|| {
+        refuse_on_standby("allsource.save_snapshot()")?;
+        let stream_id = validate::name("stream_id", stream_id)?;
+        let version =
+            version.ok_or_else(|| Error::invalid_argument("version", "must not be null"))?;
+        let state = validate::required("state", state)?.0;
+        if version < 1 {
+            return Err(Error::invalid_argument(
+                "version",
+                format!("must be at least 1, not {version}"),
+            ));
+        }
+        let tenant = tenant::session_tenant()?;
+        let _writing = WriteGuard::new();
+        Spi::connect_mut(|client| {
+            let stream = lock_stream(client, stream_id, tenant.as_deref())?;
+            let current = stream.as_ref().map_or(0, |s| s.version);
+            if stream.as_ref().is_some_and(|s| s.deleted) {
+                return Err(Error::stream_deleted(stream_id));
+            }
+            if version > current {
+                return Err(Error::invalid_argument(
+                    "version",
+                    format!("is {version}, but stream \"{stream_id}\" is at version {current}"),
+                ));
+            }
+            let stored = spi(client.update(
+                "INSERT INTO allsource.snapshots AS s (stream_id, version, state, tenant_id) \
+                 VALUES ($1, $2, $3::jsonb, $4) \
+                 ON CONFLICT (stream_id) DO UPDATE \
+                 SET version = excluded.version, state = excluded.state, created_at = pg_catalog.now() \
+                 WHERE s.version <= excluded.version \
+                 RETURNING 1",
+                None,
+                &[
+                    stream_id.into(),
+                    version.into(),
+                    state.into(),
+                    tenant.into(),
+                ],
+            ));
+            Ok(!stored.is_empty())
+        })
+    })())
+}
