@@ -6,8 +6,7 @@ use std::fmt;
 /// An error destined for the SQL caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
-    /// Five-character SQLSTATE, e.g. `ZA001`.
-    pub sqlstate: &'static str,
+    pub sqlstate: SqlState,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
@@ -15,18 +14,74 @@ pub struct Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// SQLSTATEs from SPEC.md's error table.
+/// A five-character SQLSTATE, e.g. `ZA001`: the one type for it everywhere
+/// (errors, the ingest queue's results, what a worker caught).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState([u8; 5]);
+
+impl SqlState {
+    /// `code` must be five characters of `0`–`9` and `A`–`Z`.
+    pub const fn new(code: &[u8; 5]) -> Self {
+        SqlState(*code)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 5] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("?????")
+    }
+}
+
+impl fmt::Display for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl PartialEq<&str> for SqlState {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+/// Every SQLSTATE the extension raises or looks for, named once: AllSource's
+/// own (class `ZA`, docs/sql-reference.md's errors table) and PostgreSQL's.
 pub mod sqlstate {
-    pub const WRONG_EXPECTED_VERSION: &str = "ZA001";
-    pub const STREAM_DELETED: &str = "ZA002";
-    pub const EVENT_ID_REUSED: &str = "ZA003";
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
-    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    use super::SqlState;
+
+    /// The stream is not at the version the append expected.
+    pub const WRONG_EXPECTED_VERSION: SqlState = SqlState::new(b"ZA001");
+    /// The stream is deleted.
+    pub const STREAM_DELETED: SqlState = SqlState::new(b"ZA002");
+    /// An event id already names a different event.
+    pub const EVENT_ID_REUSED: SqlState = SqlState::new(b"ZA003");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::new(b"22023");
+    pub const UNIQUE_VIOLATION: SqlState = SqlState::new(b"23505");
+    pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState::new(b"25006");
+    pub const TRANSACTION_TIMEOUT: SqlState = SqlState::new(b"25P04");
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState::new(b"40001");
+    pub const DEADLOCK_DETECTED: SqlState = SqlState::new(b"40P01");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState::new(b"42501");
+    pub const UNDEFINED_OBJECT: SqlState = SqlState::new(b"42704");
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState::new(b"53400");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState::new(b"54000");
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState::new(b"55000");
+    pub const LOCK_NOT_AVAILABLE: SqlState = SqlState::new(b"55P03");
+    pub const QUERY_CANCELED: SqlState = SqlState::new(b"57014");
+    pub const INTERNAL_ERROR: SqlState = SqlState::new(b"XX000");
+    pub const DATA_CORRUPTED: SqlState = SqlState::new(b"XX001");
 }
 
 impl Error {
-    pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(sqlstate: SqlState, message: impl Into<String>) -> Self {
         Error {
             sqlstate,
             message: message.into(),

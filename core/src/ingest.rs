@@ -3,6 +3,7 @@
 //! publish and `await_ticket` reads.
 
 use crate::batch::NewEvent;
+use crate::error::SqlState;
 use crate::validate::ExpectedVersion;
 use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use uuid::Uuid;
@@ -182,7 +183,7 @@ pub enum Status {
     /// The stream was not at the expected version; `actual` is its version.
     Conflict { actual: i64 },
     /// Refused for another reason, with the SQLSTATE it would have raised.
-    Rejected { sqlstate: [u8; 5] },
+    Rejected { sqlstate: SqlState },
 }
 
 impl Status {
@@ -322,7 +323,7 @@ impl ResultCell {
             }
             Status::Rejected { sqlstate } => {
                 let mut packed = [0u8; 8];
-                packed[..5].copy_from_slice(&sqlstate);
+                packed[..5].copy_from_slice(sqlstate.as_bytes());
                 self.detail
                     .store(i64::from_le_bytes(packed), Ordering::Release);
                 REJECTED
@@ -359,7 +360,7 @@ impl ResultCell {
             REJECTED => {
                 let packed = self.detail.load(Ordering::Relaxed).to_le_bytes();
                 Status::Rejected {
-                    sqlstate: packed[..5].try_into().expect("five bytes"),
+                    sqlstate: SqlState::new(packed[..5].try_into().expect("five bytes")),
                 }
             }
             _ => Status::Pending,
@@ -396,6 +397,7 @@ impl ResultCell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::sqlstate;
 
     fn queued(expected: ExpectedVersion, id: Option<u128>, metadata: Option<&str>) -> QueuedEvent {
         QueuedEvent {
@@ -537,12 +539,12 @@ mod tests {
         );
         cell.open(7, 0);
         cell.publish(Status::Rejected {
-            sqlstate: *b"ZA003",
+            sqlstate: sqlstate::EVENT_ID_REUSED,
         });
         assert_eq!(
             cell.lookup(7),
             Lookup::Found(Status::Rejected {
-                sqlstate: *b"ZA003"
+                sqlstate: sqlstate::EVENT_ID_REUSED
             })
         );
     }

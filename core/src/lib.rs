@@ -6,6 +6,7 @@
 //! - [`error`]: the errors users see, every SQLSTATE the project raises.
 //! - [`validate`]: arguments checked before anything is written.
 //! - [`batch`]: `append_batch`'s JSON array parsed into requests.
+//! - [`idempotency`]: whether an append with known event ids is a retry.
 //! - [`plan`]: which versions and positions a set of appends gets, which are repeats.
 //! - [`jsontext`]: PostgreSQL's `jsonb` text, as the checksum hashes it.
 //! - [`checksum`]: the SHA-256 hash chain's encoding.
@@ -19,6 +20,7 @@
 pub mod batch;
 pub mod checksum;
 pub mod error;
+pub mod idempotency;
 pub mod ingest;
 pub mod jsontext;
 pub mod partition;

@@ -7,9 +7,10 @@
 //! whole batch of queued events at once, where each request may fail alone
 //! because nothing is written until every request is decided.
 
-use crate::batch::{replay_of, Appended, NewEvent, StoredEvent};
+use crate::batch::{Appended, NewEvent};
 use crate::checksum::{self, Body, EventFields, CHECKSUM_LEN};
 use crate::error::{Error, Result};
+use crate::idempotency::{replay_of, StoredEvent};
 use crate::validate::ExpectedVersion;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -27,7 +28,7 @@ pub struct Request<'a> {
 
 /// A stream's row, locked by the planning transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub struct StreamHead {
     pub partition_id: i32,
     pub version: i64,
     pub last_checksum: [u8; CHECKSUM_LEN],
@@ -51,13 +52,13 @@ pub struct Row<'a> {
 /// What one request comes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// It is these rows of the plan: its own, or, for a repeat of an
-    /// earlier request in the same plan, that request's.
-    Rows(Range<usize>),
+    /// It writes these rows of the plan.
+    Writes(Range<usize>),
+    /// A repeat of an earlier request of the same plan: that request's rows.
+    RepeatsPlanned(Range<usize>),
     /// A repeat of events already stored: where they are.
-    Stored(Appended),
-    /// Refused; `stream_version` is the stream's version when it was.
-    Failed { error: Error, stream_version: i64 },
+    RepeatsStored(Appended),
+    Refused(Refused),
 }
 
 /// A request refused: the error, and the stream's version when it was.
@@ -73,12 +74,12 @@ pub struct Refused {
 pub struct Plan<'a> {
     pub rows: Vec<Row<'a>>,
     pub outcomes: Vec<Outcome>,
-    pub heads: HashMap<&'a str, Head>,
+    pub heads: HashMap<&'a str, StreamHead>,
 }
 
 impl Plan<'_> {
     /// Heads of the streams that get rows.
-    pub fn touched_heads(&self) -> impl Iterator<Item = (&str, &Head)> {
+    pub fn touched_heads(&self) -> impl Iterator<Item = (&str, &StreamHead)> {
         let mut seen: Vec<&str> = self.rows.iter().map(|r| r.stream_id).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -92,20 +93,14 @@ impl Plan<'_> {
         self.outcomes
             .iter()
             .map(|outcome| match outcome {
-                Outcome::Rows(range) => Ok(Appended {
+                Outcome::Writes(range) | Outcome::RepeatsPlanned(range) => Ok(Appended {
                     first_version: self.rows[range.start].version,
                     last_version: self.rows[range.end - 1].version,
                     first_position: positions[range.start],
                     last_position: positions[range.end - 1],
                 }),
-                Outcome::Stored(appended) => Ok(*appended),
-                Outcome::Failed {
-                    error,
-                    stream_version,
-                } => Err(Refused {
-                    error: error.clone(),
-                    stream_version: *stream_version,
-                }),
+                Outcome::RepeatsStored(appended) => Ok(*appended),
+                Outcome::Refused(refused) => Err(refused.clone()),
             })
             .collect()
     }
@@ -115,9 +110,9 @@ impl Plan<'_> {
 /// `stored` finds events already in the store by id; `created_at` is the
 /// transaction's timestamp (Unix µs) that the checksums cover; `new_id`
 /// gives ids to events that come without one.
-pub fn plan<'a>(
+pub fn plan_requests<'a>(
     requests: &[Request<'a>],
-    mut heads: HashMap<&'a str, Head>,
+    mut heads: HashMap<&'a str, StreamHead>,
     stored: impl Fn(&Uuid) -> Option<StoredEvent>,
     created_at: i64,
     mut new_id: impl FnMut() -> Uuid,
@@ -131,45 +126,43 @@ pub fn plan<'a>(
             .get_mut(request.stream_id)
             .expect("every stream of the requests has a head");
         let outcome = decide(request, head, &rows, &planned, &stored).unwrap_or_else(|error| {
-            Outcome::Failed {
+            Outcome::Refused(Refused {
                 error,
                 stream_version: head.version,
-            }
+            })
         });
-        if let Outcome::Rows(ref range) = outcome {
-            if range.start == rows.len() {
-                // New rows: append them to the stream.
-                let mut previous = head.last_checksum;
-                for (offset, event) in request.events.iter().enumerate() {
-                    let version = head.version + 1 + offset as i64;
-                    let event_id = event.event_id.unwrap_or_else(&mut new_id);
-                    previous = checksum::checksum(
-                        &EventFields {
-                            stream_id: request.stream_id,
-                            version,
-                            event_type: &event.event_type,
-                            event_id: *event_id.as_bytes(),
-                            payload: Body::Text(&event.payload),
-                            metadata: event.metadata.as_deref().map(Body::Text),
-                            created_at_unix_micros: created_at,
-                            tenant: request.tenant,
-                        },
-                        &previous,
-                    );
-                    planned.insert(event_id, rows.len());
-                    rows.push(Row {
+        if let Outcome::Writes(_) = outcome {
+            // New rows: append them to the stream.
+            let mut previous = head.last_checksum;
+            for (offset, event) in request.events.iter().enumerate() {
+                let version = head.version + 1 + offset as i64;
+                let event_id = event.event_id.unwrap_or_else(&mut new_id);
+                previous = checksum::checksum(
+                    &EventFields {
                         stream_id: request.stream_id,
-                        partition_id: head.partition_id,
                         version,
-                        event_id,
-                        event,
-                        checksum: previous,
+                        event_type: &event.event_type,
+                        event_id: *event_id.as_bytes(),
+                        payload: Body::Text(&event.payload),
+                        metadata: event.metadata.as_deref().map(Body::Text),
+                        created_at_unix_micros: created_at,
                         tenant: request.tenant,
-                    });
-                }
-                head.version += request.events.len() as i64;
-                head.last_checksum = previous;
+                    },
+                    &previous,
+                );
+                planned.insert(event_id, rows.len());
+                rows.push(Row {
+                    stream_id: request.stream_id,
+                    partition_id: head.partition_id,
+                    version,
+                    event_id,
+                    event,
+                    checksum: previous,
+                    tenant: request.tenant,
+                });
             }
+            head.version += request.events.len() as i64;
+            head.last_checksum = previous;
         }
         outcomes.push(outcome);
     }
@@ -183,7 +176,7 @@ pub fn plan<'a>(
 /// The outcome of one request against its stream's current head.
 fn decide(
     request: &Request,
-    head: &Head,
+    head: &StreamHead,
     rows: &[Row],
     planned: &HashMap<Uuid, usize>,
     stored: &impl Fn(&Uuid) -> Option<StoredEvent>,
@@ -217,7 +210,7 @@ fn decide(
     if all_planned {
         if let Some(repeat) = replay_of(request.stream_id, request.tenant, request.events, in_plan)?
         {
-            return Ok(Outcome::Rows(
+            return Ok(Outcome::RepeatsPlanned(
                 repeat.first_position as usize..repeat.last_position as usize + 1,
             ));
         }
@@ -230,10 +223,12 @@ fn decide(
         ));
     }
     if let Some(repeat) = replay_of(request.stream_id, request.tenant, request.events, stored)? {
-        return Ok(Outcome::Stored(repeat));
+        return Ok(Outcome::RepeatsStored(repeat));
     }
     request.expected.check(request.stream_id, head.version)?;
-    Ok(Outcome::Rows(rows.len()..rows.len() + request.events.len()))
+    Ok(Outcome::Writes(
+        rows.len()..rows.len() + request.events.len(),
+    ))
 }
 
 #[cfg(test)]
@@ -250,8 +245,8 @@ mod tests {
         }
     }
 
-    fn head(version: i64) -> Head {
-        Head {
+    fn head(version: i64) -> StreamHead {
+        StreamHead {
             partition_id: 3,
             version,
             last_checksum: GENESIS,
@@ -303,20 +298,20 @@ mod tests {
             },
         ];
         let heads = HashMap::from([("a", head(0)), ("b", head(5))]);
-        let plan = plan(&requests, heads, nothing_stored, 0, ids());
-        assert_eq!(plan.outcomes[0], Outcome::Rows(0..1));
+        let plan = plan_requests(&requests, heads, nothing_stored, 0, ids());
+        assert_eq!(plan.outcomes[0], Outcome::Writes(0..1));
         match &plan.outcomes[1] {
-            Outcome::Failed {
+            Outcome::Refused(Refused {
                 error,
                 stream_version,
-            } => {
+            }) => {
                 assert_eq!(error.sqlstate, "ZA001");
                 assert_eq!(*stream_version, 1);
             }
             other => panic!("expected a conflict, got {other:?}"),
         }
-        assert_eq!(plan.outcomes[2], Outcome::Rows(1..3));
-        assert_eq!(plan.outcomes[3], Outcome::Rows(3..5));
+        assert_eq!(plan.outcomes[2], Outcome::Writes(1..3));
+        assert_eq!(plan.outcomes[3], Outcome::Writes(3..5));
         let versions: Vec<(&str, i64)> =
             plan.rows.iter().map(|r| (r.stream_id, r.version)).collect();
         assert_eq!(versions, [("a", 1), ("b", 6), ("b", 7), ("a", 2), ("a", 3)]);
@@ -345,7 +340,7 @@ mod tests {
                 tenant: None,
             },
         ];
-        let batched = plan(
+        let batched = plan_requests(
             &requests,
             HashMap::from([("a", head(0))]),
             nothing_stored,
@@ -353,7 +348,7 @@ mod tests {
             ids(),
         );
         // The same two appends made one at a time chain the same way.
-        let alone = plan(
+        let alone = plan_requests(
             &requests[..1],
             HashMap::from([("a", head(0))]),
             nothing_stored,
@@ -364,7 +359,7 @@ mod tests {
         after.last_checksum = alone.rows[0].checksum;
         let mut ids = ids();
         ids();
-        let next = plan(
+        let next = plan_requests(
             &requests[1..],
             HashMap::from([("a", after)]),
             nothing_stored,
@@ -406,7 +401,7 @@ mod tests {
                 tenant: None,
             },
         ];
-        let plan = plan(
+        let plan = plan_requests(
             &requests,
             HashMap::from([("a", head(0))]),
             nothing_stored,
@@ -414,15 +409,15 @@ mod tests {
             ids(),
         );
         assert_eq!(plan.rows.len(), 2);
-        assert_eq!(plan.outcomes[0], Outcome::Rows(0..2));
+        assert_eq!(plan.outcomes[0], Outcome::Writes(0..2));
         assert_eq!(
             plan.outcomes[1],
-            Outcome::Rows(0..2),
+            Outcome::RepeatsPlanned(0..2),
             "a repeat, not a conflict"
         );
         for refused in &plan.outcomes[2..] {
             assert!(
-                matches!(refused, Outcome::Failed { error, .. } if error.sqlstate == "ZA003"),
+                matches!(refused, Outcome::Refused(Refused { error, .. }) if error.sqlstate == "ZA003"),
                 "{refused:?}"
             );
         }
@@ -444,9 +439,9 @@ mod tests {
             request(None),
             request(Some("acme")),
         ];
-        let plan = plan(&requests, HashMap::from([("a", acme)]), |_| None, 0, ids());
+        let plan = plan_requests(&requests, HashMap::from([("a", acme)]), |_| None, 0, ids());
         for refused in &plan.outcomes[..2] {
-            let Outcome::Failed { error, .. } = refused else {
+            let Outcome::Refused(Refused { error, .. }) = refused else {
                 panic!("{refused:?}")
             };
             assert_eq!(error.sqlstate, "42501");
@@ -485,7 +480,7 @@ mod tests {
                 tenant: None,
             },
         ];
-        let plan = plan(
+        let plan = plan_requests(
             &requests,
             HashMap::from([("a", head(9)), ("d", gone)]),
             stored,
@@ -495,7 +490,7 @@ mod tests {
         assert!(plan.rows.is_empty());
         assert_eq!(
             plan.outcomes[0],
-            Outcome::Stored(Appended {
+            Outcome::RepeatsStored(Appended {
                 first_version: 4,
                 last_version: 4,
                 first_position: 40,
@@ -503,7 +498,7 @@ mod tests {
             })
         );
         assert!(
-            matches!(&plan.outcomes[1], Outcome::Failed { error, .. } if error.sqlstate == "ZA002")
+            matches!(&plan.outcomes[1], Outcome::Refused(Refused { error, .. }) if error.sqlstate == "ZA002")
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Argument checks shared by every SQL function. Each error names the argument.
 
-use crate::error::{Error, Result};
+use crate::error::{sqlstate, Error, Result};
 
 /// Longest stream id or event type, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -37,7 +37,7 @@ pub fn tenant<'a>(setting: &str, value: Option<&'a std::ffi::CStr>) -> Result<Op
     };
     let value = value.to_str().map_err(|_| {
         Error::new(
-            crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+            sqlstate::INVALID_PARAMETER_VALUE,
             format!("invalid value for {setting}: it is not valid UTF-8"),
         )
         .with_hint("A tenant is a UTF-8 name of 1 to 255 bytes.")
@@ -86,7 +86,7 @@ pub fn non_negative<T: PartialOrd + Default + std::fmt::Display>(
 pub fn event_size(argument: &str, bytes: usize, max_event_bytes: usize) -> Result<()> {
     if bytes > max_event_bytes {
         return Err(Error::new(
-            crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!("{argument} is too large: its payload and metadata take {bytes} bytes, the limit is {max_event_bytes}"),
         )
         .with_hint("Raise allsource.max_event_bytes, or store large data elsewhere and reference it from the event."));

@@ -34,13 +34,13 @@
 //!
 //! Cancelling (`allsource.max_append_transaction_ms`). Another process may
 //! doom a claim that is too old: one compare-and-swap on the slot's phase,
-//! which the owner's commit must win first ([`Slot::begin_commit`]) or fail.
+//! which the owner's commit must win first ([`ClaimSlot::begin_commit`]) or fail.
 //! A doomed transaction can therefore never commit, and the watermark
 //! ignores its claim: none of its positions can become visible.
 
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-/// A slot's phase, in the low three bits of [`Slot::phase`]; the bits above
+/// A slot's phase, in the low three bits of [`ClaimSlot::phase`]; the bits above
 /// count the claims the slot held, so a phase is never seen twice.
 const EMPTY: u64 = 0;
 const PENDING: u64 = 1;
@@ -58,7 +58,7 @@ fn with_phase(word: u64, phase: u64) -> u64 {
 /// A cache line each, so backends writing their own slots do not contend.
 #[repr(C, align(64))]
 #[derive(Default)]
-pub struct Slot {
+pub struct ClaimSlot {
     /// The settled bound; meaningful only while the phase says so.
     lowest: AtomicI64,
     database: AtomicU32,
@@ -88,7 +88,7 @@ enum Seen {
     Settled(Claim),
 }
 
-impl Slot {
+impl ClaimSlot {
     /// Publishes a claim of `database` whose bound is `next_position()`, the
     /// sequence's next value, read after the claim is visible; reads it again
     /// while a reader interfered. Call on an empty slot, before taking any
@@ -233,13 +233,13 @@ impl Slot {
 
 /// The watermark of `database`, given `last_handed_out` (V, read before this
 /// call) and every backend's slot.
-pub fn watermark(last_handed_out: i64, slots: &[Slot], database: u32) -> i64 {
+pub fn watermark(last_handed_out: i64, slots: &[ClaimSlot], database: u32) -> i64 {
     lowest_claim(slots, database).map_or(last_handed_out, |lowest| last_handed_out.min(lowest - 1))
 }
 
 /// The lowest position an open transaction of `database` may still commit:
 /// every committed position below it is readable.
-pub fn lowest_claim(slots: &[Slot], database: u32) -> Option<i64> {
+pub fn lowest_claim(slots: &[ClaimSlot], database: u32) -> Option<i64> {
     slots
         .iter()
         .filter_map(|slot| slot.claim(database))
@@ -252,7 +252,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::{Arc, Mutex};
     use std::thread;
     use std::time::Duration;
@@ -266,7 +266,7 @@ mod tests {
         }
     }
 
-    fn hold(slot: &Slot, claim: Claim) {
+    fn hold(slot: &ClaimSlot, claim: Claim) {
         assert_eq!(
             slot.hold(claim.database, claim.pid, claim.since, || claim.lowest),
             claim.lowest
@@ -275,13 +275,13 @@ mod tests {
 
     #[test]
     fn empty_registry_gives_the_last_position() {
-        let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
+        let slots: Vec<ClaimSlot> = (0..4).map(|_| ClaimSlot::default()).collect();
         assert_eq!(watermark(42, &slots, 1), 42);
     }
 
     #[test]
     fn the_lowest_claim_of_the_database_holds_it_back() {
-        let slots: Vec<Slot> = (0..4).map(|_| Slot::default()).collect();
+        let slots: Vec<ClaimSlot> = (0..4).map(|_| ClaimSlot::default()).collect();
         hold(&slots[0], claim(30, 1));
         hold(&slots[2], claim(20, 1));
         hold(&slots[3], claim(5, 2));
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_doomed_claim_no_longer_holds_the_mark_and_cannot_commit() {
-        let slots: Vec<Slot> = (0..2).map(|_| Slot::default()).collect();
+        let slots: Vec<ClaimSlot> = (0..2).map(|_| ClaimSlot::default()).collect();
         let old = Claim {
             since: 100,
             ..claim(10, 1)
@@ -333,7 +333,7 @@ mod tests {
     fn no_committed_position_appears_below_a_watermark_later() {
         let sequence = Arc::new(Mutex::new(0i64));
         let visible = Arc::new(Mutex::new(BTreeSet::new()));
-        let slots: Arc<Vec<Slot>> = Arc::new((0..8).map(|_| Slot::default()).collect());
+        let slots: Arc<Vec<ClaimSlot>> = Arc::new((0..8).map(|_| ClaimSlot::default()).collect());
         let writers: Vec<_> = (0..6)
             .map(|w| {
                 let (sequence, visible, slots) = (sequence.clone(), visible.clone(), slots.clone());
@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_reader_sends_a_pending_claim_back_to_read_the_sequence_again() {
-        let slots: Vec<Slot> = (0..2).map(|_| Slot::default()).collect();
+        let slots: Vec<ClaimSlot> = (0..2).map(|_| ClaimSlot::default()).collect();
         let mut reads = 0;
         let lowest = slots[0].hold(1, 1, 0, || {
             reads += 1;
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn another_databases_reader_leaves_a_pending_claim_alone() {
-        let slots: Vec<Slot> = (0..1).map(|_| Slot::default()).collect();
+        let slots: Vec<ClaimSlot> = (0..1).map(|_| ClaimSlot::default()).collect();
         let mut reads = 0;
         slots[0].hold(1, 1, 0, || {
             reads += 1;
@@ -452,13 +452,19 @@ mod tests {
     #[test]
     fn the_watermark_never_goes_back() {
         let sequence = Arc::new(Mutex::new(0i64));
-        let slots: Arc<Vec<Slot>> = Arc::new((0..6).map(|_| Slot::default()).collect());
+        let slots: Arc<Vec<ClaimSlot>> = Arc::new((0..6).map(|_| ClaimSlot::default()).collect());
+        // Writers go on until the readers saw the watermark rise often enough.
+        let rises = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..4)
             .map(|w| {
-                let (sequence, slots) = (sequence.clone(), slots.clone());
+                let (sequence, slots, rises) = (sequence.clone(), slots.clone(), rises.clone());
                 thread::spawn(move || {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(100 + w as u64);
-                    for _ in 0..200 {
+                    let mut rounds = 0;
+                    // Bounded, so that a reader that failed cannot keep them waiting.
+                    while rounds < 200 || (rises.load(Ordering::SeqCst) < 200 && rounds < 100_000) {
+                        rounds += 1;
                         slots[w].hold(1, 1, 0, || {
                             let next = *sequence.lock().unwrap() + 1;
                             thread::sleep(Duration::from_micros(rng.gen_range(0..50)));
@@ -472,23 +478,23 @@ mod tests {
                 })
             })
             .collect();
-        let done = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> = (0..2)
             .map(|_| {
-                let (sequence, slots, done) = (sequence.clone(), slots.clone(), done.clone());
+                let (sequence, slots, rises, done) =
+                    (sequence.clone(), slots.clone(), rises.clone(), done.clone());
                 thread::spawn(move || {
                     let mut last = 0;
-                    let mut rises = 0;
                     while !done.load(Ordering::SeqCst) {
                         let mark = watermark(*sequence.lock().unwrap(), &slots, 1);
                         assert!(
                             mark >= last,
                             "the watermark went back from {last} to {mark}"
                         );
-                        rises += usize::from(mark > last);
+                        if mark > last {
+                            rises.fetch_add(1, Ordering::SeqCst);
+                        }
                         last = mark;
                     }
-                    rises
                 })
             })
             .collect();
@@ -497,7 +503,11 @@ mod tests {
         }
         done.store(true, Ordering::SeqCst);
         for reader in readers {
-            assert!(reader.join().unwrap() > 100, "the readers saw it move");
+            reader.join().unwrap();
         }
+        assert!(
+            rises.load(Ordering::SeqCst) >= 200,
+            "the readers saw it move"
+        );
     }
 }

@@ -17,10 +17,11 @@ use crate::sql::stats::{self, Call};
 use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
-use allsource_core::batch::{parse_batch_text, Appended, NewEvent, StoredEvent};
+use allsource_core::batch::{parse_batch_text, Appended, NewEvent};
 use allsource_core::checksum::{self, GENESIS};
 use allsource_core::error::{Error, Result};
-use allsource_core::plan::{self, Head, Refused, Request, Row};
+use allsource_core::idempotency::StoredEvent;
+use allsource_core::plan::{self, Refused, Request, Row, StreamHead};
 use allsource_core::validate::{self, ExpectedVersion};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -136,18 +137,18 @@ pub(crate) fn append_requests(
     let _writing = WriteGuard::new();
     let _generic = GenericPlans::new();
     Spi::connect_mut(|client| {
-        let plans = plans(client);
+        let statements = statements(client);
         let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
         streams.sort_unstable();
         streams.dedup();
-        let (heads, row_ids, created) = lock_streams(client, plans, &streams, requests);
-        let stored = stored_events(client, plans, requests.iter().flat_map(|r| r.events));
+        let (heads, row_ids, created) = lock_streams(client, statements, &streams, requests);
+        let stored = stored_events(client, statements, requests.iter().flat_map(|r| r.events));
         // now(): the transaction's start, which is what created_at stores.
         let created_at = checksum::unix_micros_from_postgres(unsafe {
             pg_sys::GetCurrentTransactionStartTimestamp()
         });
         // Time-ordered ids: new ones land at the right edge of event_ids' index.
-        let plan = plan::plan(requests, heads, stored, created_at, uuid::Uuid::now_v7);
+        let plan = plan::plan_requests(requests, heads, stored, created_at, uuid::Uuid::now_v7);
         // A refused request leaves nothing, not even the row of its new stream,
         // which would keep the id from other tenants.
         let touched: HashSet<&str> = plan.rows.iter().map(|row| row.stream_id).collect();
@@ -157,14 +158,14 @@ pub(crate) fn append_requests(
             .map(|stream| row_ids[stream].clone())
             .collect();
         if !unused.is_empty() {
-            spi(client.update(&plans.forget_streams, None, &[unused.into()]));
+            spi(client.update(&statements.forget_streams, None, &[unused.into()]));
         }
         if plan.rows.is_empty() {
             return Ok(plan.results(&[]));
         }
 
         watermark::before_taking_positions()?;
-        let positions = take_positions(client, plans, plan.rows.len());
+        let positions = take_positions(client, statements, plan.rows.len());
         let mut rows = EventRows::with_capacity(plan.rows.len());
         for (row, &position) in plan.rows.iter().zip(&positions) {
             rows.push(position, row);
@@ -172,9 +173,9 @@ pub(crate) fn append_requests(
         // Ids we generated are new by construction: only a caller's id can
         // meet a concurrent transaction's, which ON CONFLICT detects.
         let insert = if plan.rows.iter().any(|row| row.event.event_id.is_some()) {
-            &plans.insert_events
+            &statements.insert_events
         } else {
-            &plans.insert_events_with_new_ids
+            &statements.insert_events_with_new_ids
         };
         let registered = spi(client.update(
             insert,
@@ -209,7 +210,7 @@ pub(crate) fn append_requests(
             checksums.push(head.last_checksum.to_vec());
         }
         spi(client.update(
-            &plans.update_streams,
+            &statements.update_streams,
             None,
             &[ids.into(), versions.into(), checksums.into()],
         ));
@@ -274,11 +275,11 @@ impl EventRows {
 /// and the streams whose rows this call created.
 fn lock_streams<'a>(
     client: &mut SpiClient,
-    plans: &Plans,
+    statements: &Statements,
     streams: &[&'a str],
     requests: &[Request],
 ) -> (
-    HashMap<&'a str, Head>,
+    HashMap<&'a str, StreamHead>,
     HashMap<&'a str, String>,
     Vec<&'a str>,
 ) {
@@ -291,7 +292,10 @@ fn lock_streams<'a>(
         tenant_of.entry(request.stream_id).or_insert(request.tenant);
     }
     loop {
-        for (plan, creating) in [(&plans.lock_streams, false), (&plans.create_streams, true)] {
+        for (plan, creating) in [
+            (&statements.lock_streams, false),
+            (&statements.create_streams, true),
+        ] {
             let missing: Vec<&str> = streams
                 .iter()
                 .copied()
@@ -316,7 +320,7 @@ fn lock_streams<'a>(
                     .expect("only asked-for streams come back")];
                 heads.insert(
                     key,
-                    Head {
+                    StreamHead {
                         partition_id: spi(row.get(2)).expect("partition_id is NOT NULL"),
                         version: spi(row.get(3)).expect("version is NOT NULL"),
                         last_checksum: checksum.and_then(|c| c.try_into().ok()).unwrap_or(GENESIS),
@@ -336,7 +340,7 @@ fn lock_streams<'a>(
 /// Looks up the events among `events` whose ids are already stored.
 fn stored_events<'e>(
     client: &SpiClient,
-    plans: &Plans,
+    statements: &Statements,
     events: impl Iterator<Item = &'e NewEvent>,
 ) -> impl Fn(&uuid::Uuid) -> Option<StoredEvent> {
     let ids: Vec<Uuid> = events
@@ -345,7 +349,7 @@ fn stored_events<'e>(
         .collect();
     let mut found = HashMap::new();
     if !ids.is_empty() {
-        for row in spi(client.select(&plans.find_events, None, &[ids.into()])) {
+        for row in spi(client.select(&statements.find_events, None, &[ids.into()])) {
             let id: Uuid = spi(row.get(1)).expect("event_id is NOT NULL");
             found.insert(
                 uuid::Uuid::from_bytes(*id.as_bytes()),
@@ -364,8 +368,8 @@ fn stored_events<'e>(
 }
 
 /// `count` new positions, ascending.
-fn take_positions(client: &SpiClient, plans: &Plans, count: usize) -> Vec<i64> {
-    let table = spi(client.select(&plans.take_positions, None, &[(count as i32).into()]));
+fn take_positions(client: &SpiClient, statements: &Statements, count: usize) -> Vec<i64> {
+    let table = spi(client.select(&statements.take_positions, None, &[(count as i32).into()]));
     let mut positions: Vec<i64> = table
         .into_iter()
         .map(|row| spi(row.get(1)).expect("nextval is never NULL"))
@@ -411,10 +415,10 @@ fn insert_event_args() -> [PgOid; 10] {
     ]
 }
 
-/// Makes the statements below run their generic plans while alive. With
+/// Makes the statements below run their generic statements while alive. With
 /// array parameters the plan cache's cost model keeps choosing a custom
 /// plan, i.e. planning again on every call (about a fifth of an append's
-/// time); the generic plans are the same index and ctid scans. The mode is
+/// time); the generic statements are the same index and ctid scans. The mode is
 /// restored on return and on unwinding, so the caller's queries keep theirs.
 struct GenericPlans(i32);
 
@@ -439,7 +443,7 @@ impl Drop for GenericPlans {
 }
 
 /// SPI statements, prepared once per backend.
-struct Plans {
+struct Statements {
     lock_streams: OwnedPreparedStatement,
     create_streams: OwnedPreparedStatement,
     find_events: OwnedPreparedStatement,
@@ -455,17 +459,17 @@ const STREAM_HEAD: &str =
      s.tenant_id";
 
 thread_local! {
-    static PLANS: OnceCell<&'static Plans> = const { OnceCell::new() };
+    static STATEMENTS: OnceCell<&'static Statements> = const { OnceCell::new() };
 }
 
-fn plans(client: &SpiClient) -> &'static Plans {
-    PLANS.with(|cell| *cell.get_or_init(|| Box::leak(Box::new(Plans::prepare(client)))))
+fn statements(client: &SpiClient) -> &'static Statements {
+    STATEMENTS.with(|cell| *cell.get_or_init(|| Box::leak(Box::new(Statements::prepare(client)))))
 }
 
-impl Plans {
-    fn prepare(client: &SpiClient) -> Plans {
+impl Statements {
+    fn prepare(client: &SpiClient) -> Statements {
         let prepare = |sql: &str, args: &[PgOid]| spi(client.prepare_mut(sql, args)).keep();
-        Plans {
+        Statements {
             lock_streams: prepare(
                 &format!(
                     "SELECT {STREAM_HEAD} FROM pg_catalog.unnest($1::text[]) AS id \

@@ -10,7 +10,7 @@
 //! `verify_all()` checks what it loaded (docs/operations.md, "Backup").
 
 use crate::sql::raise::raise;
-use allsource_core::error::Error;
+use allsource_core::error::{sqlstate, Error};
 use pgrx::prelude::*;
 use pgrx::{is_a, PgList};
 use std::cell::Cell;
@@ -89,7 +89,7 @@ fn refusal(trigger: &PgTrigger) -> Result<Option<Error>, PgTriggerError> {
     }
     Ok(Some(
         Error::new(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("direct {operation} on {schema}.{table} is not allowed"),
         )
         .with_detail("AllSource's tables are written only by its functions, so versions, positions and checksums stay consistent.")

@@ -2,7 +2,7 @@
 
 use crate::sql::raise::or_raise;
 use crate::sql::select_one;
-use allsource_core::error::Error;
+use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::{self, MAX_PARTITIONS};
 use allsource_core::validate;
 use pgrx::prelude::*;
@@ -17,7 +17,7 @@ fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>,
             Some(count) => validate::in_range("partition_count", count, 1, MAX_PARTITIONS)?,
             None => select_one::<i32>("SELECT allsource.partition_count()").ok_or_else(|| {
                 Error::new(
-                    "55000",
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
                     "allsource has no partitions; is the extension installed?",
                 )
             })?,

@@ -2,7 +2,7 @@
 //! watermark, the notification boards, the statistics and the ingest queue
 //! live in shared memory that only exists then.
 
-use allsource_core::error::Error;
+use allsource_core::error::{sqlstate, Error};
 use pgrx::pg_sys;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,7 +29,7 @@ pub fn require_preloaded(function: &str) -> allsource_core::error::Result<()> {
         return Ok(());
     }
     Err(Error::new(
-        "55000",
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
         format!("{function} needs allsource in shared_preload_libraries"),
     )
     .with_hint(

@@ -2,7 +2,7 @@
 //! there (25006). The ingest workers, the notifier and the publisher start
 //! only once recovery has finished (after a promotion).
 
-use allsource_core::error::{Error, Result};
+use allsource_core::error::{sqlstate, Error, Result};
 use pgrx::pg_sys;
 
 /// Whether this server is in recovery: a hot standby, until promoted.
@@ -15,7 +15,7 @@ pub fn refuse_on_standby(function: &str) -> Result<()> {
     if !is_standby() {
         return Ok(());
     }
-    Err(Error::new("25006", format!("{function} cannot run on a hot standby"))
+    Err(Error::new(sqlstate::READ_ONLY_SQL_TRANSACTION, format!("{function} cannot run on a hot standby"))
         .with_detail("This server replays the primary's WAL and is read-only.")
         .with_hint("Send writes to the primary. A standby serves read_stream, read_all, read_category, stream_version, watermark, verify_* and stats."))
 }

@@ -9,7 +9,7 @@
 
 use crate::settings;
 use crate::sql::raise::or_raise;
-use allsource_core::error::{Error, Result};
+use allsource_core::error::{sqlstate, Error, Result};
 use allsource_core::validate;
 use pgrx::prelude::*;
 use std::ffi::CString;
@@ -24,7 +24,7 @@ pub fn session_tenant() -> Result<Option<String>> {
     };
     if requested.as_ref().is_some_and(|r| *r != bound) {
         return Err(Error::new(
-            allsource_core::error::sqlstate::INSUFFICIENT_PRIVILEGE,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("this session is bound to tenant \"{bound}\""),
         )
         .with_detail("allsource.role_tenant binds the role to a tenant; allsource.tenant may only repeat it.")

@@ -215,7 +215,7 @@ fn verify_store(scope: Scope) -> Vec<Failure> {
             &[],
         ));
         loop {
-            let heads: Vec<(String, Head)> = consume(spi(cursor.fetch(CHUNK)), |row| {
+            let heads: Vec<(String, StreamToVerify)> = consume(spi(cursor.fetch(CHUNK)), |row| {
                 (spi(row.get(1)).expect("NOT NULL"), head_row(&row, 2))
             });
             if heads.is_empty() {
@@ -448,18 +448,18 @@ impl Partitions {
 }
 
 /// A stream row and where its events live.
-struct Head {
+struct StreamToVerify {
     partition_id: i32,
     row: StreamRow,
     /// When and by whom a hard delete erased the stream's payloads.
     erased: Option<String>,
 }
 
-/// A [`Head`] from `HEAD_COLUMNS`, starting at column `first`.
-fn head_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> Head {
+/// A [`StreamToVerify`] from `HEAD_COLUMNS`, starting at column `first`.
+fn head_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> StreamToVerify {
     let erased: Option<String> = spi(row.get(first + 3));
     let deleted_at: Option<TimestampWithTimeZone> = spi(row.get(first + 5));
-    Head {
+    StreamToVerify {
         partition_id: spi(row.get(first)).expect("NOT NULL"),
         row: StreamRow {
             version: spi(row.get(first + 1)).expect("NOT NULL"),
@@ -476,7 +476,7 @@ fn head_row(row: &pgrx::spi::SpiHeapTupleData, first: usize) -> Head {
     }
 }
 
-fn stream_head(client: &SpiClient, stream_id: &str) -> Option<Head> {
+fn stream_head(client: &SpiClient, stream_id: &str) -> Option<StreamToVerify> {
     let table = spi(client.select(
         &format!(
             "SELECT {HEAD_COLUMNS} FROM allsource.streams s WHERE s.stream_id = $1 AND s.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant())"
@@ -493,7 +493,7 @@ fn verify_one(
     client: &SpiClient,
     partitions: &Partitions,
     stream_id: &str,
-    head: Option<&Head>,
+    head: Option<&StreamToVerify>,
     anchor: Option<(i64, &[u8])>,
     registry: bool,
 ) -> Verdict {

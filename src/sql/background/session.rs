@@ -5,7 +5,7 @@
 //! which holds only the table rights the workers need, not as the bootstrap
 //! superuser a worker has to connect as.
 
-use allsource_core::error::{Error, Result};
+use allsource_core::error::{sqlstate, Error, Result};
 use pgrx::pg_sys;
 
 /// The role the ingest workers and the watermark publisher write as
@@ -36,7 +36,7 @@ pub fn as_worker_role<T>(work: impl FnOnce() -> T) -> Result<T> {
     let role = unsafe { pg_sys::get_role_oid(WORKER_ROLE.as_ptr(), true) };
     if role == pg_sys::InvalidOid {
         return Err(Error::new(
-            "42704",
+            sqlstate::UNDEFINED_OBJECT,
             "role \"allsource_worker\" does not exist",
         )
         .with_detail("AllSource's background workers write as that role, which CREATE EXTENSION allsource (0.4.0 or later) creates.")

@@ -12,7 +12,7 @@ use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;
 use crate::sql::{stats, wake};
-use allsource_core::error::{Error, Result};
+use allsource_core::error::{sqlstate, Error, Result, SqlState};
 use allsource_core::ingest::{tenant_tag, Lookup, QueuedEvent, ResultCell, Status, TicketPlace};
 use allsource_core::ring::{PushError, SLOT_BYTES};
 use allsource_core::validate::ExpectedVersion;
@@ -27,10 +27,11 @@ fn queue_here(function: &str) -> Result<Queue> {
     require_preloaded(function)?;
     let queue = Queue::get().expect("preloaded: the queue exists");
     if settings::INGEST_WORKERS.get() == 0 {
-        return Err(
-            Error::new("55000", format!("{function} needs ingest workers"))
-                .with_hint("Set allsource.ingest_workers to 1 or more and restart PostgreSQL."),
-        );
+        return Err(Error::new(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{function} needs ingest workers"),
+        )
+        .with_hint("Set allsource.ingest_workers to 1 or more and restart PostgreSQL."));
     }
     let database = settings::database();
     let serving = match queue.header().database.load(Ordering::Relaxed) {
@@ -41,7 +42,7 @@ fn queue_here(function: &str) -> Result<Queue> {
     };
     if serving != Some(unsafe { pg_sys::MyDatabaseId }) {
         return Err(Error::new(
-            "55000",
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{function} works only in database \"{database}\", where the ingest workers append"),
         )
         .with_hint("Connect to that database, or set allsource.database to this one and restart PostgreSQL."));
@@ -120,7 +121,7 @@ fn push(queue: Queue, lane_no: u32, entry: &QueuedEvent) -> Result<i64> {
                 capacity,
             }) => {
                 return Err(Error::new(
-                    "54000",
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     format!(
                         "event of {} bytes is too large for the ingest queue: it needs {slots_needed} slots of {SLOT_BYTES} bytes and a lane has {capacity}",
                         bytes.len()
@@ -133,7 +134,7 @@ fn push(queue: Queue, lane_no: u32, entry: &QueuedEvent) -> Result<i64> {
                 wait_on_latch(Duration::from_millis(1));
             }
             Err(PushError::Full) => {
-                return Err(Error::new("53400", "the ingest queue is full")
+                return Err(Error::new(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, "the ingest queue is full")
                     .with_detail(format!(
                         "Lane {lane_no} holds {} events in {} slots.",
                         lane.queued.load(Ordering::Relaxed),
@@ -201,8 +202,8 @@ fn await_ticket(
         pgrx::notice!(
             "ticket {} was rejected with SQLSTATE {}: {}",
             ticket.unwrap_or_default(),
-            String::from_utf8_lossy(&sqlstate),
-            rejection_reason(&sqlstate)
+            sqlstate,
+            rejection_reason(sqlstate)
         );
     }
     let (version, position) = match status {
@@ -213,14 +214,14 @@ fn await_ticket(
     TableIterator::once((status.name().to_string(), version, position))
 }
 
-fn rejection_reason(sqlstate: &[u8; 5]) -> &'static str {
-    match sqlstate {
-        b"ZA002" => "the stream is deleted",
-        b"ZA003" => "the event id belongs to another event",
-        b"55P03" => {
+fn rejection_reason(code: SqlState) -> &'static str {
+    match code {
+        sqlstate::STREAM_DELETED => "the stream is deleted",
+        sqlstate::EVENT_ID_REUSED => "the event id belongs to another event",
+        sqlstate::LOCK_NOT_AVAILABLE => {
             "another transaction held the stream's row longer than allsource.ingest_lock_timeout_ms; allsource.ingest_workers() names it"
         }
-        b"40P01" | b"40001" => {
+        sqlstate::DEADLOCK_DETECTED | sqlstate::SERIALIZATION_FAILURE => {
             "the worker's transaction kept failing on a conflict with other transactions"
         }
         _ => "the worker could not append it; the server log says why",

@@ -7,6 +7,7 @@ use crate::settings;
 use crate::sql::append::append_requests;
 use crate::sql::background::{self, report, session};
 use crate::sql::{spi, stats, wake};
+use allsource_core::error::{sqlstate, SqlState};
 use allsource_core::ingest::{Lookup, QueuedEvent, ResultCell, Status, TicketPlace};
 use allsource_core::plan::Request;
 use allsource_core::ring::{Ring, Taken};
@@ -29,7 +30,6 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// timeout (`allsource.ingest_lock_timeout_ms`) are tried this often, and
 /// once only while the server stops.
 const LOCK_ATTEMPTS: u32 = 2;
-const LOCK_NOT_AVAILABLE: [u8; 5] = *b"55P03";
 
 /// From `_PG_init`, when preloading: one worker per lane.
 pub(super) fn register() {
@@ -136,7 +136,7 @@ fn apply_lock_timeout() {
 /// Why a transaction of a worker failed.
 struct Failure {
     message: String,
-    sqlstate: [u8; 5],
+    sqlstate: SqlState,
     /// Not the events' fault (a deadlock, a timeout, a cancel, a concurrent
     /// id registration): the same events may well succeed on a second try.
     retryable: bool,
@@ -148,16 +148,16 @@ impl From<CaughtError> for Failure {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
             CaughtError::RustPanic { ereport, .. } => ereport,
         };
-        let code = report.sql_error_code();
+        let code = crate::sql::raise::unpack_sqlstate(report.sql_error_code() as i32);
         Failure {
             message: report.message().to_string(),
-            sqlstate: crate::sql::raise::unpack_sqlstate(code as i32),
+            sqlstate: code,
             retryable: matches!(
                 code,
-                PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-                    | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-                    | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-                    | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                sqlstate::DEADLOCK_DETECTED
+                    | sqlstate::SERIALIZATION_FAILURE
+                    | sqlstate::LOCK_NOT_AVAILABLE
+                    | sqlstate::QUERY_CANCELED
             ),
         }
     }
@@ -280,7 +280,7 @@ impl Worker {
             self.finish(
                 undecodable,
                 Status::Rejected {
-                    sqlstate: *b"XX001",
+                    sqlstate: sqlstate::DATA_CORRUPTED,
                 },
             );
         }
@@ -295,7 +295,7 @@ impl Worker {
                 Ok(()) => return,
                 Err(failure) => failure,
             };
-            if failure.sqlstate == LOCK_NOT_AVAILABLE {
+            if failure.sqlstate == sqlstate::LOCK_NOT_AVAILABLE {
                 let locked = self.locked_streams(&events);
                 if !locked.is_empty() {
                     // The other streams go on; the locked ones' events wait
@@ -369,7 +369,7 @@ impl Worker {
             self.finish(
                 held,
                 Status::Rejected {
-                    sqlstate: LOCK_NOT_AVAILABLE,
+                    sqlstate: sqlstate::LOCK_NOT_AVAILABLE,
                 },
             );
         }
@@ -469,11 +469,7 @@ impl Worker {
                     pg_sys::AbortCurrentTransaction();
                     Err(Failure {
                         message: race.message,
-                        sqlstate: race
-                            .sqlstate
-                            .as_bytes()
-                            .try_into()
-                            .expect("five characters"),
+                        sqlstate: race.sqlstate,
                         retryable: true,
                     })
                 }
@@ -507,20 +503,13 @@ impl Worker {
                 },
                 Err(refused) => {
                     stats::refused(&refused.error);
-                    if refused.error.sqlstate
-                        == allsource_core::error::sqlstate::WRONG_EXPECTED_VERSION
-                    {
+                    if refused.error.sqlstate == sqlstate::WRONG_EXPECTED_VERSION {
                         Status::Conflict {
                             actual: refused.stream_version,
                         }
                     } else {
                         Status::Rejected {
-                            sqlstate: refused
-                                .error
-                                .sqlstate
-                                .as_bytes()
-                                .try_into()
-                                .expect("five characters"),
+                            sqlstate: refused.error.sqlstate,
                         }
                     }
                 }

@@ -16,8 +16,8 @@ use crate::savepoints::Nested;
 use crate::sql::preload::{self, require_preloaded};
 use crate::sql::raise::or_raise;
 use crate::sql::{current_subtransaction, end_of_subtransaction, standby};
-use allsource_core::error::Error;
-use allsource_core::watermark::{watermark as watermark_of, Claim, Slot};
+use allsource_core::error::{sqlstate, Error};
+use allsource_core::watermark::{watermark as watermark_of, Claim, ClaimSlot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic, PgLogLevel, PgSqlErrorCode};
 use std::cell::{Cell, RefCell};
@@ -29,7 +29,7 @@ const MAX_SLOTS: usize = 8192;
 
 #[repr(C)]
 struct Registry {
-    slots: [Slot; MAX_SLOTS],
+    slots: [ClaimSlot; MAX_SLOTS],
 }
 
 // SAFETY: plain atomics, no pointers: valid in any process that maps it.
@@ -52,7 +52,7 @@ pub fn init() {
     if preload::is_preloaded() {
         pg_shmem_init!(
             REGISTRY = Registry {
-                slots: std::array::from_fn(|_| Slot::default())
+                slots: std::array::from_fn(|_| ClaimSlot::default())
             }
         );
         publisher::register();
@@ -63,7 +63,7 @@ pub fn init() {
     }
 }
 
-fn my_slot() -> Option<&'static Slot> {
+fn my_slot() -> Option<&'static ClaimSlot> {
     // Only backends have a PGPROC slot to claim; the postmaster has none.
     if !preload::is_preloaded() || unsafe { pg_sys::MyProc.is_null() } {
         return None;
@@ -75,7 +75,7 @@ fn my_slot() -> Option<&'static Slot> {
 }
 
 /// Slots that can be in use: one per PGPROC.
-fn live_slots() -> &'static [Slot] {
+fn live_slots() -> &'static [ClaimSlot] {
     let count = unsafe { (*pg_sys::ProcGlobal).allProcCount } as usize;
     &REGISTRY.get().slots[..count.min(MAX_SLOTS)]
 }
@@ -161,7 +161,7 @@ pub fn before_taking_positions() -> allsource_core::error::Result<()> {
 /// The error of a transaction that kept its positions too long.
 fn cancelled() -> Error {
     Error::new(
-        "25P04",
+        sqlstate::TRANSACTION_TIMEOUT,
         format!(
             "this transaction appended to allsource more than allsource.max_append_transaction_ms ({} ms) ago and was cancelled",
             crate::settings::MAX_APPEND_TRANSACTION_MS.get()

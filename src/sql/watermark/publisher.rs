@@ -14,7 +14,7 @@ use crate::settings;
 use crate::sql::background::{self, report, session};
 use crate::sql::guard::WriteGuard;
 use crate::sql::select_one;
-use allsource_core::error::{Error, Result};
+use allsource_core::error::{sqlstate, Error, Result};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ pub fn published_watermark() -> Result<i64> {
     let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
     if here.to_bytes() != database.as_bytes() {
         return Err(Error::new(
-            "55000",
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("on a hot standby, the watermark is known only in database \"{database}\""),
         )
         .with_detail("The primary publishes the watermark of allsource.database only.")
