@@ -10,7 +10,7 @@ mod settings;
 pub(crate) mod sql;
 
 #[cfg(any(test, feature = "pg_test"))]
-mod tests;
+mod test_support;
 
 pgrx::pg_module_magic!();
 

@@ -521,3 +521,369 @@ impl Statements {
         }
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn append_returns_gapless_versions_and_increasing_positions() {
+        let mut last_position = 0;
+        for expected in 1..=5i64 {
+            let (version, position) = Spi::get_two::<i64, i64>(
+                "SELECT version, position FROM allsource.append('append-returns-gapless/order-1', 'Placed', '{\"n\": 1}')",
+            )
+            .unwrap();
+            assert_eq!(version, Some(expected));
+            assert!(position.unwrap() > last_position);
+            last_position = position.unwrap();
+        }
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('append-returns-gapless/order-1')"),
+            5
+        );
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('append-returns-gapless/nobody')"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn append_stores_every_field() {
+        Spi::run(
+            "SELECT allsource.append('cart-7', 'ItemAdded', '{\"sku\": \"A\", \"qty\": 2}',
+                 metadata => '{\"by\": \"alice\"}',
+                 event_id => '00112233-4455-6677-8899-aabbccddeeff')",
+        )
+        .unwrap();
+        let row = "FROM allsource.events WHERE stream_id = 'cart-7'";
+        assert_eq!(
+            one::<String>(&format!("SELECT event_type {row}")),
+            "ItemAdded"
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT payload::text {row}")),
+            r#"{"qty": 2, "sku": "A"}"#
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT metadata::text {row}")),
+            r#"{"by": "alice"}"#
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT event_id::text {row}")),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
+        assert!(one::<bool>(&format!("SELECT created_at = now() {row}")));
+        assert!(one::<bool>(&format!(
+            "SELECT octet_length(checksum) = 32 {row}"
+        )));
+        assert!(one::<bool>(&format!(
+            "SELECT partition_id = allsource.partition_for('cart-7') {row}"
+        )));
+        assert!(one::<bool>(
+            "SELECT s.partition_id = allsource.partition_for('cart-7') AND s.version = 1 AND s.deleted_at IS NULL
+             FROM allsource.streams s WHERE stream_id = 'cart-7'"
+        ));
+        assert!(one::<bool>(
+            "SELECT e.position = i.position FROM allsource.events e
+             JOIN allsource.event_ids i USING (event_id) WHERE e.stream_id = 'cart-7'"
+        ));
+    }
+
+    #[pg_test]
+    fn generated_event_ids_are_distinct() {
+        for _ in 0..20 {
+            Spi::run("SELECT allsource.append('generated-event-ids/s', 'T', '1')").unwrap();
+        }
+        assert_eq!(
+            one::<i64>("SELECT count(DISTINCT event_id) FROM allsource.events"),
+            20
+        );
+    }
+
+    #[pg_test]
+    fn expected_version_modes() {
+        // 0: the stream must have no events.
+        Spi::run(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => 0)",
+        )
+        .unwrap();
+        assert_fails(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => 0)",
+            "ZA001",
+            "expected 0 (no stream), actual 1",
+        );
+        // N: exactly N.
+        Spi::run(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => 1)",
+        )
+        .unwrap();
+        assert_fails(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => 1)",
+            "ZA001",
+            "stream \"expected-version-modes/s\": expected 1, actual 2",
+        );
+        assert_fails(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => 5)",
+            "ZA001",
+            "actual 2",
+        );
+        // -1: the stream must exist.
+        Spi::run(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => -1)",
+        )
+        .unwrap();
+        assert_fails(
+            "SELECT allsource.append('expected-version-modes/new', 'T', '1', expected_version => -1)",
+            "ZA001",
+            "expected -1 (stream exists), actual 0",
+        );
+        // NULL: anything.
+        Spi::run("SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => NULL)").unwrap();
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('expected-version-modes/s')"),
+            4
+        );
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('expected-version-modes/new')"),
+            0
+        );
+        assert_fails(
+            "SELECT allsource.append('expected-version-modes/s', 'T', '1', expected_version => -2)",
+            "22023",
+            "expected_version",
+        );
+        assert_eq!(event_count(), 4, "refused appends wrote nothing");
+    }
+
+    #[pg_test]
+    fn wrong_expected_version_has_detail_and_hint() {
+        Spi::run("SELECT allsource.append('wrong-expected-version/s', 'T', '1')").unwrap();
+        Spi::run(
+            "DO $$ DECLARE d text; h text;
+             BEGIN
+                 PERFORM allsource.append('wrong-expected-version/s', 'T', '1', expected_version => 7);
+             EXCEPTION WHEN SQLSTATE 'ZA001' THEN
+                 GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT;
+                 PERFORM set_config('allsource_test.detail', d || ' | ' || h, true);
+             END $$",
+        )
+        .unwrap();
+        let detail: String = one("SELECT current_setting('allsource_test.detail')");
+        assert!(
+            detail.contains(
+                "stream \"wrong-expected-version/s\" is at version 1; the append expected 7"
+            ),
+            "{detail}"
+        );
+        assert!(detail.contains("retry"), "{detail}");
+    }
+
+    #[pg_test]
+    fn idempotent_retries_return_the_original() {
+        let append = "SELECT version, position FROM allsource.append('idempotent-retries-return/s', 'T', '{\"a\": 1}',
+                          event_id => '00000000-0000-0000-0005-000000000001', expected_version => 0)";
+        let first = Spi::get_two::<i64, i64>(append).unwrap();
+        Spi::run("SELECT allsource.append('idempotent-retries-return/s', 'Other', '2')").unwrap();
+        // The retry carries a now-stale expected version and still gets the original back.
+        assert_eq!(Spi::get_two::<i64, i64>(append).unwrap(), first);
+        assert_eq!(event_count(), 2);
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('idempotent-retries-return/s')"),
+            2
+        );
+
+        let id = "'00000000-0000-0000-0005-000000000001'";
+        assert_fails(
+            &format!("SELECT allsource.append('idempotent-retries-return/s', 'T', '{{\"a\": 2}}', event_id => {id})"),
+            "ZA003",
+            "00000000-0000-0000-0005-000000000001",
+        );
+        assert_fails(
+            &format!("SELECT allsource.append('idempotent-retries-return/s', 'U', '{{\"a\": 1}}', event_id => {id})"),
+            "ZA003",
+            "different event",
+        );
+        assert_fails(
+            &format!("SELECT allsource.append('idempotent-retries-return/t', 'T', '{{\"a\": 1}}', event_id => {id})"),
+            "ZA003",
+            "different event",
+        );
+        assert_eq!(event_count(), 2);
+    }
+
+    #[pg_test]
+    fn append_batch_appends_all_in_order() {
+        Spi::run("SELECT allsource.append('append-batch-appends/s', 'First', '0')").unwrap();
+        let (first, last) = Spi::get_two::<i64, i64>(
+            r#"SELECT first_version, last_version FROM allsource.append_batch('append-batch-appends/s', '[
+                {"type": "A", "payload": {"i": 1}},
+                {"type": "B", "payload": {"i": 2}, "metadata": {"m": true}},
+                {"type": "C", "payload": {"i": 3}, "id": "00000000-0000-0000-0006-0000000000cc"}
+            ]', expected_version => 1)"#,
+        )
+        .unwrap();
+        assert_eq!((first, last), (Some(2), Some(4)));
+        assert!(one::<bool>(
+            "SELECT bool_and(position > lag) FROM (
+                 SELECT position, lag(position, 1, 0::bigint) OVER (ORDER BY version) AS lag
+                 FROM allsource.events WHERE stream_id = 'append-batch-appends/s') p"
+        ));
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(event_type, ',' ORDER BY version) FROM allsource.events"
+            ),
+            "First,A,B,C"
+        );
+        assert_eq!(
+            one::<String>("SELECT event_id::text FROM allsource.events WHERE version = 4"),
+            "00000000-0000-0000-0006-0000000000cc"
+        );
+        assert_eq!(
+            one::<String>("SELECT metadata::text FROM allsource.events WHERE version = 3"),
+            r#"{"m": true}"#
+        );
+    }
+
+    #[pg_test]
+    fn append_batch_is_all_or_nothing() {
+        assert_fails(
+            r#"SELECT allsource.append_batch('append-batch-is/s', '[{"type": "A", "payload": 1}, {"type": "", "payload": 2}]')"#,
+            "22023",
+            "events[1].type",
+        );
+        assert_fails(
+            r#"SELECT allsource.append_batch('append-batch-is/s', '[{"type": "A", "payload": 1}]', expected_version => 3)"#,
+            "ZA001",
+            "actual 0",
+        );
+        assert_fails(
+            r#"SELECT allsource.append_batch('append-batch-is/s', '{"type": "A"}')"#,
+            "22023",
+            "JSON array",
+        );
+        assert_fails(
+            r#"SELECT allsource.append_batch('append-batch-is/s', '[]')"#,
+            "22023",
+            "at least one event",
+        );
+        assert_fails(
+            "SELECT allsource.append_batch('append-batch-is/s', NULL)",
+            "22023",
+            "\"events\": must not be null",
+        );
+        assert_eq!(event_count(), 0);
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM allsource.streams"),
+            0,
+            "no stream row is left behind"
+        );
+    }
+
+    #[pg_test]
+    fn append_batch_replays_idempotently() {
+        let batch = r#"SELECT first_version, last_position FROM allsource.append_batch('append-batch-replays/s', '[
+            {"type": "A", "payload": 1, "id": "00000000-0000-0000-0008-00000000000a"},
+            {"type": "B", "payload": 2, "id": "00000000-0000-0000-0008-00000000000b"}
+        ]', expected_version => 0)"#;
+        let original = Spi::get_two::<i64, i64>(batch).unwrap();
+        assert_eq!(Spi::get_two::<i64, i64>(batch).unwrap(), original);
+        assert_eq!(event_count(), 2);
+        // One known id beside a new one is not a retry.
+        assert_fails(
+            r#"SELECT allsource.append_batch('append-batch-replays/s', '[
+                {"type": "A", "payload": 1, "id": "00000000-0000-0000-0008-00000000000a"},
+                {"type": "C", "payload": 3}]')"#,
+            "ZA003",
+            "00000000-0000-0000-0008-00000000000a",
+        );
+        assert_eq!(event_count(), 2);
+    }
+
+    #[pg_test]
+    fn bad_arguments_raise_22023_and_name_the_argument() {
+        let long = "x".repeat(256);
+        let cases = [
+            ("SELECT allsource.append(NULL, 'T', '1')".to_string(), "\"stream_id\""),
+            ("SELECT allsource.append('', 'T', '1')".to_string(), "\"stream_id\""),
+            (format!("SELECT allsource.append('{long}', 'T', '1')"), "\"stream_id\""),
+            ("SELECT allsource.append('bad-arguments-raise/s', NULL, '1')".to_string(), "\"event_type\""),
+            ("SELECT allsource.append('bad-arguments-raise/s', '', '1')".to_string(), "\"event_type\""),
+            (format!("SELECT allsource.append('bad-arguments-raise/s', '{long}', '1')"), "\"event_type\""),
+            ("SELECT allsource.append('bad-arguments-raise/s', 'T', NULL)".to_string(), "\"payload\""),
+            ("SELECT allsource.append_batch('', '[]')".to_string(), "\"stream_id\""),
+            (r#"SELECT allsource.append_batch('bad-arguments-raise/s', '[{"type": "T", "payload": 1, "id": "x"}]')"#.to_string(), "events[0].id"),
+            (r#"SELECT allsource.append_batch('bad-arguments-raise/s', '[{"type": "T", "payload": 1, "extra": 1}]')"#.to_string(), "unknown key"),
+            ("SELECT * FROM allsource.read_stream('')".to_string(), "\"stream_id\""),
+            ("SELECT * FROM allsource.read_stream('bad-arguments-raise/s', -1)".to_string(), "\"from_version\""),
+            ("SELECT * FROM allsource.read_stream('bad-arguments-raise/s', 1, -5)".to_string(), "\"max_count\""),
+            ("SELECT * FROM allsource.read_stream('bad-arguments-raise/s', NULL)".to_string(), "\"from_version\""),
+            ("SELECT allsource.stream_version('')".to_string(), "\"stream_id\""),
+            ("SELECT allsource.partition_for('')".to_string(), "\"stream_id\""),
+            ("SELECT allsource.partition_for('bad-arguments-raise/s', 0)".to_string(), "\"partition_count\""),
+            ("SELECT allsource.partition_for('bad-arguments-raise/s', -3)".to_string(), "\"partition_count\""),
+        ];
+        for (query, words) in &cases {
+            assert_fails(query, "22023", words);
+        }
+        // 255 bytes is allowed.
+        Spi::run(&format!(
+            "SELECT allsource.append('{}', 'T', '1')",
+            &long[1..]
+        ))
+        .unwrap();
+        assert_eq!(event_count(), 1);
+    }
+
+    #[pg_test]
+    fn oversized_events_raise_54000() {
+        Spi::run("SET LOCAL allsource.max_event_bytes = 100").unwrap();
+        let big = format!("'{{\"x\": \"{}\"}}'", "y".repeat(100));
+        assert_fails(
+            &format!("SELECT allsource.append('oversized-events-raise/s', 'T', {big})"),
+            "54000",
+            "100",
+        );
+        assert_fails(
+            &format!(
+                "SELECT allsource.append('oversized-events-raise/s', 'T', '1', metadata => {big})"
+            ),
+            "54000",
+            "100",
+        );
+        assert_fails(
+            &format!("SELECT allsource.append_batch('oversized-events-raise/s', jsonb_build_array(jsonb_build_object('type', 'T', 'payload', {big}::jsonb)))"),
+            "54000",
+            "events[0]",
+        );
+        Spi::run("SELECT allsource.append('oversized-events-raise/s', 'T', '\"small\"')").unwrap();
+        assert_eq!(event_count(), 1);
+    }
+
+    #[pg_test]
+    fn appending_to_a_deleted_stream_raises_za002() {
+        Spi::run("SELECT allsource.append('appending-to-a/s', 'T', '1')").unwrap();
+        // Until delete_stream exists, mark the tombstone the way it will.
+        Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+        Spi::run(
+            "UPDATE allsource.streams SET deleted_at = now() WHERE stream_id = 'appending-to-a/s'",
+        )
+        .unwrap();
+        Spi::run("SET LOCAL session_replication_role = origin").unwrap();
+        assert_fails(
+            "SELECT allsource.append('appending-to-a/s', 'T', '1')",
+            "ZA002",
+            "stream \"appending-to-a/s\" is deleted",
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM allsource.read_stream('appending-to-a/s')"),
+            0
+        );
+        assert_eq!(
+            one::<i64>("SELECT allsource.stream_version('appending-to-a/s')"),
+            1
+        );
+    }
+}

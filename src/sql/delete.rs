@@ -165,3 +165,93 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
     ));
     Ok(())
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_soft_delete_leaves_a_tombstone() {
+        Spi::run("SELECT allsource.append_batch('soft-delete/s', '[{\"type\": \"A\", \"payload\": 1}, {\"type\": \"B\", \"payload\": 2}]')").unwrap();
+        let version: i64 = one("SELECT allsource.delete_stream('soft-delete/s')");
+        assert_eq!(version, 2);
+        assert_fails(
+            "SELECT allsource.append('soft-delete/s', 'C', '3')",
+            "ZA002",
+            "is deleted",
+        );
+        let read: i64 = one("SELECT count(*) FROM allsource.read_stream('soft-delete/s')");
+        assert_eq!(read, 0, "read_stream returns nothing");
+        let version: i64 = one("SELECT allsource.stream_version('soft-delete/s')");
+        assert_eq!(version, 2, "stream_version keeps the last version");
+        let by: String =
+            one("SELECT deleted_by FROM allsource.streams WHERE stream_id = 'soft-delete/s'");
+        assert_eq!(by, one::<String>("SELECT current_user::text"));
+        let stored: String = one("SELECT payload::text FROM allsource.events WHERE stream_id = 'soft-delete/s' AND version = 2");
+        assert_eq!(stored, "2", "a soft delete keeps the payloads");
+        // A stream never written gets a tombstone too.
+        let version: i64 = one("SELECT allsource.delete_stream('soft-delete/never')");
+        assert_eq!(version, 0);
+        assert_fails(
+            "SELECT allsource.append('soft-delete/never', 'C', '3')",
+            "ZA002",
+            "is deleted",
+        );
+        assert_fails(
+            "SELECT allsource.delete_stream('soft-delete/s', NULL)",
+            "22023",
+            "hard",
+        );
+    }
+
+    #[pg_test]
+    fn a_hard_delete_erases_content_and_the_chain_still_verifies() {
+        Spi::run("SELECT allsource.append('hard-delete/s', 'A', '{\"name\": \"Ada\"}', '{\"ip\": \"10.0.0.1\"}')").unwrap();
+        Spi::run("SELECT allsource.append('hard-delete/s', 'B', '{\"name\": \"Ada L.\"}')")
+            .unwrap();
+        Spi::run("SELECT allsource.save_snapshot('hard-delete/s', 2, '{\"name\": \"Ada L.\"}')")
+            .unwrap();
+        let version: i64 = one("SELECT allsource.delete_stream('hard-delete/s', hard => true)");
+        assert_eq!(version, 2);
+        let left: i64 = one(
+            "SELECT count(*) FROM allsource.events WHERE stream_id = 'hard-delete/s' \
+             AND (payload <> 'null' OR metadata IS NOT NULL)",
+        );
+        assert_eq!(left, 0, "payload and metadata are gone");
+        let digests: i64 = one(
+            "SELECT count(*) FROM allsource.erased_events x JOIN allsource.events e USING (partition_id, position) \
+             WHERE e.stream_id = 'hard-delete/s' AND (e.version = 1) = (x.metadata_digest IS NOT NULL)",
+        );
+        assert_eq!(
+            digests, 2,
+            "digests of both payloads, metadata only where there was one"
+        );
+        let (ok, checked) = Spi::get_two::<bool, i64>(
+            "SELECT ok, events_checked FROM allsource.verify_stream('hard-delete/s')",
+        )
+        .unwrap();
+        assert_eq!((ok, checked), (Some(true), Some(2)));
+        let problem: String = one("SELECT problem FROM allsource.verify_stream('hard-delete/s')");
+        assert!(problem.starts_with("erased at "), "{problem}");
+        let failing: i64 =
+            one("SELECT count(*) FROM allsource.verify_all() WHERE stream_id = 'hard-delete/s'");
+        assert_eq!(failing, 0, "erased is not corrupt");
+        let snapshots: i64 = one("SELECT count(*) FROM allsource.load_snapshot('hard-delete/s')");
+        assert_eq!(snapshots, 0, "the snapshot goes with the payloads");
+        // A forged digest is still caught.
+        Spi::run(
+            "SET LOCAL session_replication_role = replica;
+             UPDATE allsource.erased_events SET payload_digest = sha256('x')
+             WHERE position = (SELECT position FROM allsource.events WHERE stream_id = 'hard-delete/s' AND version = 2);
+             SET LOCAL session_replication_role = origin",
+        )
+        .unwrap();
+        let (ok, bad) = Spi::get_two::<bool, i64>(
+            "SELECT ok, first_bad_version FROM allsource.verify_stream('hard-delete/s')",
+        )
+        .unwrap();
+        assert_eq!((ok, bad), (Some(false), Some(2)));
+    }
+}

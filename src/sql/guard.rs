@@ -108,3 +108,44 @@ fn refuse_direct_write<'a>(
         Some(error) => raise(error),
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn direct_writes_are_refused_even_for_superusers() {
+        assert!(one::<bool>(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ));
+        Spi::run("SELECT allsource.append('direct-writes-are/s', 'T', '1')").unwrap();
+        let partition: i32 = one("SELECT allsource.partition_for('direct-writes-are/s')");
+        let part = format!("allsource.events_p{partition}");
+        let statements = [
+            "INSERT INTO allsource.events SELECT * FROM allsource.events".to_string(),
+            format!("INSERT INTO {part} SELECT * FROM {part}"),
+            "UPDATE allsource.events SET payload = '2'".to_string(),
+            format!("UPDATE {part} SET payload = '2'"),
+            "DELETE FROM allsource.events".to_string(),
+            format!("DELETE FROM {part}"),
+            "TRUNCATE allsource.events".to_string(),
+            format!("TRUNCATE {part}"),
+            "INSERT INTO allsource.streams (stream_id, partition_id) VALUES ('x', 0)".to_string(),
+            "UPDATE allsource.streams SET version = 9".to_string(),
+            "DELETE FROM allsource.streams".to_string(),
+            "TRUNCATE allsource.streams".to_string(),
+            "DELETE FROM allsource.event_ids".to_string(),
+            "TRUNCATE allsource.event_ids".to_string(),
+        ];
+        for statement in &statements {
+            assert_fails(statement, "42501", "is not allowed");
+        }
+        assert_eq!(event_count(), 1);
+        assert_eq!(
+            one::<String>("SELECT payload::text FROM allsource.events"),
+            "1"
+        );
+    }
+}

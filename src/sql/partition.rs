@@ -26,3 +26,56 @@ fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>,
     });
     or_raise(result)
 }
+
+// partition_count and partition_stats are SQL (sql/finalize.sql): their tests live beside partition_for.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn partitions() {
+        assert_eq!(one::<i32>("SELECT allsource.partition_count()"), 32);
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'allsource.events'::regclass"
+            ),
+            32
+        );
+        // The test vectors of docs/sql-reference.md.
+        assert_eq!(one::<i32>("SELECT allsource.partition_for('order-1')"), 12);
+        assert_eq!(
+            one::<i32>("SELECT allsource.partition_for('order-1', 7)"),
+            0
+        );
+        assert_eq!(
+            one::<i32>("SELECT allsource.partition_for('customer-42', partition_count => 1024)"),
+            821
+        );
+        assert_eq!(
+            one::<i32>("SELECT allsource.partition_for('Äpfel-ünd-Birnen')"),
+            21
+        );
+
+        Spi::run("SELECT allsource.append_batch('order-1', '[{\"type\": \"A\", \"payload\": 1}, {\"type\": \"A\", \"payload\": 2}]')").unwrap();
+        Spi::run("SELECT allsource.append('customer-42', 'A', '1')").unwrap();
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM allsource.partition_stats()"),
+            32
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(format('%s:%s:%s', partition_id, stream_count, event_count), ' ' ORDER BY partition_id)
+                 FROM allsource.partition_stats() WHERE event_count > 0"
+            ),
+            "12:1:2 21:1:1"
+        );
+        assert!(one::<bool>(
+            "SELECT last_position = (SELECT max(position) FROM allsource.events WHERE stream_id = 'order-1')
+                    AND total_bytes > 0
+             FROM allsource.partition_stats() WHERE partition_id = 12"
+        ));
+        assert!(one::<bool>("SELECT last_position IS NULL AND event_count = 0 FROM allsource.partition_stats() WHERE partition_id = 0"));
+    }
+}

@@ -63,3 +63,59 @@ fn save_snapshot(stream_id: Option<&str>, version: Option<i64>, state: Option<Js
         })
     })())
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn snapshots_keep_the_latest() {
+        Spi::run("SELECT allsource.append_batch('snapshots/s', '[{\"type\": \"A\", \"payload\": 1}, {\"type\": \"B\", \"payload\": 2}, {\"type\": \"C\", \"payload\": 3}]')").unwrap();
+        let none: i64 = one("SELECT count(*) FROM allsource.load_snapshot('snapshots/s')");
+        assert_eq!(none, 0);
+        assert!(one::<bool>(
+            "SELECT allsource.save_snapshot('snapshots/s', 2, '{\"sum\": 3}')"
+        ));
+        assert!(
+            !one::<bool>("SELECT allsource.save_snapshot('snapshots/s', 1, '{\"sum\": 1}')"),
+            "an older snapshot does not replace a newer one"
+        );
+        assert!(one::<bool>(
+            "SELECT allsource.save_snapshot('snapshots/s', 3, '{\"sum\": 6}')"
+        ));
+        let (version, state) = Spi::get_two::<i64, pgrx::JsonB>(
+            "SELECT version, state FROM allsource.load_snapshot('snapshots/s')",
+        )
+        .unwrap();
+        assert_eq!(version, Some(3));
+        assert_eq!(state.unwrap().0, serde_json::json!({"sum": 6}));
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 4, '{}')",
+            "22023",
+            "at version 3",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 0, '{}')",
+            "22023",
+            "version",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 1, NULL)",
+            "22023",
+            "state",
+        );
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/none', 1, '{}')",
+            "22023",
+            "at version 0",
+        );
+        Spi::run("SELECT allsource.delete_stream('snapshots/s')").unwrap();
+        assert_fails(
+            "SELECT allsource.save_snapshot('snapshots/s', 3, '{}')",
+            "ZA002",
+            "deleted",
+        );
+    }
+}

@@ -221,3 +221,25 @@ fn stats_reset() {
         .0
         .reset(unsafe { pg_sys::GetCurrentTimestamp() });
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn stats_count_conflicts_as_they_happen() {
+        let conflicts = || one::<i64>("SELECT conflicts FROM allsource.stats()");
+        let before = conflicts();
+        assert_fails(
+            "SELECT allsource.append('stats-conflict', 'T', '{}', expected_version => 5)",
+            "ZA001",
+            "stats-conflict",
+        );
+        // Other tests run at the same time and may conflict too.
+        assert!(conflicts() > before);
+        let workers: i64 = one("SELECT count(*) FROM allsource.ingest_workers()");
+        assert_eq!(workers, 1, "allsource.ingest_workers defaults to 1");
+    }
+}

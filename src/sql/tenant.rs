@@ -57,3 +57,51 @@ fn in_tenant(tenant_id: Option<&str>) -> bool {
     let session = or_raise(session_tenant());
     tenant_id == session.as_deref()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_tenant_sees_and_writes_only_its_own_streams() {
+        Spi::run("SET LOCAL allsource.tenant = 'acme'").unwrap();
+        Spi::run("SELECT allsource.append('tenants/acme-1', 'A', '{\"secret\": 1}')").unwrap();
+        Spi::run("SELECT allsource.save_snapshot('tenants/acme-1', 1, '{}')").unwrap();
+        let tenant: String =
+            one("SELECT tenant_id FROM allsource.events WHERE stream_id = 'tenants/acme-1'");
+        assert_eq!(tenant, "acme");
+        Spi::run("SET LOCAL allsource.tenant = 'globex'").unwrap();
+        for (query, sqlstate) in [
+            ("SELECT allsource.append('tenants/acme-1', 'A', '{}')", "42501"),
+            ("SELECT allsource.append_batch('tenants/acme-1', '[{\"type\": \"A\", \"payload\": 1}]')", "42501"),
+            ("SELECT allsource.delete_stream('tenants/acme-1')", "42501"),
+            ("SELECT allsource.save_snapshot('tenants/acme-1', 1, '{}')", "42501"),
+        ] {
+            assert_fails(query, sqlstate, "another tenant");
+        }
+        for query in [
+            "SELECT count(*) FROM allsource.read_stream('tenants/acme-1')",
+            "SELECT count(*) FROM allsource.load_snapshot('tenants/acme-1')",
+            "SELECT allsource.stream_version('tenants/acme-1')",
+            "SELECT events_checked FROM allsource.verify_stream('tenants/acme-1')",
+            "SELECT count(*) FROM allsource.verify_all() WHERE stream_id = 'tenants/acme-1'",
+        ] {
+            assert_eq!(one::<i64>(query), 0, "{query}");
+        }
+        assert!(one::<bool>(
+            "SELECT allsource.verify_gapless('tenants/acme-1')"
+        ));
+        // No tenant is a scope of its own too.
+        Spi::run("RESET allsource.tenant").unwrap();
+        assert_fails(
+            "SELECT allsource.append('tenants/acme-1', 'A', '{}')",
+            "42501",
+            "another tenant",
+        );
+        Spi::run("SET LOCAL allsource.tenant = 'acme'").unwrap();
+        let version: i64 = one("SELECT allsource.stream_version('tenants/acme-1')");
+        assert_eq!(version, 1);
+    }
+}

@@ -605,3 +605,268 @@ fn consume<T>(
     unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
     values
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use allsource_core::checksum::{self, Body, EventFields, GENESIS};
+    use pgrx::prelude::*;
+    use pgrx::Uuid;
+
+    /// The stored checksums are the Rust chain over what SELECT returns: the
+    /// jsonb text Rust hashes is exactly PostgreSQL's, for awkward JSON too.
+    #[pg_test]
+    fn checksums_chain_over_the_stored_text() {
+        let payloads = [
+            r#"{"b": 1, "a": [1, 2.50, -0.0010, 1e3, 12345678901234567890123]}"#,
+            r#""quote \" backslash \\ newline \n tab \t bell \u0007 snowman ☃ emoji 😀""#,
+            r#"{"nested": {"deeper": {"deepest": [null, true, false, {}, []]}}, "": ""}"#,
+            r#"[1E+2, 0.1e-2, 100.00]"#,
+        ];
+        for payload in payloads {
+            Spi::run(&format!(
+                "SELECT allsource.append('chain', 'T', {}, metadata => '{{\"k\": [1, 2]}}')",
+                pgrx::spi::quote_literal(payload)
+            ))
+            .unwrap();
+        }
+        let mut previous = GENESIS;
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT stream_id, version, event_type, event_id, payload::text, metadata::text,
+                            (extract(epoch FROM created_at) * 1000000)::bigint, checksum
+                     FROM allsource.events ORDER BY version",
+                    None,
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(rows.len(), payloads.len());
+            for row in rows {
+                let stream_id: String = row.get(1).unwrap().unwrap();
+                let event_type: String = row.get(3).unwrap().unwrap();
+                let event_id: Uuid = row.get(4).unwrap().unwrap();
+                let payload: String = row.get(5).unwrap().unwrap();
+                let metadata: Option<String> = row.get(6).unwrap();
+                let stored: Vec<u8> = row.get(8).unwrap().unwrap();
+                let fields = EventFields {
+                    stream_id: &stream_id,
+                    version: row.get(2).unwrap().unwrap(),
+                    event_type: &event_type,
+                    event_id: *event_id.as_bytes(),
+                    payload: Body::Text(&payload),
+                    metadata: metadata.as_deref().map(Body::Text),
+                    created_at_unix_micros: row.get(7).unwrap().unwrap(),
+                    tenant: None,
+                };
+                let expected = checksum::checksum(&fields, &previous);
+                assert_eq!(
+                    stored,
+                    expected.to_vec(),
+                    "version {} payload {payload}",
+                    fields.version
+                );
+                previous = expected;
+            }
+        });
+        assert_eq!(
+            one::<Vec<u8>>("SELECT last_checksum FROM allsource.streams WHERE stream_id = 'chain'"),
+            previous.to_vec()
+        );
+    }
+
+    /// Appends `n` events to `stream` (payload `{"n": i}`, metadata on even versions).
+    fn stream_of(stream: &str, n: i64) {
+        Spi::run(&format!(
+            "SELECT allsource.append_batch('{stream}', (SELECT jsonb_agg(jsonb_build_object(
+                 'type', 'T' || i % 3, 'payload', jsonb_build_object('n', i),
+                 'metadata', CASE WHEN i % 2 = 0 THEN jsonb_build_object('m', i) END) ORDER BY i)
+             FROM generate_series(1, {n}) i))"
+        ))
+        .unwrap();
+    }
+
+    /// Runs `sql` the way a superuser would tamper: around the guard triggers.
+    fn tamper(sql: &str) {
+        Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+        Spi::run(sql).unwrap();
+        Spi::run("SET LOCAL session_replication_role = origin").unwrap();
+    }
+
+    fn verdict(stream: &str) -> (bool, i64, Option<i64>, Option<String>) {
+        Spi::connect(|client| {
+            let row = client
+                .select(
+                    &format!("SELECT * FROM allsource.verify_stream('{stream}')"),
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .first();
+            (
+                row.get(1).unwrap().unwrap(),
+                row.get(2).unwrap().unwrap(),
+                row.get(3).unwrap(),
+                row.get(4).unwrap(),
+            )
+        })
+    }
+
+    fn assert_damage(stream: &str, version: i64, words: &str) {
+        let (ok, _, first_bad, problem) = verdict(stream);
+        assert!(!ok, "{stream}: damage not found");
+        assert_eq!(first_bad, Some(version), "{stream}: {problem:?}");
+        let problem = problem.unwrap();
+        assert!(
+            problem.contains(words),
+            "{stream}: {problem:?} should mention {words:?}"
+        );
+    }
+
+    #[pg_test]
+    fn a_clean_store_verifies_clean() {
+        stream_of("verify-clean/a", 25);
+        stream_of("verify-clean/b", 1);
+        Spi::run("SELECT allsource.append('verify-clean/a', 'More', '{}')").unwrap();
+        assert_eq!(verdict("verify-clean/a"), (true, 26, None, None));
+        assert_eq!(verdict("verify-clean/b"), (true, 1, None, None));
+        assert_eq!(verdict("verify-clean/unknown"), (true, 0, None, None));
+        assert!(one::<bool>(
+            "SELECT allsource.verify_gapless('verify-clean/a')"
+        ));
+        assert!(one::<bool>(
+            "SELECT allsource.verify_gapless('verify-clean/unknown')"
+        ));
+        assert_eq!(one::<i64>("SELECT count(*) FROM allsource.verify_all()"), 0);
+        assert_fails(
+            "SELECT * FROM allsource.verify_stream('')",
+            "22023",
+            "\"stream_id\"",
+        );
+        assert_fails(
+            "SELECT allsource.verify_gapless(NULL)",
+            "22023",
+            "\"stream_id\"",
+        );
+    }
+
+    #[pg_test]
+    fn every_kind_of_damage_is_found_at_its_version() {
+        let at = |stream: &str, version: i64| {
+            format!("FROM allsource.events WHERE stream_id = '{stream}' AND version = {version}")
+        };
+        let cases: Vec<(&str, String, i64, &str)> = vec![
+            ("payload", "UPDATE allsource.events SET payload = '{\"n\": 999}' WHERE (stream_id, version) = ('tamper/payload', 3)".into(), 3, "content of version 3"),
+            ("metadata", "UPDATE allsource.events SET metadata = NULL WHERE (stream_id, version) = ('tamper/metadata', 4)".into(), 4, "content of version 4"),
+            ("type", "UPDATE allsource.events SET event_type = 'Forged' WHERE (stream_id, version) = ('tamper/type', 1)".into(), 1, "content of version 1"),
+            ("event-id", "UPDATE allsource.events SET event_id = gen_random_uuid() WHERE (stream_id, version) = ('tamper/event-id', 5)".into(), 5, "content of version 5"),
+            ("created-at", "UPDATE allsource.events SET created_at = created_at + interval '1 microsecond' WHERE (stream_id, version) = ('tamper/created-at', 2)".into(), 2, "content of version 2"),
+            ("removed", "DELETE FROM allsource.events WHERE (stream_id, version) = ('tamper/removed', 3)".into(), 3, "version 3 is missing"),
+            ("removed-last", "DELETE FROM allsource.events WHERE (stream_id, version) = ('tamper/removed-last', 6)".into(), 6, "events end at version 5"),
+            ("swapped", "UPDATE allsource.events SET version = -2 WHERE (stream_id, version) = ('tamper/swapped', 2);
+                         UPDATE allsource.events SET version = 2 WHERE (stream_id, version) = ('tamper/swapped', 5);
+                         UPDATE allsource.events SET version = 5 WHERE (stream_id, version) = ('tamper/swapped', -2)".into(), 2, "swapped"),
+            ("swapped-content", "UPDATE allsource.events e SET payload = o.payload, metadata = o.metadata, event_type = o.event_type,
+                                        event_id = o.event_id, created_at = o.created_at
+                                 FROM allsource.events o
+                                 WHERE e.stream_id = 'tamper/swapped-content' AND o.stream_id = e.stream_id
+                                   AND (e.version, o.version) IN ((3, 4), (4, 3))".into(), 3, "holds the content of version 4"),
+            ("copied", format!("UPDATE allsource.events SET checksum = (SELECT checksum {}) WHERE (stream_id, version) = ('tamper/copied', 5)", at("tamper/copied", 1)), 5, "copy of version 1"),
+            ("stream-row", "UPDATE allsource.streams SET version = 9 WHERE stream_id = 'tamper/stream-row'".into(), 7, "says version 9"),
+        ];
+        for (name, sql, _, _) in &cases {
+            stream_of(&format!("tamper/{name}"), 6);
+            tamper(sql);
+        }
+
+        for (name, _, version, words) in &cases {
+            assert_damage(&format!("tamper/{name}"), *version, words);
+        }
+
+        // verify_all reports each damaged stream once, at the same version,
+        // and the registry rows left pointing at no event with their id:
+        // those of the two removed events and of the changed id.
+        let reported: String = one(
+            "SELECT string_agg(format('%s@%s', stream_id, first_bad_version), ' ')
+             FROM allsource.verify_all() WHERE stream_id IS NOT NULL",
+        );
+        assert_eq!(
+            one::<String>("SELECT problem FROM allsource.verify_all() WHERE stream_id IS NULL"),
+            "3 rows of allsource.event_ids point at no event with their id: those ids are refused as if used"
+        );
+        let mut reported: Vec<&str> = reported.split(' ').collect();
+        reported.sort();
+        let mut expected: Vec<String> = cases
+            .iter()
+            .map(|(n, _, v, _)| format!("tamper/{n}@{v}"))
+            .collect();
+        expected.sort();
+        assert_eq!(reported, expected);
+
+        assert!(!one::<bool>(
+            "SELECT allsource.verify_gapless('tamper/removed')"
+        ));
+        assert!(!one::<bool>(
+            "SELECT allsource.verify_gapless('tamper/stream-row')"
+        ));
+        assert!(
+            one::<bool>("SELECT allsource.verify_gapless('tamper/payload')"),
+            "content damage keeps versions gapless"
+        );
+    }
+
+    #[pg_test]
+    fn orphaned_events_are_reported() {
+        stream_of("orphan/a", 2);
+        tamper("DELETE FROM allsource.streams WHERE stream_id = 'orphan/a'");
+        assert_damage("orphan/a", 1, "stream row is missing");
+        assert_eq!(
+            one::<String>(
+                "SELECT format('%s@%s', stream_id, first_bad_version) FROM allsource.verify_all()"
+            ),
+            "orphan/a@1"
+        );
+    }
+
+    /// Random streams in the database, one random damage each, found at the right version.
+    #[pg_test]
+    fn random_damage_is_always_found() {
+        // A fixed-seed xorshift: the extension build has no dev-dependencies.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |bound: i64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as i64
+        };
+        for case in 0..40 {
+            let stream = format!("random-damage/{case}");
+            let n = 2 + next(30);
+            stream_of(&stream, n);
+            let k = 1 + next(n);
+            let row = format!("WHERE (stream_id, version) = ('{stream}', {k})");
+            let (sql, expected) = match next(6) {
+                0 => (format!("UPDATE allsource.events SET payload = payload || '{{\"x\": 1}}' {row}"), k),
+                1 => (format!("UPDATE allsource.events SET event_type = event_type || '!' {row}"), k),
+                2 => (format!("DELETE FROM allsource.events {row}"), k),
+                3 => {
+                    let j = if k == n { 1 } else { k + 1 };
+                    (format!(
+                        "UPDATE allsource.events SET checksum = (SELECT checksum FROM allsource.events
+                             WHERE (stream_id, version) = ('{stream}', {j})) {row}"
+                    ), k)
+                }
+                4 => (format!("UPDATE allsource.events SET created_at = created_at - interval '1 second' {row}"), k),
+                _ => {
+                    let claimed = n + 1 + next(3);
+                    (format!("UPDATE allsource.streams SET version = {claimed} WHERE stream_id = '{stream}'"), n + 1)
+                }
+            };
+            tamper(&sql);
+            let (ok, _, first_bad, problem) = verdict(&stream);
+            assert!(!ok, "case {case}: {sql}");
+            assert_eq!(first_bad, Some(expected), "case {case}: {sql}: {problem:?}");
+        }
+    }
+}

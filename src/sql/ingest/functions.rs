@@ -326,3 +326,55 @@ fn ingest_workers() -> TableIterator<
         .collect();
     TableIterator::new(rows)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn enqueue_checks_arguments_first_then_the_database() {
+        let cases = [
+            (
+                "SELECT allsource.enqueue(NULL, 'T', '{}')",
+                "22023",
+                "\"stream_id\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', '', '{}')",
+                "22023",
+                "\"event_type\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', NULL)",
+                "22023",
+                "\"payload\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', '{}', expected_version => -7)",
+                "22023",
+                "\"expected_version\"",
+            ),
+            (
+                "SELECT allsource.enqueue('s', 'T', to_jsonb(repeat('x', 1100000)))",
+                "54000",
+                "payload",
+            ),
+            // The test database is not allsource.database (postgres): the workers do not append here.
+            (
+                "SELECT allsource.enqueue('s', 'T', '{}')",
+                "55000",
+                "\"postgres\"",
+            ),
+            (
+                "SELECT * FROM allsource.await_ticket(1)",
+                "55000",
+                "\"postgres\"",
+            ),
+        ];
+        for (query, code, words) in cases {
+            assert_fails(query, code, words);
+        }
+    }
+}

@@ -300,3 +300,33 @@ fn inflight() -> TableIterator<
         (c.pid, c.lowest, since)
     }))
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn an_open_append_holds_the_watermark_below_its_position() {
+        let before: i64 = one("SELECT allsource.watermark()");
+        let position: i64 = one("SELECT position FROM allsource.append('watermark/own', 'T', '1')");
+        assert!(position > before);
+        let mark: i64 = one("SELECT allsource.watermark()");
+        assert!(
+            mark < position,
+            "watermark {mark} must stay below our uncommitted position {position}"
+        );
+        assert!(one::<bool>(&format!(
+            "SELECT lowest_position <= {position} AND since BETWEEN now() AND clock_timestamp()
+             FROM allsource.inflight() WHERE pid = pg_backend_pid()"
+        )));
+        // Our own uncommitted event is past the watermark, so read_all does not return it.
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM allsource.read_all({before}) WHERE position = {position}"
+            )),
+            0
+        );
+    }
+}
