@@ -187,7 +187,7 @@ GRANT SELECT ON allsource_router.active_nodes TO PUBLIC;
 -- Partitions
 ---------------------------------------------------------------------------
 
--- The extension's hash (src/partition.rs): the first 8 bytes of SHA-256 of
+-- The extension's hash (core/src/partition.rs): the first 8 bytes of SHA-256 of
 -- the UTF-8 bytes, big-endian unsigned, modulo 32. 256 is a multiple of 32,
 -- so that is the eighth byte modulo 32.
 CREATE OR REPLACE FUNCTION allsource_router.partition_for(stream_id text) RETURNS int

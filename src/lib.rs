@@ -1,9 +1,13 @@
 //! AllSource: an event store inside PostgreSQL.
 //!
 //! This crate is the extension: the SQL surface and the PostgreSQL
-//! integration (shared memory, transaction callbacks, background workers).
-//! What it decides without PostgreSQL lives in the `allsource-core` crate
-//! (`core/`); the schema in `sql/*.sql`.
+//! integration. What it decides without PostgreSQL lives in the
+//! `allsource-core` crate (`core/`); the schema in `sql/*.sql`.
+//!
+//! - `sql`: every SQL function, one module per capability (its own list).
+//! - `settings`: the `allsource.*` configuration parameters.
+//! - `savepoints`: per-transaction state that follows savepoints.
+//! - `test_support`: what the `#[pg_test]`s beside each module share.
 
 mod savepoints;
 mod settings;

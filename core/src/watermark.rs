@@ -1,6 +1,6 @@
 //! The in-flight registry behind `allsource.watermark()`, as plain Rust over
 //! atomics so it can be model-checked with threads; the extension's
-//! `src/sql/watermark.rs` puts the slots in PostgreSQL shared memory.
+//! `src/sql/watermark/mod.rs` puts the slots in PostgreSQL shared memory.
 //!
 //! The rule. A transaction that is about to take positions first publishes a
 //! lower bound of them in its slot: the sequence's next value, read before

@@ -1,5 +1,25 @@
-//! The pgrx layer: SQL functions that check arguments, call the core, talk
-//! SPI and raise errors with their SQLSTATEs.
+//! The SQL surface and PostgreSQL integration: SQL functions that check
+//! arguments, call the core, talk SPI and raise errors with their
+//! SQLSTATEs; shared memory, transaction callbacks and background workers.
+//!
+//! - [`append`]: `append`, `append_batch`, and the one append path the ingest workers share.
+//! - `checks`: argument checks of the reads written in SQL (`read_stream`, `read_all`, `read_category`).
+//! - `delete`: `delete_stream` (tombstones, erasure).
+//! - `snapshot`: `save_snapshot`.
+//! - `stream_row`: a stream's row, locked for a change that is not an append.
+//! - `partition`: `partition_for`.
+//! - `verify`: `verify_stream`, `verify_all`, `verify_all_tenants`, `verify_anchor`.
+//! - [`watermark`]: the in-flight registry, `watermark()`, `inflight()`, and its publisher for hot standbys.
+//! - [`notify`]: `NOTIFY allsource_events` after commits, and the notifier worker.
+//! - [`ingest`]: the ingest queue (`enqueue`, `await_ticket`, `ingest_workers()`) and its workers.
+//! - [`stats`]: `stats()`, `stats_reset()` and the counters behind them.
+//! - `tenant`: the session's tenant, `current_tenant()`, `_in_tenant`.
+//! - `guard`: the trigger that refuses direct writes.
+//! - [`standby`]: whether this server is a hot standby; the refusal of writes there.
+//! - [`preload`]: whether the library was preloaded.
+//! - `background`: what every background worker does the same way (register, connect, signals, sleep; reports; a safe session).
+//! - `jsonb`: `jsonb` arguments as their text.
+//! - `raise`: core errors raised as PostgreSQL errors with their SQLSTATEs.
 
 mod append;
 mod background;
