@@ -32,6 +32,8 @@ cargo clippy --quiet --test driver -- -D warnings
 cargo clippy --quiet -p allsource-core --all-targets -- -D warnings
 cargo clippy --quiet -p allsource-stress --all-targets -- -D warnings
 cargo clippy --quiet -p allsource-example --all-targets -- -D warnings
+log "released upgrade scripts unchanged (sql/releases.tsv)"
+scripts/check_releases.sh
 
 log "allsource-core: the pure-Rust unit tests (no PostgreSQL needed)"
 cargo test --quiet -p allsource-core
