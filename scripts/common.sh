@@ -19,6 +19,13 @@ DEMO_DATA=$STATE_DIR/demo
 DEMO_PORT=25432
 TEST_PORT=25442
 
+# The version in development (Cargo.toml's).
+crate_version() { sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1; }
+# The lines VERSION<TAB>COMMIT of sql/releases.tsv before it, oldest first.
+past_releases() {
+    awk -v current="$(crate_version)" '!/^#/ && $1 != current' sql/releases.tsv | sort -V -k1,1
+}
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # apt_install PACKAGE...: installs Debian packages (as root; nothing when none is given).

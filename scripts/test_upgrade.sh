@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# Upgrades in place from the previous release, as a user would: installs the
-# release before this version (sql/releases.tsv) and writes events of every kind with it
+# Upgrades in place from a release, as a user would: installs that release
+# (sql/releases.tsv) and writes events of every kind with it
 # (tests/upgrade/before.sql), installs this build over it, restarts, runs
-# ALTER EXTENSION allsource UPDATE, checks that every stored row is unchanged
-# and that reading and writing go on (tests/upgrade/after.sql), and that the
-# upgraded schema equals a fresh install's.
-#   scripts/test_upgrade.sh [MAJOR]   PostgreSQL MAJOR, 15 by default
+# ALTER EXTENSION allsource UPDATE (every upgrade script from that release on,
+# in one step), checks that every stored row is unchanged and that reading and
+# writing go on (tests/upgrade/after.sql), and that the upgraded schema equals
+# a fresh install's.
+#   scripts/test_upgrade.sh [MAJOR] [--from VERSION]
+# PostgreSQL MAJOR, 15 by default; from the oldest release by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
-use_postgres "${1:-15}"
+major=15 from=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --from) from=${2:?--from needs a version}; shift 2 ;;
+        *) major=$1; shift ;;
+    esac
+done
+use_postgres "$major"
 
-current=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-# The newest release older than this version, and the commit it was built from.
-read -r previous previous_commit < <(grep -v '^#' sql/releases.tsv |
-    awk -v current="$current" '$1 != current' | sort -V -k1,1 | tail -n 1) || true
-if [ -z "${previous:-}" ] || ! git cat-file -e "$previous_commit^{commit}" 2>/dev/null; then
-    echo "no earlier release in sql/releases.tsv whose commit this clone has (a shallow clone? git fetch --unshallow)" >&2
+current=$(crate_version)
+releases=$(past_releases)
+[ -n "$from" ] || from=$(head -n 1 <<<"$releases" | cut -f 1)
+from_commit=$(awk -v from="$from" '$1 == from { print $2 }' <<<"$releases")
+if [ -z "$from_commit" ]; then
+    echo "no release $from before $current in sql/releases.tsv" >&2
     exit 1
 fi
-log "upgrade: building $previous"
-release_src=$STATE_DIR/release-$previous
+if ! git cat-file -e "$from_commit^{commit}" 2>/dev/null; then
+    echo "this clone lacks $from's commit $from_commit (a shallow clone? git fetch --unshallow)" >&2
+    exit 1
+fi
+log "upgrade: building $from"
+release_src=$STATE_DIR/release-$from
 rm -rf "$release_src" "$release_src.package"
 mkdir -p "$release_src"
-git archive "$previous_commit" | tar -x -C "$release_src"
-# Its own target directory, kept between runs: a shared one would let the two
+git archive "$from_commit" | tar -x -C "$release_src"
+# Its own target directory, kept between runs: a shared one would let the
 # builds of the same crate take each other's artifacts.
-(cd "$release_src" && CARGO_TARGET_DIR=$STATE_DIR/release-target \
-    quietly cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$release_src.package" --debug)
+(cd "$release_src" && CARGO_TARGET_DIR=$STATE_DIR/release-target-$from \
+    quietly cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$release_src.package" --debug) ||
+    { echo "release $from does not build for PostgreSQL $PG_MAJOR: start from a later one (--from VERSION)" >&2; exit 1; }
 
 data=$STATE_DIR/upgrade-test
 cluster_stop "$data"
@@ -41,10 +55,10 @@ psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port=
 "${psql[@]}" --dbname=postgres -c "CREATE DATABASE upgraded" -c "CREATE DATABASE fresh"
 "${psql[@]}" --dbname=upgraded -f tests/upgrade/before.sql >/dev/null
 installed=$("${psql[@]}" --dbname=upgraded -c "SELECT extversion FROM pg_extension WHERE extname = 'allsource'")
-[ "$installed" = "$previous" ] || { echo "installed $installed, expected $previous" >&2; exit 1; }
+[ "$installed" = "$from" ] || { echo "installed $installed, expected $from" >&2; exit 1; }
 "${psql[@]}" --dbname=upgraded -f tests/upgrade/fingerprint.sql >"$data/before.txt"
 
-log "upgrade: installing $current over $previous, restarting, ALTER EXTENSION allsource UPDATE"
+log "upgrade: installing $current over $from, restarting, ALTER EXTENSION allsource UPDATE"
 cluster_stop "$data"
 install_extension
 cluster_start "$data" "$port" "allsource.database = 'upgraded'"
@@ -71,4 +85,4 @@ schema() {
 schema upgraded >"$data/upgraded.sql"
 schema fresh >"$data/fresh.sql"
 diff -u "$data/fresh.sql" "$data/upgraded.sql" || { echo "the upgraded schema differs from a fresh install" >&2; exit 1; }
-log "upgrade from $previous to $current: data intact, schema equal to a fresh install"
+log "upgrade from $from to $current: data intact, schema equal to a fresh install"

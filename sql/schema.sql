@@ -1,5 +1,5 @@
 -- Tables, sequence and partitions. Runs first in CREATE EXTENSION; the
--- functions pgrx generates from Rust come after it, sql/finalize.sql last.
+-- functions pgrx generates from Rust come after it, sql/finalize/*.sql last.
 
 -- AllSource's text is UTF-8 throughout (its functions are Rust, the hash
 -- chain covers UTF-8 text): in a database of another encoding it would store

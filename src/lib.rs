@@ -19,7 +19,52 @@ mod test_support;
 pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+// After the functions generated from Rust, in this order; `requires` names
+// the Rust functions (by their Rust names) each file needs to exist.
+pgrx::extension_sql_file!(
+    "../sql/finalize/guards.sql",
+    name = "guards",
+    requires = [refuse_direct_write]
+);
+pgrx::extension_sql_file!(
+    "../sql/finalize/rls.sql",
+    name = "rls",
+    requires = ["guards", in_tenant]
+);
+pgrx::extension_sql_file!(
+    "../sql/finalize/roles.sql",
+    name = "roles",
+    requires = ["rls"]
+);
+pgrx::extension_sql_file!(
+    "../sql/finalize/reads.sql",
+    name = "reads",
+    requires = ["roles"]
+);
+pgrx::extension_sql_file!(
+    "../sql/finalize/grants.sql",
+    name = "grants",
+    requires = [
+        "reads",
+        append,
+        append_batch,
+        enqueue,
+        await_ticket,
+        delete_stream,
+        save_snapshot,
+        stats_reset,
+        verify_stream,
+        verify_all,
+        verify_anchor,
+        verify_all_tenants
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/finalize/router_support.sql",
+    name = "router_support",
+    requires = ["grants"]
+);
+pgrx::extension_sql_file!("../sql/finalize/comments.sql", name = "comments", finalize);
 
 /// Runs when a process loads the library: defines the settings and the
 /// transaction callbacks, and, when preloading, the shared memory of the

@@ -1,4 +1,4 @@
--- After ALTER EXTENSION allsource UPDATE: what the previous release wrote
+-- After ALTER EXTENSION allsource UPDATE: what the old release wrote
 -- still behaves, and writing goes on where it left off.
 \set ON_ERROR_STOP on
 DO $$

@@ -1,5 +1,6 @@
--- Written by the previous release, before ALTER EXTENSION allsource UPDATE:
--- events of every kind the upgrade must keep (scripts/test_upgrade.sh).
+-- Written by the release the upgrade starts from, before ALTER EXTENSION
+-- allsource UPDATE: events of every kind the upgrade must keep
+-- (scripts/test_upgrade.sh). Every release runs it: only what 0.1.0 offers.
 \set ON_ERROR_STOP on
 CREATE EXTENSION allsource;
 
