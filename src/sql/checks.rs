@@ -1,4 +1,4 @@
-//! Argument checks for the read functions written in SQL (sql/finalize.sql):
+//! Argument checks for the read functions written in SQL (sql/finalize/reads.sql):
 //! they call these so every function validates with the same rules and words.
 
 use crate::sql::raise::or_raise;
@@ -67,7 +67,7 @@ fn _check_read_category(
     })());
 }
 
-// read_stream, read_all and read_category are SQL (sql/finalize.sql): their tests live beside their argument checks.
+// read_stream, read_all and read_category are SQL (sql/finalize/reads.sql): their tests live beside their argument checks.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {

@@ -27,7 +27,7 @@ fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>,
     or_raise(result)
 }
 
-// partition_count and partition_stats are SQL (sql/finalize.sql): their tests live beside partition_for.
+// partition_count and partition_stats are SQL (sql/finalize/reads.sql): their tests live beside partition_for.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {

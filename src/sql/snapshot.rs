@@ -1,4 +1,4 @@
-//! `allsource.save_snapshot` (`load_snapshot` is SQL, in sql/finalize.sql):
+//! `allsource.save_snapshot` (`load_snapshot` is SQL, in sql/finalize/reads.sql):
 //! one snapshot per stream, the latest.
 
 use crate::sql::guard::WriteGuard;
