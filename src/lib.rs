@@ -5,6 +5,8 @@
 //! What it decides without PostgreSQL lives in the `allsource-core` crate
 //! (`core/`); the schema in `sql/*.sql`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod savepoints;
 mod settings;
 pub(crate) mod sql;
