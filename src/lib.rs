@@ -9,6 +9,8 @@
 //! - `savepoints`: per-transaction state that follows savepoints.
 //! - `test_support`: what the `#[pg_test]`s beside each module share.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod savepoints;
 mod settings;
 pub(crate) mod sql;

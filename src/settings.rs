@@ -158,7 +158,7 @@ pub fn register() {
         GucFlags::default(),
     );
     // PostgreSQL accepts server-start settings only from a preloaded library.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::sql::backend::preloading() {
         register_server_start_settings();
     }
 }

@@ -17,6 +17,8 @@
 //! - [`ring`]: the queue's lock-free ring buffer.
 //! - [`stats`]: the counters behind `allsource.stats()`.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod batch;
 pub mod checksum;
 pub mod error;

@@ -83,6 +83,8 @@ pub struct Ring<'a> {
 // producer that claimed the slot and read only by the consumer that took it,
 // with the slot's sequence number ordering the two (release/acquire).
 unsafe impl Sync for Ring<'_> {}
+// SAFETY: a Ring holds only shared references: sending one shares them,
+// which is sound for the reason above.
 unsafe impl Send for Ring<'_> {}
 
 /// Slots an entry of `len` bytes occupies (at least one).

@@ -144,9 +144,8 @@ pub(crate) fn append_requests(
         let (heads, row_ids, created) = lock_streams(client, statements, &streams, requests);
         let stored = stored_events(client, statements, requests.iter().flat_map(|r| r.events));
         // now(): the transaction's start, which is what created_at stores.
-        let created_at = checksum::unix_micros_from_postgres(unsafe {
-            pg_sys::GetCurrentTransactionStartTimestamp()
-        });
+        let created_at =
+            checksum::unix_micros_from_postgres(crate::sql::backend::transaction_timestamp());
         // Time-ordered ids: new ones land at the right edge of event_ids' index.
         let plan = plan::plan_requests(requests, heads, stored, created_at, uuid::Uuid::now_v7);
         // A refused request leaves nothing, not even the row of its new stream,

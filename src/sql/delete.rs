@@ -94,8 +94,7 @@ fn tombstone(stream_id: &str, stream: &Stream, role: &str) -> Vec<u8> {
         .as_deref()
         .and_then(|c| <[u8; CHECKSUM_LEN]>::try_from(c).ok())
         .unwrap_or(GENESIS);
-    // SAFETY: reads the transaction's start time, which now() returns.
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let now = crate::sql::backend::transaction_timestamp();
     tombstone_checksum(
         &TombstoneFields {
             stream_id,

@@ -22,6 +22,7 @@
 //! - `raise`: core errors raised as PostgreSQL errors with their SQLSTATEs.
 
 mod append;
+pub mod backend;
 mod background;
 mod checks;
 mod delete;
@@ -64,14 +65,6 @@ fn oid<T: IntoDatum>() -> PgOid {
     PgOid::from(T::type_oid())
 }
 
-/// This backend's index in `ProcGlobal->allProcs`: what PostgreSQL 16 and
-/// older store as `MyProc->pgprocno`; 17 dropped that field for this same
-/// pointer difference (`GetNumberFromPGProc`).
-fn my_procno() -> i32 {
-    // SAFETY: MyProc points into allProcs in every backend and worker.
-    unsafe { pg_sys::MyProc.offset_from((*pg_sys::ProcGlobal).allProcs) as i32 }
-}
-
 /// Sets the latch of the process at `pgprocno`; with `pid`, only if that
 /// PGPROC still belongs to it (returns false otherwise).
 fn wake(pgprocno: i32, pid: Option<i32>) -> bool {
@@ -89,12 +82,6 @@ fn wake(pgprocno: i32, pid: Option<i32>) -> bool {
         pg_sys::SetLatch(&raw mut (*proc).procLatch);
     }
     true
-}
-
-/// The current (sub)transaction's number, for [`Nested::change`].
-fn current_subtransaction() -> u32 {
-    // SAFETY: reads the current transaction state's field.
-    unsafe { pg_sys::GetCurrentSubTransactionId() }
 }
 
 /// Makes `state` follow the end of subtransaction `sub`: a module's

@@ -18,9 +18,10 @@
 //! its own notifications at commit instead.
 
 use crate::savepoints::Nested;
+use crate::sql::backend::{self, current_subtransaction};
 use crate::sql::background::{self, report};
 use crate::sql::preload;
-use crate::sql::{current_subtransaction, end_of_subtransaction, wake};
+use crate::sql::{end_of_subtransaction, wake};
 use allsource_core::partition::MAX_PARTITIONS;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, IntoDatum, PGRXSharedMemory, PgAtomic};
@@ -65,6 +66,7 @@ struct Boards {
 // SAFETY: plain atomics, no pointers.
 unsafe impl PGRXSharedMemory for Boards {}
 
+// SAFETY: no other shared memory is named so.
 static BOARDS: PgAtomic<Boards> = unsafe { PgAtomic::new(c"allsource_notify_boards") };
 
 thread_local! {
@@ -76,7 +78,7 @@ thread_local! {
 
 /// From `_PG_init`: the boards when preloading, the transaction callback always.
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if backend::preloading() {
         pg_shmem_init!(
             BOARDS = Boards {
                 databases: std::array::from_fn(|_| DatabaseBoard {
@@ -89,6 +91,8 @@ pub fn init() {
             }
         );
     }
+    // SAFETY: from _PG_init, on the process's one thread; the callbacks are
+    // functions of this library, which is never unloaded.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
@@ -111,7 +115,7 @@ pub fn appended(partition_id: i32, last_position: i64) {
 }
 
 fn current_database() -> u32 {
-    unsafe { pg_sys::MyDatabaseId }.to_u32()
+    backend::database_id().to_u32()
 }
 
 /// This database's board, claimed on first use; `None` without preloading
@@ -192,7 +196,7 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
     {
         return;
     }
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let now = backend::clock_timestamp();
     let take_over = |from: i32| {
         board
             .notifier
@@ -253,10 +257,10 @@ pub extern "C-unwind" fn allsource_notifier_main(argument: pg_sys::Datum) {
     // its own; the path is pinned all the same.
     background::connect(background::Database::Oid(pg_sys::Oid::from(database)));
     let Some(board) = board(database) else { return };
-    let me = super::my_procno() + 1;
+    let me = backend::procno().expect("a worker has a PGPROC") + 1;
     board
         .notifier_pid
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
+        .store(backend::process_id(), Ordering::SeqCst);
     board.notifier.store(me, Ordering::SeqCst);
 
     let pending = || board.pending.iter().any(|p| p.load(Ordering::SeqCst) > 0);

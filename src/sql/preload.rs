@@ -3,7 +3,6 @@
 //! live in shared memory that only exists then.
 
 use allsource_core::error::{sqlstate, Error};
-use pgrx::pg_sys;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set in the postmaster when loaded through shared_preload_libraries and
@@ -12,8 +11,7 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// From `_PG_init`: remembers whether this is the postmaster preloading.
 pub fn init() {
-    // SAFETY: a global PostgreSQL sets before loading the library.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if super::backend::preloading() {
         PRELOADED.store(true, Ordering::Relaxed);
     }
 }

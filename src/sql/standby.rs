@@ -7,6 +7,8 @@ use pgrx::pg_sys;
 
 /// Whether this server is in recovery: a hot standby, until promoted.
 pub fn is_standby() -> bool {
+    // SAFETY: reads the recovery state in shared memory, which every
+    // process that runs SQL is attached to.
     unsafe { pg_sys::RecoveryInProgress() }
 }
 

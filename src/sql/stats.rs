@@ -4,10 +4,11 @@
 //! happen.
 
 use crate::savepoints::Nested;
+use crate::sql::backend::{self, current_subtransaction};
+use crate::sql::end_of_subtransaction;
 use crate::sql::ingest::queue;
 use crate::sql::preload::{self, require_preloaded};
 use crate::sql::raise::or_raise;
-use crate::sql::{current_subtransaction, end_of_subtransaction};
 use allsource_core::batch::Appended;
 use allsource_core::error::{sqlstate, Error, Result};
 use allsource_core::stats::Counters;
@@ -26,6 +27,7 @@ struct SharedCounters(Counters);
 // SAFETY: plain atomics, no pointers.
 unsafe impl PGRXSharedMemory for SharedCounters {}
 
+// SAFETY: no other shared memory is named so.
 static COUNTERS: PgAtomic<SharedCounters> = unsafe { PgAtomic::new(c"allsource_stats") };
 
 /// Counts of this transaction, published when it commits.
@@ -44,15 +46,17 @@ thread_local! {
 
 /// From `_PG_init`.
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if backend::preloading() {
         pg_shmem_init!(
             COUNTERS = {
                 let counters = SharedCounters::default();
-                counters.0.reset(unsafe { pg_sys::GetCurrentTimestamp() });
+                counters.0.reset(backend::clock_timestamp());
                 counters
             }
         );
     }
+    // SAFETY: from _PG_init, on the process's one thread; the callbacks are
+    // functions of this library, which is never unloaded.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
@@ -216,10 +220,7 @@ fn stats() -> TableIterator<
 #[search_path(pg_catalog, pg_temp)]
 fn stats_reset() {
     or_raise(require_preloaded("allsource.stats_reset()"));
-    COUNTERS
-        .get()
-        .0
-        .reset(unsafe { pg_sys::GetCurrentTimestamp() });
+    COUNTERS.get().0.reset(backend::clock_timestamp());
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -2,9 +2,10 @@
 //! stream's lane and returns a ticket, `await_ticket` sleeps until a worker
 //! published the ticket's result, `ingest_workers()` shows each lane.
 
-use super::queue::{now, state_name, Lane, Queue};
+use super::queue::{state_name, Lane, Queue};
 use crate::settings;
 use crate::sql::append::new_event;
+use crate::sql::backend;
 use crate::sql::background;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::preload::require_preloaded;
@@ -35,12 +36,10 @@ fn queue_here(function: &str) -> Result<Queue> {
     }
     let database = settings::database();
     let serving = match queue.header().database.load(Ordering::Relaxed) {
-        0 => std::ffi::CString::new(database.as_str())
-            .ok()
-            .map(|name| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) }),
+        0 => backend::database_oid(&database),
         oid => Some(pg_sys::Oid::from(oid)),
     };
-    if serving != Some(unsafe { pg_sys::MyDatabaseId }) {
+    if serving != Some(backend::database_id()) {
         return Err(Error::new(
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{function} works only in database \"{database}\", where the ingest workers append"),
@@ -71,7 +70,7 @@ fn enqueue(
             expected,
             event,
             tenant,
-            enqueued_at: now(),
+            enqueued_at: backend::clock_timestamp(),
         };
         push(queue, queue.lane_of(stream_id), &entry)
     })();
@@ -232,7 +231,7 @@ fn rejection_reason(code: SqlState) -> &'static str {
 /// `timeout` passes (then the status is still `Pending`). A cancel while
 /// sleeping leaves our registration behind: at worst one spurious wake-up.
 fn wait_for(cell: &ResultCell, ticket: i64, timeout: Duration) -> Result<Status> {
-    let me = crate::sql::my_procno();
+    let me = backend::procno().expect("a backend has a PGPROC");
     let deadline = Instant::now() + timeout;
     let mut registered = false;
     let outcome =

@@ -24,11 +24,9 @@ mod worker;
 /// From `_PG_init`: when preloading, reserves the queue's shared memory and
 /// registers the workers.
 pub fn init() {
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if !super::backend::preloading() {
         return;
     }
     queue::reserve_shared_memory();
     worker::register();
 }
-
-use pgrx::pg_sys;

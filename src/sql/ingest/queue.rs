@@ -4,6 +4,7 @@
 //! `allsource.ticket_results`; and what `stats()` reads of it.
 
 use crate::settings;
+use crate::sql::backend;
 use allsource_core::ingest::{ResultCell, TicketPlace, Tickets};
 use allsource_core::partition::stable_hash;
 use allsource_core::ring::{Ring, RingHeader, Slot, SLOT_BYTES};
@@ -134,6 +135,9 @@ pub(super) fn reserve_shared_memory() {
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
 #[pg_guard]
 unsafe extern "C-unwind" fn request_shared_memory() {
+    // SAFETY: PostgreSQL calls this hook in the postmaster, on its one
+    // thread, where requesting shared memory is allowed; the statics were
+    // set by reserve_shared_memory and are never written again.
     unsafe {
         if let Some(previous) = PREV_SHMEM_REQUEST {
             previous();
@@ -144,6 +148,13 @@ unsafe extern "C-unwind" fn request_shared_memory() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn create_shared_memory() {
+    // SAFETY: PostgreSQL calls this hook on a process's one thread once its
+    // shared memory exists; the statics were set by reserve_shared_memory
+    // and are never written again. AddinShmemInitLock (MainLWLockArray[21],
+    // as pgrx locks it) is held while the segment is looked up or created.
+    // ShmemInitStruct returns QUEUE_BYTES bytes, aligned to a cache line, or
+    // raises; QUEUE_BYTES is Layout::from_settings().total() of the same
+    // server-start settings, so `initialize` gets what it needs.
     unsafe {
         if let Some(previous) = PREV_SHMEM_STARTUP {
             previous();
@@ -167,8 +178,11 @@ unsafe extern "C-unwind" fn create_shared_memory() {
 /// # Safety
 /// `base` points to `layout.total()` writable bytes, 64-byte aligned.
 unsafe fn initialize(base: *mut u8, layout: &Layout) {
-    let micros_since_2000 = unsafe { pg_sys::GetCurrentTimestamp() };
-    let unix_micros = allsource_core::checksum::unix_micros_from_postgres(micros_since_2000);
+    let unix_micros =
+        allsource_core::checksum::unix_micros_from_postgres(backend::clock_timestamp());
+    // SAFETY: every write is at an offset of `layout` inside its total(), as
+    // the caller promises, and each offset is a multiple of 64, the largest
+    // alignment of the types written.
     unsafe {
         (base as *mut QueueHeader).write(QueueHeader {
             lanes: layout.lanes,
@@ -296,8 +310,4 @@ pub fn workers_running() -> u32 {
             .filter(|(_, lane)| lane.worker.load(Ordering::SeqCst) != 0)
             .count() as u32
     })
-}
-
-pub(super) fn now() -> i64 {
-    unsafe { pg_sys::GetCurrentTimestamp() }
 }

@@ -2,9 +2,10 @@
 //! transaction through `append_batch`'s path, publishes every ticket's
 //! result, and takes over what a predecessor that died left in the lane.
 
-use super::queue::{now, Lane, Queue, APPENDING, DRAINING, IDLE, STOPPED};
+use super::queue::{Lane, Queue, APPENDING, DRAINING, IDLE, STOPPED};
 use crate::settings;
 use crate::sql::append::append_requests;
+use crate::sql::backend;
 use crate::sql::background::{self, report, session};
 use crate::sql::{spi, stats, wake};
 use allsource_core::error::{sqlstate, SqlState};
@@ -64,7 +65,7 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     queue
         .header()
         .database
-        .store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::Relaxed);
+        .store(backend::database_id().to_u32(), Ordering::Relaxed);
     let lane = queue.lane(lane_no);
     let worker = Worker {
         queue,
@@ -75,9 +76,11 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     };
     apply_lock_timeout();
     lane.worker_pid
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::SeqCst);
-    lane.worker
-        .store(crate::sql::my_procno() + 1, Ordering::SeqCst);
+        .store(backend::process_id(), Ordering::SeqCst);
+    lane.worker.store(
+        backend::procno().expect("a worker has a PGPROC") + 1,
+        Ordering::SeqCst,
+    );
     log!("allsource ingest worker {lane_no} started in database \"{database}\"");
 
     worker.recover();
@@ -114,6 +117,8 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     lane.worker.store(0, Ordering::SeqCst);
     log!("allsource ingest worker {lane_no} stopped with its lane empty");
     // Exit code 1: the postmaster restarts a worker stopped outside a shutdown.
+    // SAFETY: outside a transaction; nothing here needs dropping, and
+    // proc_exit runs PostgreSQL's exit callbacks and never returns.
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -382,6 +387,9 @@ impl Worker {
         let mut streams: Vec<String> = events.iter().map(|h| stream_of(h).to_string()).collect();
         streams.sort_unstable();
         streams.dedup();
+        // SAFETY: the worker is between transactions here: it starts one,
+        // with the snapshot SPI needs, and commits it; an error unwinds to
+        // catch_others, which aborts it.
         let probe = PgTryBuilder::new(AssertUnwindSafe(|| unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
@@ -414,6 +422,7 @@ impl Worker {
             found
         }))
         .catch_others(|_| {
+            // SAFETY: ends the transaction the error left open (or aborted).
             unsafe { pg_sys::AbortCurrentTransaction() };
             Vec::new()
         })
@@ -421,10 +430,14 @@ impl Worker {
         report::report_stats(false);
         if let Some(&(_, xid)) = probe.first() {
             // A row's xmax is the transaction locking it (unless several share it).
+            // SAFETY: looks the xid up in the proc array under its lock; any
+            // xid is accepted (0: no backend runs it).
             let pid = unsafe { pg_sys::BackendXidGetPid(pg_sys::TransactionId::from_inner(xid)) };
             self.lane.blocker_pid.store(pid, Ordering::SeqCst);
             self.lane.blocker_xid.store(xid, Ordering::SeqCst);
-            self.lane.blocked_at.store(now(), Ordering::SeqCst);
+            self.lane
+                .blocked_at
+                .store(backend::clock_timestamp(), Ordering::SeqCst);
             self.lane.lock_timeouts.fetch_add(1, Ordering::Relaxed);
         }
         probe.into_iter().map(|(stream, _)| stream).collect()
@@ -446,6 +459,9 @@ impl Worker {
             })
             .collect();
         // The closure only reads shared memory through atomics and the ring.
+        // SAFETY: the worker is between transactions here: it starts one,
+        // with the snapshot SPI needs, and commits or aborts it; an error
+        // unwinds to catch_others and is aborted below.
         let attempt = PgTryBuilder::new(AssertUnwindSafe(|| unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
@@ -529,7 +545,7 @@ impl Worker {
             wake(waiter, None);
         }
         if let Some(event) = &held.event {
-            stats::ticket_finished((now() - event.enqueued_at).max(0) as u64);
+            stats::ticket_finished((backend::clock_timestamp() - event.enqueued_at).max(0) as u64);
         }
     }
 
@@ -547,6 +563,9 @@ impl Worker {
         report::report_running("taking over the events of a worker that stopped mid-batch");
         let xid = pg_sys::TransactionId::from_inner(self.lane.held_xid.load(Ordering::SeqCst));
         let committed = xid != pg_sys::TransactionId::INVALID
+            // SAFETY: a commit-log lookup inside a transaction, of a normal
+            // xid this server assigned since it started (shared memory
+            // starts empty), whose status it still keeps.
             && background::transaction(|| unsafe { pg_sys::TransactionIdDidCommit(xid) });
         let mut held = Vec::new();
         let mut again = Vec::new();

@@ -13,9 +13,10 @@
 mod publisher;
 
 use crate::savepoints::Nested;
+use crate::sql::backend::{self, current_subtransaction};
 use crate::sql::preload::{self, require_preloaded};
 use crate::sql::raise::or_raise;
-use crate::sql::{current_subtransaction, end_of_subtransaction, standby};
+use crate::sql::{end_of_subtransaction, standby};
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::watermark::{watermark as watermark_of, Claim, ClaimSlot};
 use pgrx::prelude::*;
@@ -35,6 +36,7 @@ struct Registry {
 // SAFETY: plain atomics, no pointers: valid in any process that maps it.
 unsafe impl PGRXSharedMemory for Registry {}
 
+// SAFETY: no other shared memory is named so.
 static REGISTRY: PgAtomic<Registry> = unsafe { PgAtomic::new(c"allsource_inflight_registry") };
 
 thread_local! {
@@ -49,7 +51,7 @@ thread_local! {
 
 /// From `_PG_init`: shared memory when preloading, transaction callbacks always.
 pub fn init() {
-    if preload::is_preloaded() {
+    if backend::preloading() {
         pg_shmem_init!(
             REGISTRY = Registry {
                 slots: std::array::from_fn(|_| ClaimSlot::default())
@@ -57,6 +59,8 @@ pub fn init() {
         );
         publisher::register();
     }
+    // SAFETY: from _PG_init, on the process's one thread; the callbacks are
+    // functions of this library, which is never unloaded.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
@@ -65,10 +69,10 @@ pub fn init() {
 
 fn my_slot() -> Option<&'static ClaimSlot> {
     // Only backends have a PGPROC slot to claim; the postmaster has none.
-    if !preload::is_preloaded() || unsafe { pg_sys::MyProc.is_null() } {
+    if !preload::is_preloaded() {
         return None;
     }
-    let index = super::my_procno() as usize;
+    let index = backend::procno()? as usize;
     Some(REGISTRY.get().slots.get(index).unwrap_or_else(|| {
         panic!("backend number {index} exceeds allsource's {MAX_SLOTS} in-flight slots; lower max_connections")
     }))
@@ -76,13 +80,17 @@ fn my_slot() -> Option<&'static ClaimSlot> {
 
 /// Slots that can be in use: one per PGPROC.
 fn live_slots() -> &'static [ClaimSlot] {
+    // SAFETY: ProcGlobal is created in shared memory before any process
+    // that calls this starts (never in the postmaster), and allProcCount
+    // never changes after.
     let count = unsafe { (*pg_sys::ProcGlobal).allProcCount } as usize;
     &REGISTRY.get().slots[..count.min(MAX_SLOTS)]
 }
 
 /// `allsource.event_position`, found by name: no SPI, no plan.
 fn position_sequence() -> pg_sys::Oid {
-    // SAFETY: catalog lookups by name.
+    // SAFETY: catalog lookups by NUL-terminated names, in the caller's
+    // transaction; a missing schema raises.
     let sequence = unsafe {
         let namespace = pg_sys::get_namespace_oid(c"allsource".as_ptr(), false);
         pg_sys::get_relname_relid(c"event_position".as_ptr(), namespace)
@@ -96,7 +104,8 @@ fn position_sequence() -> pg_sys::Oid {
 
 /// The last position the sequence handed out (0 before the first).
 fn last_handed_out(sequence: pg_sys::Oid) -> i64 {
-    // SAFETY: pg_sequence_last_value(regclass) returns NULL until the sequence is first used.
+    // SAFETY: pg_sequence_last_value takes a regclass (an OID) and returns an
+    // int8, or NULL until the sequence is first used.
     unsafe {
         pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[sequence.into_datum()])
             .unwrap_or(0)
@@ -137,21 +146,19 @@ pub fn before_taking_positions() -> allsource_core::error::Result<()> {
         if !HOLDING.with(Cell::get) {
             if !EXIT_CALLBACK.with(|r| r.replace(true)) {
                 // A backend that exits without ending its transaction still frees its slot.
+                // SAFETY: on_exit is a function of this library, which is never unloaded.
                 unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
             }
             // The slot is ours alone (one per PGPROC); clearing first drops
             // anything a previous owner of this PGPROC could have left.
             slot.release();
             let sequence = position_sequence();
-            // SAFETY: reads of this backend's globals.
-            let (database, pid, since) = unsafe {
-                (
-                    pg_sys::MyDatabaseId.to_u32(),
-                    pg_sys::MyProcPid,
-                    pg_sys::GetCurrentTimestamp(),
-                )
-            };
-            slot.hold(database, pid, since, || last_handed_out(sequence) + 1);
+            slot.hold(
+                backend::database_id().to_u32(),
+                backend::process_id(),
+                backend::clock_timestamp(),
+                || last_handed_out(sequence) + 1,
+            );
             HOLDING.with(|h| h.set(true));
         }
     }
@@ -180,7 +187,7 @@ pub fn cancel_long_appends() {
     if limit_ms == 0 || !preload::is_preloaded() {
         return;
     }
-    let before = unsafe { pg_sys::GetCurrentTimestamp() } - i64::from(limit_ms) * 1000;
+    let before = backend::clock_timestamp() - i64::from(limit_ms) * 1000;
     for slot in live_slots() {
         if let Some(claim) = slot.doom_if_older(before) {
             log!(
@@ -266,7 +273,7 @@ fn watermark() -> i64 {
 pub fn local_watermark() -> i64 {
     let sequence = position_sequence();
     let last = last_handed_out(sequence);
-    let mark = watermark_of(last, live_slots(), unsafe { pg_sys::MyDatabaseId }.to_u32());
+    let mark = watermark_of(last, live_slots(), backend::database_id().to_u32());
     // After reading `last`: the record read covers it.
     make_handed_out_durable(sequence);
     mark
@@ -289,7 +296,7 @@ fn inflight() -> TableIterator<
     ),
 > {
     or_raise(require_preloaded("allsource.inflight()"));
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let database = backend::database_id().to_u32();
     let mut claims: Vec<Claim> = live_slots()
         .iter()
         .filter_map(|slot| slot.claim(database))

@@ -11,6 +11,7 @@
 
 use super::{cancel_long_appends, local_watermark};
 use crate::settings;
+use crate::sql::backend;
 use crate::sql::background::{self, report, session};
 use crate::sql::guard::WriteGuard;
 use crate::sql::select_one;
@@ -36,8 +37,10 @@ pub fn register() {
 /// The primary's watermark as this standby last replayed it.
 pub fn published_watermark() -> Result<i64> {
     let database = settings::database();
-    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
-    if here.to_bytes() != database.as_bytes() {
+    // None: this database was dropped on the primary, and replaying that
+    // is about to end this session.
+    let here = backend::database_name(backend::database_id());
+    if here.as_deref() != Some(database.as_str()) {
         return Err(Error::new(
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("on a hot standby, the watermark is known only in database \"{database}\""),

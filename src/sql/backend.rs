@@ -1,0 +1,81 @@
+//! What the extension reads of the PostgreSQL process it runs in: which
+//! database and process this is, its PGPROC, its (sub)transaction, the
+//! time, and whether the postmaster is preloading the library. PostgreSQL
+//! runs each process on one thread, which alone writes these globals.
+
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+/// The database this process is connected to (`MyDatabaseId`);
+/// `InvalidOid` before it connects (the postmaster, a worker starting).
+pub fn database_id() -> pg_sys::Oid {
+    // SAFETY: a plain global of this process, written by its own thread.
+    unsafe { pg_sys::MyDatabaseId }
+}
+
+/// This process's pid (`MyProcPid`).
+pub fn process_id() -> i32 {
+    // SAFETY: a plain global of this process, set when it starts.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// This process's index in `ProcGlobal->allProcs`, `None` if it has no PGPROC
+/// (the postmaster): what PostgreSQL 16 and older store as
+/// `MyProc->pgprocno`; 17 dropped that field for this same pointer
+/// difference (`GetNumberFromPGProc`).
+pub fn procno() -> Option<i32> {
+    // SAFETY: MyProc is null or points into ProcGlobal->allProcs, an array
+    // in shared memory that outlives every process using it.
+    unsafe {
+        let proc = pg_sys::MyProc;
+        (!proc.is_null()).then(|| proc.offset_from((*pg_sys::ProcGlobal).allProcs) as i32)
+    }
+}
+
+/// The current (sub)transaction's number, for [`crate::savepoints::Nested::change`].
+pub fn current_subtransaction() -> u32 {
+    // SAFETY: reads a field of CurrentTransactionState, which always points
+    // to a transaction state (the top one at least).
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// The time now, in PostgreSQL's microseconds since 2000 (`clock_timestamp()`).
+pub fn clock_timestamp() -> i64 {
+    pgrx::datetime::clock_timestamp().into()
+}
+
+/// When the current transaction started, in PostgreSQL's microseconds since
+/// 2000 (`now()`).
+pub fn transaction_timestamp() -> i64 {
+    pgrx::datetime::now().into()
+}
+
+/// Whether this is the postmaster loading `shared_preload_libraries` now:
+/// only then may `_PG_init` request shared memory, register workers and
+/// define server-start settings. Elsewhere, [`super::preload::is_preloaded`]
+/// says whether that happened.
+pub fn preloading() -> bool {
+    // SAFETY: a plain global of this process, set by PostgreSQL around the loading.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// The name of database `oid`; `None` if there is none (it was dropped).
+/// Call inside a transaction: it reads the catalog.
+pub fn database_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: a syscache lookup, inside the caller's transaction; a non-null
+    // result is a NUL-terminated copy in the current memory context.
+    unsafe {
+        let name = pg_sys::get_database_name(oid);
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
+/// The OID of database `name`; `None` if there is none. Call inside a
+/// transaction: it reads the catalog.
+pub fn database_oid(name: &str) -> Option<pg_sys::Oid> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a syscache lookup by a NUL-terminated name, inside the
+    // caller's transaction; missing_ok returns InvalidOid instead of raising.
+    let oid = unsafe { pg_sys::get_database_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
