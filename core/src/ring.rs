@@ -69,8 +69,22 @@ pub enum PushError {
 /// An entry a consumer took: its first position and its length in slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
-    pub position: u64,
-    pub span: u32,
+    // Private: only the ring hands these out, so `read` and `release` are
+    // only ever given entries a consumer took.
+    position: u64,
+    span: u32,
+}
+
+impl Taken {
+    /// The entry's first position in the ring.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// How many slots the entry spans.
+    pub fn span(&self) -> u32 {
+        self.span
+    }
 }
 
 /// A view of a ring: its header and its slots.

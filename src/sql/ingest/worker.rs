@@ -197,7 +197,7 @@ impl Worker {
         self.ring.read(taken, &mut bytes);
         Held {
             taken,
-            ticket: self.ticket(taken.position),
+            ticket: self.ticket(taken.position()),
             event: QueuedEvent::decode(&bytes),
         }
     }
@@ -227,12 +227,14 @@ impl Worker {
             match self.ring.take() {
                 Some(taken) => {
                     if batch.is_empty() {
-                        self.lane.held_from.store(taken.position, Ordering::SeqCst);
+                        self.lane
+                            .held_from
+                            .store(taken.position(), Ordering::SeqCst);
                         self.lane.held_xid.store(0, Ordering::SeqCst);
                     }
                     self.lane
                         .held_to
-                        .store(taken.position + u64::from(taken.span), Ordering::SeqCst);
+                        .store(taken.position() + u64::from(taken.span()), Ordering::SeqCst);
                     self.lane.queued.fetch_sub(1, Ordering::Relaxed);
                     batch.push(self.read(taken));
                     first_at.get_or_insert_with(Instant::now);
@@ -470,7 +472,7 @@ impl Worker {
                 Ok(results) => {
                     for (held, result) in events.iter().zip(&results) {
                         if let Ok(appended) = result {
-                            self.cell(held.taken.position)
+                            self.cell(held.taken.position())
                                 .stage(appended.first_version, appended.first_position);
                         }
                     }
@@ -504,7 +506,7 @@ impl Worker {
                 // (if we exit before a retry settles them) must append these
                 // again, whatever a later attempt's xid says.
                 for held in events {
-                    self.cell(held.taken.position).unstage();
+                    self.cell(held.taken.position()).unstage();
                 }
                 return Err(failure);
             }
@@ -537,7 +539,7 @@ impl Worker {
 
     /// Publishes a ticket's final result and wakes its waiter.
     fn finish(&self, held: &Held, status: Status) {
-        let cell = self.cell(held.taken.position);
+        let cell = self.cell(held.taken.position());
         if cell.ticket() != held.ticket {
             return;
         }
@@ -575,7 +577,7 @@ impl Worker {
             .flatten()
         {
             let entry = self.read(taken);
-            let cell = self.cell(taken.position);
+            let cell = self.cell(taken.position());
             if cell.lookup(entry.ticket) == Lookup::Found(Status::Pending) {
                 if committed && cell.is_staged() {
                     if let Some(waiter) = cell.commit() {
@@ -585,7 +587,7 @@ impl Worker {
                     again.push(held.len());
                 }
             }
-            position += u64::from(taken.span);
+            position += u64::from(taken.span());
             held.push(entry);
         }
         log!(
