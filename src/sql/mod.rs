@@ -18,6 +18,7 @@
 //! - [`standby`]: whether this server is a hot standby; the refusal of writes there.
 //! - [`preload`]: whether the library was preloaded.
 //! - `background`: what every background worker does the same way (register, connect, signals, sleep; reports; a safe session).
+//! - [`backend`]: what the extension reads of its PostgreSQL process (database, pid, clock, PGPROC).
 //! - `jsonb`: `jsonb` arguments as their text.
 //! - `raise`: core errors raised as PostgreSQL errors with their SQLSTATEs.
 

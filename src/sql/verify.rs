@@ -1,6 +1,8 @@
-//! `allsource.verify_stream` and `allsource.verify_all`: stream events out of
-//! the tables through SPI cursors, in chunks freed as they are consumed, into
-//! the pure [`allsource_core::verify`] checker. Memory stays flat whatever the store's size.
+//! `allsource.verify_stream`, `verify_all`, `verify_all_tenants` and
+//! `verify_anchor`: stream events out of the tables through SPI cursors, in
+//! chunks freed as they are consumed, into the pure [`allsource_core::verify`]
+//! checker. Memory stays flat whatever the store's size. (`verify_gapless` and
+//! `stream_head` are SQL, in sql/finalize/reads.sql.)
 
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
