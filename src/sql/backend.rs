@@ -52,7 +52,7 @@ pub fn transaction_timestamp() -> i64 {
 
 /// Whether this is the postmaster loading `shared_preload_libraries` now:
 /// only then may `_PG_init` request shared memory, register workers and
-/// define server-start settings. Elsewhere, [`super::preload::is_preloaded`]
+/// define server-start settings. Elsewhere, `preload::is_preloaded`
 /// says whether that happened.
 pub fn preloading() -> bool {
     // SAFETY: a plain global of this process, set by PostgreSQL around the loading.

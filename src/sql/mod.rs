@@ -11,7 +11,8 @@
 //! - `verify`: `verify_stream`, `verify_all`, `verify_all_tenants`, `verify_anchor`.
 //! - [`watermark`]: the in-flight registry, `watermark()`, `inflight()`, and its publisher for hot standbys.
 //! - [`notify`]: `NOTIFY allsource_events` after commits, and the notifier worker.
-//! - [`ingest`]: the ingest queue (`enqueue`, `await_ticket`, `ingest_workers()`) and its workers.
+//! - [`ingest`]: the ingest queue's functions (`enqueue`, `await_ticket`, `ingest_workers()`) and its workers.
+//! - `queue`: the ingest queue's shared memory, which `stats()` also reads.
 //! - [`stats`]: `stats()`, `stats_reset()` and the counters behind them.
 //! - `tenant`: the session's tenant, `current_tenant()`, `_in_tenant`.
 //! - `guard`: the trigger that refuses direct writes.
@@ -33,6 +34,7 @@ mod jsonb;
 pub mod notify;
 mod partition;
 pub mod preload;
+mod queue;
 mod raise;
 mod snapshot;
 pub mod standby;

@@ -6,8 +6,8 @@
 use crate::savepoints::Nested;
 use crate::sql::backend::{self, current_subtransaction};
 use crate::sql::end_of_subtransaction;
-use crate::sql::ingest::queue;
 use crate::sql::preload::{self, require_preloaded};
+use crate::sql::queue;
 use crate::sql::raise::or_raise;
 use allsource_core::batch::Appended;
 use allsource_core::error::{sqlstate, Error, Result};

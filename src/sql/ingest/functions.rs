@@ -2,13 +2,13 @@
 //! stream's lane and returns a ticket, `await_ticket` sleeps until a worker
 //! published the ticket's result, `ingest_workers()` shows each lane.
 
-use super::queue::{state_name, Lane, Queue};
 use crate::settings;
 use crate::sql::append::new_event;
 use crate::sql::backend;
 use crate::sql::background;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::preload::require_preloaded;
+use crate::sql::queue::{state_name, Lane, Queue};
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;

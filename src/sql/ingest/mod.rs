@@ -14,11 +14,10 @@
 //! that dies mid-batch leaves its events in the ring, and its successor
 //! either confirms them (the transaction committed) or appends them again.
 //!
-//! Three rooms: [`queue`] (the shared memory), [`functions`] (the SQL
-//! functions), [`worker`] (the workers' loop).
+//! The shared memory is [`crate::sql::queue`]; here are the SQL functions
+//! ([`functions`]) and the workers' loop ([`worker`]).
 
 mod functions;
-pub mod queue;
 mod worker;
 
 /// From `_PG_init`: when preloading, reserves the queue's shared memory and
@@ -27,6 +26,6 @@ pub fn init() {
     if !super::backend::preloading() {
         return;
     }
-    queue::reserve_shared_memory();
+    crate::sql::queue::reserve_shared_memory();
     worker::register();
 }

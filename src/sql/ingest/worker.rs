@@ -2,11 +2,11 @@
 //! transaction through `append_batch`'s path, publishes every ticket's
 //! result, and takes over what a predecessor that died left in the lane.
 
-use super::queue::{Lane, Queue, APPENDING, DRAINING, IDLE, STOPPED};
 use crate::settings;
 use crate::sql::append::append_requests;
 use crate::sql::backend;
 use crate::sql::background::{self, report, session};
+use crate::sql::queue::{Lane, Queue, APPENDING, DRAINING, IDLE, STOPPED};
 use crate::sql::{spi, stats, wake};
 use allsource_core::error::{sqlstate, SqlState};
 use allsource_core::ingest::{Lookup, QueuedEvent, ResultCell, Status, TicketPlace};

@@ -14,12 +14,12 @@ use std::sync::atomic::{
 };
 
 /// A worker's state, as `ingest_workers()` shows it.
-pub(super) const STOPPED: u32 = 0;
-pub(super) const IDLE: u32 = 1;
-pub(super) const APPENDING: u32 = 2;
-pub(super) const DRAINING: u32 = 3;
+pub(crate) const STOPPED: u32 = 0;
+pub(crate) const IDLE: u32 = 1;
+pub(crate) const APPENDING: u32 = 2;
+pub(crate) const DRAINING: u32 = 3;
 
-pub(super) fn state_name(state: u32) -> &'static str {
+pub(crate) fn state_name(state: u32) -> &'static str {
     match state {
         IDLE => "idle",
         APPENDING => "appending",
@@ -29,43 +29,43 @@ pub(super) fn state_name(state: u32) -> &'static str {
 }
 
 #[repr(C, align(64))]
-pub(super) struct QueueHeader {
-    pub(super) lanes: u32,
-    pub(super) slots_per_lane: u64,
-    pub(super) cells_per_lane: u64,
-    pub(super) tickets: Tickets,
+pub(crate) struct QueueHeader {
+    pub(crate) lanes: u32,
+    pub(crate) slots_per_lane: u64,
+    pub(crate) cells_per_lane: u64,
+    pub(crate) tickets: Tickets,
     /// The OID of `allsource.database`, published by the first worker that
     /// connects (0 until then), so `enqueue` needs no catalog lookup.
-    pub(super) database: AtomicU32,
+    pub(crate) database: AtomicU32,
 }
 
 #[repr(C, align(64))]
-pub(super) struct Lane {
-    pub(super) ring: RingHeader,
+pub(crate) struct Lane {
+    pub(crate) ring: RingHeader,
     /// Backends inside `enqueue` right now: a stopping worker waits for them.
-    pub(super) producers: AtomicU32,
+    pub(crate) producers: AtomicU32,
     /// The running worker's `pgprocno + 1`, 0 when none.
-    pub(super) worker: AtomicI32,
-    pub(super) worker_pid: AtomicI32,
+    pub(crate) worker: AtomicI32,
+    pub(crate) worker_pid: AtomicI32,
     /// The worker waits on its latch: producers set it.
-    pub(super) sleeping: AtomicBool,
-    pub(super) state: AtomicU32,
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) state: AtomicU32,
     /// Ring positions the worker has taken and not yet released.
-    pub(super) held_from: AtomicU64,
-    pub(super) held_to: AtomicU64,
+    pub(crate) held_from: AtomicU64,
+    pub(crate) held_to: AtomicU64,
     /// The transaction id of the worker's last commit attempt (0: none).
-    pub(super) held_xid: AtomicU32,
+    pub(crate) held_xid: AtomicU32,
     /// Events enqueued and not yet taken.
-    pub(super) queued: AtomicI64,
-    pub(super) batches: AtomicU64,
-    pub(super) events: AtomicU64,
-    pub(super) last_batch: AtomicU32,
+    pub(crate) queued: AtomicI64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) last_batch: AtomicU32,
     /// Times the worker gave up waiting for a stream's row lock, and the
     /// transaction that held the last one: its pid (0 if prepared), xid, when.
-    pub(super) lock_timeouts: AtomicU64,
-    pub(super) blocker_pid: AtomicI32,
-    pub(super) blocker_xid: AtomicU32,
-    pub(super) blocked_at: AtomicI64,
+    pub(crate) lock_timeouts: AtomicU64,
+    pub(crate) blocker_pid: AtomicI32,
+    pub(crate) blocker_xid: AtomicU32,
+    pub(crate) blocked_at: AtomicI64,
 }
 
 /// The queue's shared memory: a header, the lanes, then each lane's slots and cells.
@@ -116,7 +116,7 @@ static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 
 /// From `_PG_init`, when preloading: reserves the queue's shared memory.
-pub(super) fn reserve_shared_memory() {
+pub(crate) fn reserve_shared_memory() {
     // SAFETY: _PG_init runs once, single-threaded, in the postmaster.
     unsafe {
         QUEUE_BYTES = Layout::from_settings().total();
@@ -226,18 +226,18 @@ unsafe fn initialize(base: *mut u8, layout: &Layout) {
 
 /// A view of the queue's shared memory.
 #[derive(Clone, Copy)]
-pub(super) struct Queue {
+pub(crate) struct Queue {
     base: *mut u8,
 }
 
 impl Queue {
     /// The queue, when preloaded.
-    pub(super) fn get() -> Option<Queue> {
+    pub(crate) fn get() -> Option<Queue> {
         let base = QUEUE_BASE.load(Ordering::SeqCst);
         (!base.is_null()).then_some(Queue { base })
     }
 
-    pub(super) fn header(&self) -> &'static QueueHeader {
+    pub(crate) fn header(&self) -> &'static QueueHeader {
         // SAFETY: initialized at startup, never moved.
         unsafe { &*(self.base as *const QueueHeader) }
     }
@@ -251,7 +251,7 @@ impl Queue {
         }
     }
 
-    pub(super) fn lane(&self, lane: u32) -> &'static Lane {
+    pub(crate) fn lane(&self, lane: u32) -> &'static Lane {
         assert!(lane < self.header().lanes);
         // SAFETY: lanes follow the header, one per worker.
         unsafe { &*(self.base.add(Layout::lanes_offset()) as *const Lane).add(lane as usize) }
@@ -268,11 +268,11 @@ impl Queue {
         }
     }
 
-    pub(super) fn ring(&self, lane: u32) -> Ring<'static> {
+    pub(crate) fn ring(&self, lane: u32) -> Ring<'static> {
         Ring::new(&self.lane(lane).ring, self.slots(lane))
     }
 
-    pub(super) fn cell(&self, place: TicketPlace) -> &'static ResultCell {
+    pub(crate) fn cell(&self, place: TicketPlace) -> &'static ResultCell {
         let layout = self.layout();
         let index = place.position % layout.cells_per_lane;
         // SAFETY: the lane's cells follow its slots.
@@ -285,11 +285,11 @@ impl Queue {
         }
     }
 
-    pub(super) fn lanes(&self) -> impl Iterator<Item = (u32, &'static Lane)> + '_ {
+    pub(crate) fn lanes(&self) -> impl Iterator<Item = (u32, &'static Lane)> + '_ {
         (0..self.header().lanes).map(|l| (l, self.lane(l)))
     }
 
-    pub(super) fn lane_of(&self, stream_id: &str) -> u32 {
+    pub(crate) fn lane_of(&self, stream_id: &str) -> u32 {
         (stable_hash(stream_id) % u64::from(self.header().lanes)) as u32
     }
 }
