@@ -339,7 +339,11 @@ mod tests {
                 let (sequence, visible, slots) = (sequence.clone(), visible.clone(), slots.clone());
                 thread::spawn(move || {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
-                    for _ in 0..300 {
+                    // Until this writer committed enough (a loaded machine
+                    // dooms more), within a bound.
+                    let (mut committed, mut rounds) = (0, 0);
+                    while committed < 200 && rounds < 20_000 {
+                        rounds += 1;
                         let since = *sequence.lock().unwrap();
                         slots[w].hold(1, 1, since, || *sequence.lock().unwrap() + 1);
                         let mut mine = vec![];
@@ -351,6 +355,7 @@ mod tests {
                         thread::sleep(Duration::from_micros(rng.gen_range(0..200)));
                         // A doomed writer rolls back.
                         if rng.gen_bool(0.8) && slots[w].begin_commit() {
+                            committed += mine.len();
                             visible.lock().unwrap().extend(mine);
                         }
                         slots[w].release();
