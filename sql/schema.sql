@@ -141,6 +141,69 @@ INSERT INTO allsource.published_watermark (position, published_at) VALUES (0, no
 COMMENT ON TABLE allsource.published_watermark IS
     'The primary''s watermark and when it last moved, for hot standbys: watermark() on a standby returns it. Written by the watermark publisher only.';
 
+-- Subscriptions: named consumers of the global log (create_subscription).
+-- Their rows are dumped with the extension; the functions of
+-- sql/finalize/subscriptions.sql write them.
+CREATE SEQUENCE allsource.subscription_id;
+CREATE TABLE allsource.subscriptions (
+    -- A subscription dropped and created again under its name is another.
+    subscription_id bigint      PRIMARY KEY DEFAULT nextval('allsource.subscription_id'),
+    name            text        COLLATE "C" NOT NULL,
+    tenant_id       text,
+    categories      text[],
+    event_types     text[],
+    start_after     bigint      NOT NULL,
+    members         int         NOT NULL,
+    handler         regprocedure,
+    max_attempts    int         NOT NULL,
+    -- The role that created it: a handler runs as that role.
+    created_by      text        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE allsource.subscriptions IS
+    'Every subscription: its filters, members, handler and owner (create_subscription).';
+-- A name is unique within its tenant (and among subscriptions without one).
+CREATE UNIQUE INDEX subscriptions_name ON allsource.subscriptions (COALESCE(tenant_id, ''), name);
+
+-- A member's checkpoint: every event of the member at or below it is done.
+CREATE TABLE allsource.subscription_members (
+    subscription_id bigint NOT NULL,
+    member     int         NOT NULL,
+    checkpoint bigint      NOT NULL,
+    acked_at   timestamptz,
+    last_error text,
+    PRIMARY KEY (subscription_id, member)
+);
+COMMENT ON TABLE allsource.subscription_members IS
+    'Each subscription member''s checkpoint (moved by ack in the caller''s transaction) and last error.';
+
+-- Events of a member that failed (nack) and are not parked, and parked events
+-- put back (retry_parked): both are delivered before anything newer.
+CREATE TABLE allsource.subscription_attempts (
+    subscription_id bigint  NOT NULL,
+    position    bigint      NOT NULL,
+    member      int         NOT NULL,
+    attempts    int         NOT NULL,
+    last_reason text,
+    retry_after timestamptz,
+    PRIMARY KEY (subscription_id, position)
+);
+COMMENT ON TABLE allsource.subscription_attempts IS
+    'Failed attempts at events not parked yet, and parked events put back by retry_parked.';
+
+-- Events that failed max_attempts times: kept with their reason, never dropped.
+CREATE TABLE allsource.parked_events (
+    subscription_id bigint  NOT NULL,
+    position    bigint      NOT NULL,
+    member      int         NOT NULL,
+    attempts    int         NOT NULL,
+    last_reason text,
+    parked_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (subscription_id, position)
+);
+COMMENT ON TABLE allsource.parked_events IS
+    'Events a subscription member gave up on after max_attempts (nack), until retry_parked.';
+
 -- One partition per partition id: allsource.partitions, read once, now.
 DO $partitions$
 DECLARE

@@ -66,6 +66,18 @@ pgrx::extension_sql_file!(
     name = "router_support",
     requires = ["grants"]
 );
+pgrx::extension_sql_file!(
+    "../sql/finalize/subscriptions.sql",
+    name = "subscriptions",
+    requires = [
+        "router_support",
+        _check_subscription,
+        _calling_role,
+        hold_member,
+        release_member,
+        member_holder
+    ]
+);
 pgrx::extension_sql_file!("../sql/finalize/comments.sql", name = "comments", finalize);
 
 /// Runs when a process loads the library: defines the settings and the
@@ -85,6 +97,7 @@ pub extern "C-unwind" fn _PG_init() {
     sql::watermark::init();
     sql::stats::init();
     sql::ingest::init();
+    sql::subscription::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.

@@ -74,6 +74,7 @@ pub mod sqlstate {
     pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState::new(b"53400");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState::new(b"54000");
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState::new(b"55000");
+    pub const OBJECT_IN_USE: SqlState = SqlState::new(b"55006");
     pub const LOCK_NOT_AVAILABLE: SqlState = SqlState::new(b"55P03");
     pub const QUERY_CANCELED: SqlState = SqlState::new(b"57014");
     pub const INTERNAL_ERROR: SqlState = SqlState::new(b"XX000");

@@ -8,6 +8,7 @@
 //! - [`batch`]: `append_batch`'s JSON array parsed into requests.
 //! - [`idempotency`]: whether an append with known event ids is a retry.
 //! - [`plan`]: which versions and positions a set of appends gets, which are repeats.
+//! - [`lease`]: which session holds which member of a subscription.
 //! - [`jsontext`]: PostgreSQL's `jsonb` text, as the checksum hashes it.
 //! - [`checksum`]: the SHA-256 hash chain's encoding.
 //! - [`verify`]: walking a stream's chain and reporting what does not match.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ingest;
 pub mod jsontext;
+pub mod lease;
 pub mod partition;
 pub mod plan;
 pub mod ring;

@@ -79,3 +79,27 @@ pub fn database_oid(name: &str) -> Option<pg_sys::Oid> {
     let oid = unsafe { pg_sys::get_database_oid(name.as_ptr(), true) };
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
+
+/// The pid of the process that owns PGPROC number `procno` now (0: none).
+pub fn pid_at(procno: i32) -> i32 {
+    // SAFETY: ProcGlobal and its allProcs array live in shared memory for the
+    // server's life; a bounds-checked index reads one PGPROC's pid field.
+    unsafe {
+        let count = (*pg_sys::ProcGlobal).allProcCount as i32;
+        if !(0..count).contains(&procno) {
+            return 0;
+        }
+        (*(*pg_sys::ProcGlobal).allProcs.add(procno as usize)).pid
+    }
+}
+
+/// The role the caller acts as (`SET ROLE` included), which a SECURITY
+/// DEFINER function's `current_user` no longer says.
+pub fn calling_role() -> String {
+    // SAFETY: the outer user id is always a valid role of this session;
+    // GetUserNameFromId returns a NUL-terminated copy (it raises if none).
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}

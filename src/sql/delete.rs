@@ -7,6 +7,7 @@
 //! `allsource.erased_events`, so `verify_*` still proves the chain and
 //! reports the stream as erased.
 
+use crate::sql::backend;
 use crate::sql::guard::WriteGuard;
 use crate::sql::raise::or_raise;
 use crate::sql::spi;
@@ -23,18 +24,6 @@ use pgrx::spi::SpiClient;
 
 /// Events erased per round trip.
 const CHUNK: i64 = 1000;
-
-/// The role the caller acts as (SET ROLE included), which a SECURITY
-/// DEFINER function's `current_user` no longer says.
-fn calling_role() -> String {
-    // SAFETY: the outer user id is always a valid role of this session.
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
-        std::ffi::CStr::from_ptr(name)
-            .to_string_lossy()
-            .into_owned()
-    }
-}
 
 /// Deletes a stream: a tombstone, or with `hard => true` also erases the
 /// payload and metadata of all its events. Returns the stream's last version.
@@ -67,7 +56,7 @@ fn delete_stream(stream_id: Option<&str>, hard: default!(Option<bool>, false)) -
                 }
             };
             if !stream.deleted {
-                let role = calling_role();
+                let role = backend::calling_role();
                 let tombstone = tombstone(stream_id, &stream, &role);
                 spi(client.update(
                     "UPDATE allsource.streams SET deleted_at = pg_catalog.now(), deleted_by = $2, tombstone_checksum = $3, \
@@ -160,7 +149,7 @@ fn erase(client: &mut SpiClient, stream_id: &str, stream: &Stream) -> Result<()>
     spi(client.update(
         "UPDATE allsource.streams SET erased_at = pg_catalog.now(), erased_by = $2 WHERE stream_id = $1",
         None,
-        &[stream_id.into(), calling_role().into()],
+        &[stream_id.into(), backend::calling_role().into()],
     ));
     Ok(())
 }

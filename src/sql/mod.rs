@@ -14,6 +14,7 @@
 //! - [`ingest`]: the ingest queue's functions (`enqueue`, `await_ticket`, `ingest_workers()`) and its workers.
 //! - `queue`: the ingest queue's shared memory, which `stats()` also reads.
 //! - [`stats`]: `stats()`, `stats_reset()` and the counters behind them.
+//! - `subscription`: subscriptions' leases (their SQL functions are in sql/finalize/subscriptions.sql).
 //! - `tenant`: the session's tenant, `current_tenant()`, `_in_tenant`.
 //! - `guard`: the trigger that refuses direct writes.
 //! - [`standby`]: whether this server is a hot standby; the refusal of writes there.
@@ -40,6 +41,7 @@ mod snapshot;
 pub mod standby;
 pub mod stats;
 mod stream_row;
+pub mod subscription;
 mod tenant;
 mod verify;
 pub mod watermark;
