@@ -450,3 +450,548 @@ COMMENT ON FUNCTION allsource.verify_all_tenants() IS
     'verify_all over every tenant''s streams, with each failing stream''s tenant: for the extension''s owner and allsource_auditor.';
 COMMENT ON FUNCTION allsource.verify_anchor(text, bigint, bytea) IS
     'verify_stream, and whether the stream still holds a head recorded earlier with stream_head (checksum at version): catches a cut-off tail or a removed tombstone.';
+
+-- ===== Subscriptions (issue 18): tables, the members' leases (Rust), and
+-- the functions of sql/finalize/subscriptions.sql.
+-- Subscriptions: named consumers of the global log (create_subscription).
+-- Their rows are dumped with the extension; the functions of
+-- sql/finalize/subscriptions.sql write them.
+CREATE SEQUENCE allsource.subscription_id;
+CREATE TABLE allsource.subscriptions (
+    -- A subscription dropped and created again under its name is another.
+    subscription_id bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('allsource.subscription_id'),
+    name            text        COLLATE "C" NOT NULL,
+    tenant_id       text,
+    categories      text[],
+    event_types     text[],
+    start_after     bigint      NOT NULL,
+    members         int         NOT NULL,
+    handler         regprocedure,
+    max_attempts    int         NOT NULL,
+    -- The role that created it: a handler runs as that role.
+    created_by      text        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE allsource.subscriptions IS
+    'Every subscription: its filters, members, handler and owner (create_subscription).';
+-- A name is unique within its tenant (and among subscriptions without one).
+CREATE UNIQUE INDEX subscriptions_name ON allsource.subscriptions (COALESCE(tenant_id, ''), name);
+
+-- A member's checkpoint: every event of the member at or below it is done.
+CREATE TABLE allsource.subscription_members (
+    subscription_id bigint NOT NULL,
+    member     int         NOT NULL,
+    checkpoint bigint      NOT NULL,
+    acked_at   timestamptz,
+    last_error text,
+    PRIMARY KEY (subscription_id, member)
+);
+COMMENT ON TABLE allsource.subscription_members IS
+    'Each subscription member''s checkpoint (moved by ack in the caller''s transaction) and last error.';
+
+-- Events of a member that failed (nack) and are not parked, and parked events
+-- put back (retry_parked): both are delivered before anything newer.
+CREATE TABLE allsource.subscription_attempts (
+    subscription_id bigint  NOT NULL,
+    position    bigint      NOT NULL,
+    member      int         NOT NULL,
+    attempts    int         NOT NULL,
+    last_reason text,
+    retry_after timestamptz,
+    PRIMARY KEY (subscription_id, position)
+);
+COMMENT ON TABLE allsource.subscription_attempts IS
+    'Failed attempts at events not parked yet, and parked events put back by retry_parked.';
+
+-- Events that failed max_attempts times: kept with their reason, never dropped.
+CREATE TABLE allsource.parked_events (
+    subscription_id bigint  NOT NULL,
+    position    bigint      NOT NULL,
+    member      int         NOT NULL,
+    attempts    int         NOT NULL,
+    last_reason text,
+    parked_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (subscription_id, position)
+);
+COMMENT ON TABLE allsource.parked_events IS
+    'Events a subscription member gave up on after max_attempts (nack), until retry_parked.';
+-- As a fresh install's REVOKE ALL ON ALL TABLES leaves them: the owner's alone.
+REVOKE ALL ON allsource.subscriptions, allsource.subscription_members, allsource.subscription_attempts,
+    allsource.parked_events FROM PUBLIC;
+
+CREATE FUNCTION allsource."_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_calling_role_wrapper';
+CREATE FUNCTION allsource."_check_subscription"(
+	"name" TEXT, /* Option < & str > */
+	"categories" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"event_types" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"start_after" bigint, /* Option < i64 > */
+	"members" INT, /* Option < i32 > */
+	"max_attempts" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_subscription_wrapper';
+CREATE FUNCTION allsource."_hold_member"(
+	"subscription_id" bigint, /* i64 */
+	"name" TEXT, /* & str */
+	"member" INT /* i32 */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'hold_member_wrapper';
+CREATE FUNCTION allsource."_member_holder"(
+	"subscription_id" bigint, /* i64 */
+	"member" INT /* i32 */
+) RETURNS INT /* Option < i32 > */
+STRICT VOLATILE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'member_holder_wrapper';
+CREATE FUNCTION allsource."_release_member"(
+	"subscription_id" bigint, /* i64 */
+	"member" INT /* i32 */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'release_member_wrapper';
+
+-- Subscriptions: named consumers of the global log with server-side
+-- checkpoints (tables in sql/schema.sql; the members' leases are in Rust,
+-- src/sql/subscription/lease.rs). Every function runs as the extension's
+-- owner and keeps to the caller's tenant.
+
+-- Refuses on a hot standby: consuming writes checkpoints.
+CREATE FUNCTION allsource._refuse_on_standby(function_name text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION '% cannot run on a hot standby', function_name
+            USING ERRCODE = '25006',
+                  DETAIL = 'This server replays the primary''s WAL and is read-only.',
+                  HINT = 'Consume on the primary; allsource.subscriptions() works here.';
+    END IF;
+END
+$$;
+
+-- The caller's tenant's subscription of that name; 42704 if there is none.
+CREATE FUNCTION allsource._subscription(name text) RETURNS allsource.subscriptions
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_subscription allsource.subscriptions;
+    tenant text := allsource.current_tenant();
+BEGIN
+    IF _subscription.name IS NULL THEN
+        RAISE EXCEPTION 'invalid argument "subscription": must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT s.* INTO found_subscription FROM allsource.subscriptions s
+    WHERE s.name = _subscription.name AND s.tenant_id IS NOT DISTINCT FROM tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription "%" does not exist', _subscription.name
+            USING ERRCODE = '42704',
+                  HINT = 'allsource.subscriptions() lists the subscriptions; allsource.create_subscription() creates one.';
+    END IF;
+    RETURN found_subscription;
+END
+$$;
+
+-- 22023 unless member is one of the subscription's; 55000 for a handler
+-- subscription, which only the workers consume.
+CREATE FUNCTION allsource._check_member(subscription allsource.subscriptions, member int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF member IS NULL OR member < 0 OR member >= (subscription).members THEN
+        RAISE EXCEPTION 'invalid argument "member": must be between 0 and % (subscription "%" has % members), not %',
+                (subscription).members - 1, (subscription).name, (subscription).members, coalesce(member::text, 'null')
+            USING ERRCODE = '22023';
+    END IF;
+    IF (subscription).handler IS NOT NULL THEN
+        RAISE EXCEPTION 'subscription "%" has a handler: the subscription workers consume it', (subscription).name
+            USING ERRCODE = '55000',
+                  HINT = 'Create a subscription without a handler to consume it with receive and ack.';
+    END IF;
+END
+$$;
+
+-- Whether the event is one the subscription's member delivers: its tenant,
+-- categories (read_category's rule), types and member (the consumer-group hash).
+CREATE FUNCTION allsource._delivers(subscription allsource.subscriptions, member int, event allsource.events) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (event).tenant_id IS NOT DISTINCT FROM (subscription).tenant_id
+       AND ((subscription).categories IS NULL
+            OR EXISTS (SELECT FROM pg_catalog.unnest((subscription).categories) AS c (category)
+                       WHERE (event).stream_id = c.category OR pg_catalog.starts_with((event).stream_id, c.category || '-')))
+       AND ((subscription).event_types IS NULL OR (event).event_type = ANY ((subscription).event_types))
+       AND ((subscription).members = 1 OR allsource.partition_for((event).stream_id, (subscription).members) = member)
+$$;
+
+CREATE FUNCTION allsource.create_subscription(
+    name text,
+    categories text[] DEFAULT NULL,
+    event_types text[] DEFAULT NULL,
+    start_after bigint DEFAULT 0,
+    members int DEFAULT 1,
+    handler regprocedure DEFAULT NULL,
+    max_attempts int DEFAULT 5
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tenant text := allsource.current_tenant();
+    created bigint;
+    creator text := allsource._calling_role();
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.create_subscription()');
+    PERFORM allsource._check_subscription(create_subscription.name, create_subscription.categories,
+        create_subscription.event_types, create_subscription.start_after, create_subscription.members,
+        create_subscription.max_attempts);
+    IF create_subscription.handler IS NOT NULL THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+                       WHERE p.oid = create_subscription.handler AND p.prokind = 'f' AND p.pronargs = 1
+                         AND p.proargtypes[0] = 'allsource.events'::pg_catalog.regtype) THEN
+            RAISE EXCEPTION 'invalid argument "handler": % must be a function taking one allsource.events row', create_subscription.handler
+                USING ERRCODE = '22023';
+        END IF;
+        IF NOT pg_catalog.has_function_privilege(creator, create_subscription.handler, 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied for function %', create_subscription.handler
+                USING ERRCODE = '42501',
+                      DETAIL = 'A handler runs as the role that created the subscription.';
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM allsource.subscriptions s
+               WHERE s.name = create_subscription.name AND s.tenant_id IS NOT DISTINCT FROM tenant) THEN
+        RAISE EXCEPTION 'subscription "%" already exists', create_subscription.name
+            USING ERRCODE = '42710',
+                  HINT = 'Drop it first (allsource.drop_subscription()), or choose another name.';
+    END IF;
+    INSERT INTO allsource.subscriptions AS s (name, tenant_id, categories, event_types, start_after,
+                                              members, handler, max_attempts, created_by)
+    VALUES (create_subscription.name, tenant, create_subscription.categories, create_subscription.event_types,
+            create_subscription.start_after, create_subscription.members, create_subscription.handler,
+            create_subscription.max_attempts, creator)
+    RETURNING s.subscription_id INTO created;
+    INSERT INTO allsource.subscription_members (subscription_id, member, checkpoint)
+    SELECT created, m, create_subscription.start_after
+    FROM pg_catalog.generate_series(0, create_subscription.members - 1) AS m;
+END
+$$;
+
+CREATE FUNCTION allsource.drop_subscription(name text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dropped allsource.subscriptions;
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.drop_subscription()');
+    dropped := allsource._subscription(drop_subscription.name);
+    DELETE FROM allsource.parked_events p WHERE p.subscription_id = dropped.subscription_id;
+    DELETE FROM allsource.subscription_attempts a WHERE a.subscription_id = dropped.subscription_id;
+    DELETE FROM allsource.subscription_members m WHERE m.subscription_id = dropped.subscription_id;
+    DELETE FROM allsource.subscriptions s WHERE s.subscription_id = dropped.subscription_id;
+END
+$$;
+
+-- The member's next events: first those put back in front (failed and not
+-- parked, or retried after parking) at or below the checkpoint, then the
+-- events after it up to the watermark, parked ones left out. The member's
+-- row is locked until the caller's transaction ends: a session that took the
+-- lease over waits for an ack still in flight, and reads the checkpoint it set.
+CREATE FUNCTION allsource.receive(subscription text, max_count int DEFAULT 100, member int DEFAULT 0)
+RETURNS SETOF allsource.events
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+    done bigint;
+    upto bigint;
+    returned bigint;
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.receive()');
+    s := allsource._subscription(receive.subscription);
+    PERFORM allsource._check_member(s, receive.member);
+    IF receive.max_count IS NULL OR receive.max_count < 0 THEN
+        RAISE EXCEPTION 'invalid argument "max_count": must be 0 or more, not %', coalesce(receive.max_count::text, 'null')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM allsource._hold_member(s.subscription_id, s.name, receive.member);
+    upto := allsource._watermark_for_read('allsource.receive');
+    SELECT m.checkpoint INTO done FROM allsource.subscription_members m
+    WHERE m.subscription_id = s.subscription_id AND m.member = receive.member FOR UPDATE;
+    RETURN QUERY
+        SELECT e.* FROM allsource.subscription_attempts a
+        JOIN allsource.events e ON e.position = a.position
+        WHERE a.subscription_id = s.subscription_id AND a.member = receive.member AND a.position <= done
+        ORDER BY a.position LIMIT receive.max_count;
+    GET DIAGNOSTICS returned = ROW_COUNT;
+    IF returned < receive.max_count THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.position > done AND e.position <= upto
+              AND allsource._delivers(s, receive.member, e)
+              AND NOT EXISTS (SELECT FROM allsource.parked_events p
+                              WHERE p.subscription_id = s.subscription_id AND p.position = e.position)
+            ORDER BY e.position LIMIT receive.max_count - returned;
+    END IF;
+END
+$$;
+
+-- Every event of the member up to and including position is done: the
+-- checkpoint moves there (never back), in the caller's transaction.
+CREATE FUNCTION allsource.ack(subscription text, "position" bigint, member int DEFAULT 0) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+    upto bigint;
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.ack()');
+    s := allsource._subscription(ack.subscription);
+    PERFORM allsource._check_member(s, ack.member);
+    PERFORM allsource._hold_member(s.subscription_id, s.name, ack.member);
+    upto := allsource.watermark();
+    IF ack.position IS NULL OR ack.position < 0 OR ack.position > upto THEN
+        RAISE EXCEPTION 'invalid argument "position": must be between 0 and the watermark (%), not %', upto, coalesce(ack.position::text, 'null')
+            USING ERRCODE = '22023',
+                  HINT = 'Acknowledge the position of an event receive returned.';
+    END IF;
+    UPDATE allsource.subscription_members m
+    SET checkpoint = GREATEST(m.checkpoint, ack.position), acked_at = pg_catalog.now()
+    WHERE m.subscription_id = s.subscription_id AND m.member = ack.member;
+    DELETE FROM allsource.subscription_attempts a
+    WHERE a.subscription_id = s.subscription_id AND a.member = ack.member AND a.position <= ack.position;
+END
+$$;
+
+-- One failed attempt at the event at position: 'retry' (it stays in front),
+-- or 'parked' at max_attempts (kept in parked_events; the member goes on).
+CREATE FUNCTION allsource.nack(subscription text, "position" bigint, reason text DEFAULT NULL, member int DEFAULT 0) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.nack()');
+    s := allsource._subscription(nack.subscription);
+    PERFORM allsource._check_member(s, nack.member);
+    PERFORM allsource._hold_member(s.subscription_id, s.name, nack.member);
+    RETURN allsource._record_failure(s, nack.member, nack.position, nack.reason);
+END
+$$;
+
+-- nack's work, also the handler workers': counts the attempt, parks at max_attempts.
+CREATE FUNCTION allsource._record_failure(s allsource.subscriptions, member int, "position" bigint, reason text) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    done bigint;
+    upto bigint := allsource.watermark();
+    tries int;
+BEGIN
+    SELECT m.checkpoint INTO done FROM allsource.subscription_members m
+    WHERE m.subscription_id = s.subscription_id AND m.member = _record_failure.member FOR UPDATE;
+    IF _record_failure.position IS NULL
+       OR NOT (EXISTS (SELECT FROM allsource.subscription_attempts a
+                       WHERE a.subscription_id = s.subscription_id AND a.member = _record_failure.member
+                         AND a.position = _record_failure.position)
+               OR (_record_failure.position > done AND _record_failure.position <= upto
+                   AND EXISTS (SELECT FROM allsource.events e
+                               WHERE e.position = _record_failure.position
+                                 AND allsource._delivers(s, _record_failure.member, e))
+                   AND NOT EXISTS (SELECT FROM allsource.parked_events p
+                                   WHERE p.subscription_id = s.subscription_id AND p.position = _record_failure.position))) THEN
+        RAISE EXCEPTION 'invalid argument "position": % is not an event member % of subscription "%" has to process',
+                coalesce(_record_failure.position::text, 'null'), _record_failure.member, s.name
+            USING ERRCODE = '22023',
+                  HINT = 'Report a failure of an event receive returned and that is not acknowledged.';
+    END IF;
+    INSERT INTO allsource.subscription_attempts AS a (subscription_id, position, member, attempts, last_reason, retry_after)
+    VALUES (s.subscription_id, _record_failure.position, _record_failure.member, 1, _record_failure.reason, pg_catalog.now())
+    ON CONFLICT ON CONSTRAINT subscription_attempts_pkey DO UPDATE
+    SET attempts = a.attempts + 1, last_reason = excluded.last_reason,
+        -- Backoff for the handler workers: 0.1 s, 0.2 s, 0.4 s … at most a minute.
+        retry_after = pg_catalog.now() + LEAST(pg_catalog.power(2, a.attempts) * 0.1, 60) * interval '1 second'
+    RETURNING a.attempts INTO tries;
+    UPDATE allsource.subscription_members m SET last_error = _record_failure.reason
+    WHERE m.subscription_id = s.subscription_id AND m.member = _record_failure.member;
+    IF tries < s.max_attempts THEN
+        RETURN 'retry';
+    END IF;
+    DELETE FROM allsource.subscription_attempts a
+    WHERE a.subscription_id = s.subscription_id AND a.position = _record_failure.position;
+    INSERT INTO allsource.parked_events (subscription_id, position, member, attempts, last_reason)
+    VALUES (s.subscription_id, _record_failure.position, _record_failure.member, tries, _record_failure.reason);
+    RETURN 'parked';
+END
+$$;
+
+CREATE FUNCTION allsource.release(subscription text, member int DEFAULT 0) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+BEGIN
+    s := allsource._subscription(release.subscription);
+    PERFORM allsource._check_member(s, release.member);
+    PERFORM allsource._release_member(s.subscription_id, release.member);
+END
+$$;
+
+-- Puts parked events (all, or the one at position) back in front, with
+-- max_attempts fresh attempts each; returns how many.
+CREATE FUNCTION allsource.retry_parked(subscription text, "position" bigint DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+    moved bigint;
+BEGIN
+    PERFORM allsource._refuse_on_standby('allsource.retry_parked()');
+    s := allsource._subscription(retry_parked.subscription);
+    WITH unparked AS (
+        DELETE FROM allsource.parked_events p
+        WHERE p.subscription_id = s.subscription_id
+          AND (retry_parked.position IS NULL OR p.position = retry_parked.position)
+        RETURNING p.position, p.member, p.last_reason
+    )
+    INSERT INTO allsource.subscription_attempts (subscription_id, position, member, attempts, last_reason, retry_after)
+    SELECT s.subscription_id, u.position, u.member, 0, u.last_reason, pg_catalog.now() FROM unparked u;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+
+CREATE FUNCTION allsource.parked_events(subscription text)
+RETURNS TABLE ("position" bigint, member int, attempts int, last_reason text, parked_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions := allsource._subscription(parked_events.subscription);
+BEGIN
+    RETURN QUERY
+        SELECT p.position, p.member, p.attempts, p.last_reason, p.parked_at
+        FROM allsource.parked_events p WHERE p.subscription_id = s.subscription_id
+        ORDER BY p.position;
+END
+$$;
+
+-- One row per subscription of the caller's tenant and member. Works
+-- without preloading (no watermark, lag or holder then) and on standbys.
+CREATE FUNCTION allsource.subscriptions()
+RETURNS TABLE (name text, member int, "checkpoint" bigint, watermark bigint, lag_events bigint,
+               oldest_pending_at timestamptz, holder_pid int, parked bigint, handler text, last_error text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tenant text := allsource.current_tenant();
+    upto bigint;
+BEGIN
+    BEGIN
+        upto := allsource.watermark();
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        upto := NULL;
+    END;
+    RETURN QUERY
+        SELECT s.name, m.member, m.checkpoint, upto, pending.events, pending.oldest,
+               allsource._member_holder(s.subscription_id, m.member),
+               (SELECT pg_catalog.count(*) FROM allsource.parked_events p
+                WHERE p.subscription_id = s.subscription_id AND p.member = m.member),
+               s.handler::text, m.last_error
+        FROM allsource.subscriptions s
+        JOIN allsource.subscription_members m ON m.subscription_id = s.subscription_id
+        -- Pending: the events after the checkpoint (parked ones left out),
+        -- and those put back in front at or below it.
+        LEFT JOIN LATERAL (
+            SELECT ahead.events + behind.events AS events,
+                   LEAST(ahead.oldest, behind.oldest) AS oldest
+            FROM (SELECT pg_catalog.count(*) AS events, pg_catalog.min(e.created_at) AS oldest
+                  FROM allsource.events e
+                  WHERE e.position > m.checkpoint AND e.position <= upto
+                    AND allsource._delivers(s, m.member, e)
+                    AND NOT EXISTS (SELECT FROM allsource.parked_events p
+                                    WHERE p.subscription_id = s.subscription_id AND p.position = e.position)) ahead,
+                 (SELECT pg_catalog.count(*) AS events, pg_catalog.min(e.created_at) AS oldest
+                  FROM allsource.subscription_attempts a
+                  JOIN allsource.events e ON e.position = a.position
+                  WHERE a.subscription_id = s.subscription_id AND a.member = m.member
+                    AND a.position <= m.checkpoint) behind
+            WHERE upto IS NOT NULL
+        ) pending ON true
+        WHERE s.tenant_id IS NOT DISTINCT FROM tenant
+        ORDER BY s.name, m.member;
+END
+$$;
+
+COMMENT ON FUNCTION allsource.create_subscription(text, text[], text[], bigint, int, regprocedure, int) IS
+    'Creates a named subscription of the caller''s tenant: events after start_after, of the categories and types given (NULL: all), split over members by stream; a handler is called by the subscription workers.';
+COMMENT ON FUNCTION allsource.drop_subscription(text) IS
+    'Drops the subscription, its checkpoints, attempts and parked events.';
+COMMENT ON FUNCTION allsource.receive(text, int, int) IS
+    'The member''s next events after its checkpoint, in position order, never past the watermark, parked ones left out; takes the member''s lease for the session (55006 while another session holds it).';
+COMMENT ON FUNCTION allsource.ack(text, bigint, int) IS
+    'Every event of the member up to and including position is done: moves the checkpoint there in the caller''s transaction.';
+COMMENT ON FUNCTION allsource.nack(text, bigint, text, int) IS
+    'Records a failed attempt at the event: retry (it stays in front), or parked once max_attempts is reached (the member goes on).';
+COMMENT ON FUNCTION allsource.release(text, int) IS
+    'Ends this session''s lease of the member (ending the session does too).';
+COMMENT ON FUNCTION allsource.retry_parked(text, bigint) IS
+    'Puts parked events (all, or the one at position) back in front of the member, with max_attempts new attempts; returns how many.';
+COMMENT ON FUNCTION allsource.parked_events(text) IS
+    'The subscription''s parked events, with their attempts and last reason.';
+COMMENT ON FUNCTION allsource.subscriptions() IS
+    'One row per subscription of the caller''s tenant and member: checkpoint, watermark, lag, oldest pending event, holder, parked events, handler, last error.';
+
+-- Who may call them: readers consume, writers also create, drop and retry.
+REVOKE EXECUTE ON FUNCTION allsource._refuse_on_standby(text), allsource._subscription(text),
+    allsource._check_member(allsource.subscriptions, int),
+    allsource._delivers(allsource.subscriptions, int, allsource.events),
+    allsource._record_failure(allsource.subscriptions, int, bigint, text),
+    allsource._check_subscription(text, text[], text[], bigint, int, int), allsource._calling_role(),
+    allsource._hold_member(bigint, text, int), allsource._release_member(bigint, int),
+    allsource._member_holder(bigint, int),
+    allsource.create_subscription(text, text[], text[], bigint, int, regprocedure, int),
+    allsource.drop_subscription(text), allsource.retry_parked(text, bigint),
+    allsource.receive(text, int, int), allsource.ack(text, bigint, int),
+    allsource.nack(text, bigint, text, int), allsource.release(text, int),
+    allsource.parked_events(text), allsource.subscriptions()
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.receive(text, int, int), allsource.ack(text, bigint, int),
+    allsource.nack(text, bigint, text, int), allsource.release(text, int),
+    allsource.parked_events(text), allsource.subscriptions()
+TO allsource_reader, allsource_writer;
+GRANT EXECUTE ON FUNCTION allsource.create_subscription(text, text[], text[], bigint, int, regprocedure, int),
+    allsource.drop_subscription(text), allsource.retry_parked(text, bigint)
+TO allsource_writer;
+
+DO $dump$
+BEGIN
+    PERFORM pg_catalog.pg_extension_config_dump('allsource.subscriptions', '');
+    PERFORM pg_catalog.pg_extension_config_dump('allsource.subscription_members', '');
+    PERFORM pg_catalog.pg_extension_config_dump('allsource.subscription_attempts', '');
+    PERFORM pg_catalog.pg_extension_config_dump('allsource.parked_events', '');
+    PERFORM pg_catalog.pg_extension_config_dump('allsource.subscription_id', '');
+END
+$dump$;

@@ -56,3 +56,35 @@ BEGIN
     END IF;
 END $$;
 \echo 'without preloading: watermark, inflight, read_all, read_category, the queue and stats raise 55000'
+
+-- Subscriptions are created, listed and dropped without preloading; consuming
+-- (the lease lives in shared memory) raises 55000.
+SELECT allsource.create_subscription('unpreloaded', categories => ARRAY['c']);
+SELECT count(*) = 1 AND bool_and(watermark IS NULL AND holder_pid IS NULL AND checkpoint = 0) AS ok
+FROM allsource.subscriptions() \gset
+\if :ok
+  \echo 'without preloading: create_subscription and subscriptions() work'
+\else
+  SELECT 1/0;
+\endif
+DO $$
+DECLARE
+    failures int := 0;
+    call text;
+BEGIN
+    FOREACH call IN ARRAY ARRAY['SELECT * FROM allsource.receive(''unpreloaded'')',
+                                'SELECT allsource.ack(''unpreloaded'', 0)',
+                                'SELECT allsource.nack(''unpreloaded'', 1)']
+    LOOP
+        BEGIN
+            EXECUTE call;
+        EXCEPTION WHEN SQLSTATE '55000' THEN
+            failures := failures + 1;
+        END;
+    END LOOP;
+    IF failures <> 3 THEN
+        RAISE EXCEPTION 'only % of 3 consuming calls raised 55000 without preloading', failures;
+    END IF;
+END $$;
+SELECT allsource.drop_subscription('unpreloaded');
+\echo 'without preloading: receive, ack and nack raise 55000; drop_subscription works'

@@ -381,6 +381,25 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION allsource.create_subscription(text, text[], text[], bigint, int, regprocedure, int) IS
+    'Creates a named subscription of the caller''s tenant: events after start_after, of the categories and types given (NULL: all), split over members by stream; a handler is called by the subscription workers.';
+COMMENT ON FUNCTION allsource.drop_subscription(text) IS
+    'Drops the subscription, its checkpoints, attempts and parked events.';
+COMMENT ON FUNCTION allsource.receive(text, int, int) IS
+    'The member''s next events after its checkpoint, in position order, never past the watermark, parked ones left out; takes the member''s lease for the session (55006 while another session holds it).';
+COMMENT ON FUNCTION allsource.ack(text, bigint, int) IS
+    'Every event of the member up to and including position is done: moves the checkpoint there in the caller''s transaction.';
+COMMENT ON FUNCTION allsource.nack(text, bigint, text, int) IS
+    'Records a failed attempt at the event: retry (it stays in front), or parked once max_attempts is reached (the member goes on).';
+COMMENT ON FUNCTION allsource.release(text, int) IS
+    'Ends this session''s lease of the member (ending the session does too).';
+COMMENT ON FUNCTION allsource.retry_parked(text, bigint) IS
+    'Puts parked events (all, or the one at position) back in front of the member, with max_attempts new attempts; returns how many.';
+COMMENT ON FUNCTION allsource.parked_events(text) IS
+    'The subscription''s parked events, with their attempts and last reason.';
+COMMENT ON FUNCTION allsource.subscriptions() IS
+    'One row per subscription of the caller''s tenant and member: checkpoint, watermark, lag, oldest pending event, holder, parked events, handler, last error.';
+
 -- Who may call them: readers consume, writers also create, drop and retry.
 REVOKE EXECUTE ON FUNCTION allsource._refuse_on_standby(text), allsource._subscription(text),
     allsource._check_member(allsource.subscriptions, int),

@@ -46,3 +46,22 @@ SELECT allsource.partition_for(:'s1'), allsource.partition_for(:'s1', 4);
 SELECT allsource.partition_count();
 SELECT pg_catalog.count(*) FROM allsource.partition_stats();
 SELECT allsource.current_tenant();
+-- Subscriptions: writers create (and drop), everyone consumes.
+\set sub :who '-sub'
+\set gone :who '-gone'
+SELECT allsource.partition_for(:'s1', 2) AS member \gset
+\if :writes
+SELECT allsource.create_subscription(:'sub', ARRAY[:'who'], ARRAY['Opened', 'Added'], 0, 2, NULL, 1);
+SELECT allsource.create_subscription(:'gone');
+SELECT allsource.drop_subscription(:'gone');
+SELECT "position" AS first FROM allsource.receive(:'sub', 1, :member) \gset
+SELECT allsource.nack(:'sub', :first, 'exercised', :member);
+SELECT allsource.retry_parked(:'sub');
+SELECT pg_catalog.count(*) FROM allsource.receive(:'sub', 10, :member);
+SELECT allsource.ack(:'sub', :first, :member);
+\endif
+SELECT pg_catalog.count(*) FROM allsource.receive(:'sub', 10, :member);
+SELECT allsource.ack(:'sub', 0, :member);
+SELECT allsource.release(:'sub', :member);
+SELECT pg_catalog.count(*) FROM allsource.parked_events(:'sub');
+SELECT pg_catalog.count(*) FROM allsource.subscriptions();

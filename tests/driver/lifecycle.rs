@@ -225,6 +225,11 @@ fn contents(client: &mut Client) -> Vec<String> {
         "SELECT format('%s', x) FROM allsource.erased_events x ORDER BY position",
         "SELECT format('%s', i) FROM allsource.event_ids i ORDER BY position",
         "SELECT format('last position %s', last_value) FROM allsource.event_position",
+        "SELECT format('%s', s) FROM allsource.subscriptions s ORDER BY subscription_id",
+        "SELECT format('%s', m) FROM allsource.subscription_members m ORDER BY subscription_id, member",
+        "SELECT format('%s', a) FROM allsource.subscription_attempts a ORDER BY subscription_id, position",
+        "SELECT format('%s', p) FROM allsource.parked_events p ORDER BY subscription_id, position",
+        "SELECT format('last subscription %s', last_value) FROM allsource.subscription_id",
     ] {
         for row in client.query(sql, &[]).unwrap() {
             rows.push(row.get(0));
@@ -300,6 +305,17 @@ fn every_dump_format_restores_with_the_standard_tools_and_no_options() {
              SET allsource.tenant = 'acme';
              SELECT allsource.append('acme-1', 'A', '{}');
              RESET allsource.tenant",
+        )
+        .unwrap();
+    // Subscriptions with checkpoints, an attempt and a parked event (a
+    // transaction of their own: the appends' claim held the watermark back).
+    client
+        .batch_execute(
+            "SELECT allsource.create_subscription('kept', members => 2, max_attempts => 1);
+             SELECT allsource.create_subscription('waiting', ARRAY['kept'], ARRAY['B'], start_after => 1);
+             SELECT allsource.ack('kept', 1, allsource.partition_for('kept-1', 2));
+             SELECT allsource.nack('kept', 2, 'bad', allsource.partition_for('kept-1', 2));
+             SELECT allsource.nack('waiting', 2, 'once')",
         )
         .unwrap();
     let expected = contents(&mut client);

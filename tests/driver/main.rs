@@ -11,6 +11,7 @@ mod limits;
 mod properties;
 mod queue;
 mod savepoints;
+mod subscriptions;
 mod tenants;
 mod watermark;
 mod workers;

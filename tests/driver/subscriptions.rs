@@ -1,0 +1,479 @@
+//! Subscriptions with pull consumers: leases held by one session at a time
+//! and handed over when it ends, checkpoints that move in the caller's
+//! transaction, the watermark, retries and parking, tenants and roles.
+
+use crate::{server_url, sqlstate, try_connect_to, TestDb};
+use postgres::{Client, NoTls};
+use std::time::{Duration, Instant};
+
+fn positions(client: &mut Client, sql: &str) -> Vec<i64> {
+    client
+        .query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| row.get("position"))
+        .collect()
+}
+
+fn refused(client: &mut Client, sql: &str) -> postgres::Error {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("{sql} should have been refused"),
+        Err(e) => e,
+    }
+}
+
+fn append(client: &mut Client, stream: &str, n: usize) {
+    for i in 0..n {
+        client
+            .execute(
+                "SELECT allsource.append($1, 'Happened', pg_catalog.jsonb_build_object('n', $2::int))",
+                &[&stream, &(i as i32)],
+            )
+            .unwrap();
+    }
+}
+
+fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_member_is_held_by_one_session_and_handed_over_when_it_ends() {
+    let db = TestDb::new("sub_lease");
+    let mut first = db.connect();
+    append(&mut first, "order-1", 3);
+    first
+        .batch_execute("SELECT allsource.create_subscription('orders')")
+        .unwrap();
+    assert_eq!(
+        positions(&mut first, "SELECT * FROM allsource.receive('orders')"),
+        [1, 2, 3]
+    );
+    let holder = backend_pid(&mut first);
+
+    let mut second = db.connect();
+    let error = refused(&mut second, "SELECT * FROM allsource.receive('orders')");
+    assert_eq!(sqlstate(&error), "55006");
+    let message = error.as_db_error().unwrap().message().to_string();
+    assert!(message.contains(&holder.to_string()), "{message}");
+    let error = refused(&mut second, "SELECT allsource.ack('orders', 1)");
+    assert_eq!(sqlstate(&error), "55006", "ack takes the lease too");
+    let listed: Option<i32> = second
+        .query_one("SELECT holder_pid FROM allsource.subscriptions()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(listed, Some(holder));
+
+    // The holder acks part and goes away without a word: the lease ends with it.
+    first
+        .batch_execute("SELECT allsource.ack('orders', 2)")
+        .unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        match second.query("SELECT * FROM allsource.receive('orders')", &[]) {
+            Ok(rows) => break rows.iter().map(|r| r.get("position")).collect::<Vec<i64>>(),
+            Err(e) if sqlstate(&e) == "55006" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("the lease was not handed over: {e}"),
+        }
+    };
+    assert_eq!(taken, [3], "the next consumer goes on from the checkpoint");
+
+    // release() lets it go at once.
+    second
+        .batch_execute("SELECT allsource.release('orders')")
+        .unwrap();
+    let mut third = db.connect();
+    assert_eq!(
+        positions(&mut third, "SELECT * FROM allsource.receive('orders')"),
+        [3]
+    );
+}
+
+#[test]
+fn the_checkpoint_moves_in_the_callers_transaction() {
+    let db = TestDb::new("sub_ack_tx");
+    let mut client = db.connect();
+    append(&mut client, "order-1", 4);
+    client
+        .batch_execute(
+            "CREATE TABLE totals (stream text PRIMARY KEY, seen int NOT NULL);
+             SELECT allsource.create_subscription('projection');",
+        )
+        .unwrap();
+    // Receiving again before an ack returns the same events.
+    let once = positions(
+        &mut client,
+        "SELECT * FROM allsource.receive('projection', 2)",
+    );
+    let again = positions(
+        &mut client,
+        "SELECT * FROM allsource.receive('projection', 2)",
+    );
+    assert_eq!(once, [1, 2]);
+    assert_eq!(again, once);
+
+    // A rolled-back transaction takes its ack back with its writes.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO totals SELECT stream_id, count(*) FROM allsource.receive('projection', 2) GROUP BY stream_id;
+             SELECT allsource.ack('projection', 2);
+             ROLLBACK;",
+        )
+        .unwrap();
+    assert_eq!(
+        positions(
+            &mut client,
+            "SELECT * FROM allsource.receive('projection', 2)"
+        ),
+        [1, 2]
+    );
+
+    // Committed: the read model and the checkpoint together, exactly once.
+    for _ in 0..3 {
+        client
+            .batch_execute(
+                "BEGIN;
+                 CREATE TEMP TABLE batch ON COMMIT DROP AS SELECT * FROM allsource.receive('projection', 3);
+                 INSERT INTO totals SELECT stream_id, count(*) FROM batch GROUP BY stream_id
+                   ON CONFLICT (stream) DO UPDATE SET seen = totals.seen + excluded.seen;
+                 SELECT allsource.ack('projection', max(position)) FROM batch HAVING count(*) > 0;
+                 COMMIT;",
+            )
+            .unwrap();
+    }
+    let seen: i32 = client
+        .query_one("SELECT seen FROM totals WHERE stream = 'order-1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 4, "every event applied exactly once");
+    let checkpoint: i64 = client
+        .query_one("SELECT checkpoint FROM allsource.subscriptions()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(checkpoint, 4);
+    // At or below the checkpoint nothing happens; above the watermark: 22023.
+    client
+        .batch_execute("SELECT allsource.ack('projection', 1)")
+        .unwrap();
+    let error = refused(&mut client, "SELECT allsource.ack('projection', 5)");
+    assert_eq!(sqlstate(&error), "22023");
+}
+
+#[test]
+fn receive_never_passes_the_watermark() {
+    let db = TestDb::new("sub_watermark");
+    let mut client = db.connect();
+    append(&mut client, "order-1", 1);
+    client
+        .batch_execute("SELECT allsource.create_subscription('follow')")
+        .unwrap();
+    // An open transaction holds position 2; a later commit takes 3.
+    let mut slow = db.connect();
+    slow.batch_execute("BEGIN; SELECT allsource.append('order-2', 'Slow', '{}')")
+        .unwrap();
+    append(&mut client, "order-3", 1);
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('follow')"),
+        [1],
+        "3 is committed but 2 may still appear below it"
+    );
+    slow.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('follow')"),
+        [1, 2, 3]
+    );
+}
+
+#[test]
+fn filters_members_and_start_positions_choose_the_events() {
+    let db = TestDb::new("sub_filters");
+    let mut client = db.connect();
+    append(&mut client, "order-1", 2); // 1, 2
+    append(&mut client, "orderly-1", 1); // 3: not the category "order"
+    append(&mut client, "user-1", 1); // 4
+    client
+        .batch_execute("SELECT allsource.append('order-2', 'Cancelled', '{}')") // 5
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT allsource.create_subscription('orders', categories => ARRAY['order']);
+             SELECT allsource.create_subscription('cancellations', event_types => ARRAY['Cancelled']);
+             SELECT allsource.create_subscription('both', ARRAY['order', 'user'], ARRAY['Happened']);
+             SELECT allsource.create_subscription('recent', start_after => 4);
+             SELECT allsource.create_subscription('from_now', start_after => allsource.watermark());
+             SELECT allsource.create_subscription('grouped', members => 3);",
+        )
+        .unwrap();
+    let all = |c: &mut Client, name: &str| {
+        positions(c, &format!("SELECT * FROM allsource.receive('{name}')"))
+    };
+    assert_eq!(all(&mut client, "orders"), [1, 2, 5]);
+    assert_eq!(all(&mut client, "cancellations"), [5]);
+    assert_eq!(all(&mut client, "both"), [1, 2, 4]);
+    assert_eq!(all(&mut client, "recent"), [5]);
+    assert!(all(&mut client, "from_now").is_empty());
+    append(&mut client, "order-9", 1); // 6
+    assert_eq!(all(&mut client, "from_now"), [6]);
+
+    // Members split the streams, each stream in exactly one member, in order.
+    let mut seen = Vec::new();
+    for member in 0..3 {
+        let rows = client
+            .query(
+                "SELECT position, stream_id, allsource.partition_for(stream_id, 3) AS hash
+                 FROM allsource.receive('grouped', 100, $1)",
+                &[&member],
+            )
+            .unwrap();
+        for row in rows {
+            assert_eq!(row.get::<_, i32>("hash"), member);
+            seen.push(row.get::<_, i64>("position"));
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+    let error = refused(
+        &mut client,
+        "SELECT * FROM allsource.receive('grouped', 10, 3)",
+    );
+    assert_eq!(sqlstate(&error), "22023");
+}
+
+#[test]
+fn a_failing_event_is_retried_then_parked_and_put_back_on_request() {
+    let db = TestDb::new("sub_parking");
+    let mut client = db.connect();
+    append(&mut client, "order-1", 3);
+    client
+        .batch_execute("SELECT allsource.create_subscription('poison', max_attempts => 2)")
+        .unwrap();
+    let nack = |c: &mut Client, position: i64| -> String {
+        c.query_one("SELECT allsource.nack('poison', $1, 'boom')", &[&position])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(nack(&mut client, 2), "retry");
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('poison')"),
+        [1, 2, 3],
+        "a retry stays in line"
+    );
+    assert_eq!(nack(&mut client, 2), "parked");
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('poison')"),
+        [1, 3],
+        "the member goes past a parked event"
+    );
+    let parked = client
+        .query_one(
+            "SELECT position, attempts, last_reason FROM allsource.parked_events('poison')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(parked.get::<_, i64>(0), 2);
+    assert_eq!(parked.get::<_, i32>(1), 2);
+    assert_eq!(parked.get::<_, String>(2), "boom");
+    client
+        .batch_execute("SELECT allsource.ack('poison', 3)")
+        .unwrap();
+    assert!(positions(&mut client, "SELECT * FROM allsource.receive('poison')").is_empty());
+
+    // Put back: in front, although the checkpoint is past it; acked, it is done.
+    let moved: i64 = client
+        .query_one("SELECT allsource.retry_parked('poison')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 1);
+    append(&mut client, "order-2", 1); // 4
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('poison')"),
+        [2, 4]
+    );
+    client
+        .batch_execute("SELECT allsource.ack('poison', 2)")
+        .unwrap();
+    assert_eq!(
+        positions(&mut client, "SELECT * FROM allsource.receive('poison')"),
+        [4]
+    );
+    // Not an event the member has to process: 22023.
+    let error = refused(&mut client, "SELECT allsource.nack('poison', 1)");
+    assert_eq!(sqlstate(&error), "22023");
+}
+
+#[test]
+fn bad_arguments_and_unknown_names_raise_their_sqlstates() {
+    let db = TestDb::new("sub_errors");
+    let mut client = db.connect();
+    client
+        .batch_execute(
+            "SELECT allsource.create_subscription('taken');
+             CREATE FUNCTION wrong_handler(int) RETURNS void LANGUAGE sql AS '';",
+        )
+        .unwrap();
+    let long = "x".repeat(256);
+    for (sql, code) in [
+        (
+            "SELECT allsource.create_subscription('taken')".to_string(),
+            "42710",
+        ),
+        (
+            "SELECT allsource.create_subscription(NULL)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('')".to_string(),
+            "22023",
+        ),
+        (
+            format!("SELECT allsource.create_subscription('{long}')"),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', members => 0)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', members => 1025)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', max_attempts => 0)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', start_after => -1)".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', categories => '{}')".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', event_types => ARRAY[NULL])".to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.create_subscription('m', handler => 'wrong_handler(int)')"
+                .to_string(),
+            "22023",
+        ),
+        (
+            "SELECT allsource.drop_subscription('nope')".to_string(),
+            "42704",
+        ),
+        (
+            "SELECT * FROM allsource.receive('nope')".to_string(),
+            "42704",
+        ),
+        (
+            "SELECT * FROM allsource.receive('taken', -1)".to_string(),
+            "22023",
+        ),
+        ("SELECT allsource.ack('nope', 1)".to_string(), "42704"),
+        ("SELECT allsource.ack('taken', NULL)".to_string(), "22023"),
+        ("SELECT allsource.nack('nope', 1)".to_string(), "42704"),
+        ("SELECT allsource.release('nope')".to_string(), "42704"),
+        ("SELECT allsource.retry_parked('nope')".to_string(), "42704"),
+        (
+            "SELECT * FROM allsource.parked_events('nope')".to_string(),
+            "42704",
+        ),
+    ] {
+        let error = refused(&mut client, &sql);
+        assert_eq!(sqlstate(&error), code, "{sql}: {error}");
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM allsource.subscriptions()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "nothing refused was created");
+}
+
+/// A login role, dropped when the value is.
+struct Login {
+    name: String,
+}
+
+impl Login {
+    fn new(database: &str, what: &str, role: &str) -> Login {
+        let name = format!("{database}_{what}");
+        try_connect_to("postgres")
+            .unwrap()
+            .batch_execute(&format!("CREATE ROLE {name} LOGIN IN ROLE {role}"))
+            .unwrap();
+        Login { name }
+    }
+
+    fn connect(&self, database: &str, options: &str) -> Client {
+        Client::connect(
+            &format!(
+                "{} dbname={database} user={} {options}",
+                server_url(),
+                self.name
+            ),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect as {}: {e}", self.name))
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = try_connect_to("postgres") {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
+        }
+    }
+}
+
+#[test]
+fn readers_consume_writers_create_and_tenants_see_their_own() {
+    let db = TestDb::new("sub_roles");
+    let writer = Login::new(db.name(), "writer", "allsource_writer");
+    let reader = Login::new(db.name(), "reader", "allsource_reader");
+    let mut acme = writer.connect(db.name(), "options='-c allsource.tenant=acme'");
+    let mut globex = writer.connect(db.name(), "options='-c allsource.tenant=globex'");
+    append(&mut acme, "order-1", 2);
+    append(&mut globex, "order-2", 1);
+    acme.batch_execute("SELECT allsource.create_subscription('orders')")
+        .unwrap();
+    globex
+        .batch_execute("SELECT allsource.create_subscription('orders')")
+        .unwrap();
+    assert_eq!(
+        positions(&mut acme, "SELECT * FROM allsource.receive('orders')"),
+        [1, 2]
+    );
+    assert_eq!(
+        positions(&mut globex, "SELECT * FROM allsource.receive('orders')"),
+        [3],
+        "the same name in another tenant is another subscription"
+    );
+    globex
+        .batch_execute("SELECT allsource.drop_subscription('orders')")
+        .unwrap();
+    let error = refused(&mut globex, "SELECT * FROM allsource.receive('orders')");
+    assert_eq!(sqlstate(&error), "42704", "acme's is not globex's to see");
+
+    let mut reading = reader.connect(db.name(), "options='-c allsource.tenant=acme'");
+    acme.batch_execute("SELECT allsource.release('orders')")
+        .unwrap();
+    assert_eq!(
+        positions(&mut reading, "SELECT * FROM allsource.receive('orders')"),
+        [1, 2]
+    );
+    reading
+        .batch_execute("SELECT allsource.ack('orders', 2)")
+        .unwrap();
+    let error = refused(&mut reading, "SELECT allsource.create_subscription('mine')");
+    assert_eq!(sqlstate(&error), "42501", "readers do not create");
+    let error = refused(&mut reading, "SELECT allsource.drop_subscription('orders')");
+    assert_eq!(sqlstate(&error), "42501", "nor drop");
+}
