@@ -75,7 +75,8 @@ pgrx::extension_sql_file!(
         _calling_role,
         hold_member,
         release_member,
-        member_holder
+        member_holder,
+        call_handler
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize/comments.sql", name = "comments", finalize);

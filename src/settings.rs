@@ -52,6 +52,12 @@ pub static MAX_APPEND_TRANSACTION_MS: GucSetting<i32> = GucSetting::<i32>::new(0
 /// The most ingest workers (lanes) the queue can have.
 pub const MAX_INGEST_WORKERS: i32 = 64;
 
+/// Workers that run the handlers of subscriptions.
+pub static SUBSCRIPTION_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+/// The most subscription workers.
+pub const MAX_SUBSCRIPTION_WORKERS: i32 = 64;
+
 pub fn register() {
     GucRegistry::define_int_guc(
         c"allsource.watermark_publish_interval_ms",
@@ -180,6 +186,16 @@ fn register_server_start_settings() {
         &INGEST_WORKERS,
         0,
         MAX_INGEST_WORKERS,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.subscription_workers",
+        c"Background workers that call subscriptions' handlers (0: none).",
+        c"They run in allsource.database and share its handler subscriptions' members. Takes effect at server start.",
+        &SUBSCRIPTION_WORKERS,
+        0,
+        MAX_SUBSCRIPTION_WORKERS,
         GucContext::Postmaster,
         GucFlags::default(),
     );

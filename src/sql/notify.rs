@@ -40,6 +40,10 @@ const MAX_DATABASES: usize = 64;
 /// A notifier registered but not running after this long is started again.
 const START_TIMEOUT_MICROS: i64 = 10_000_000;
 
+/// Processes per database that commits wake besides the notifier (the
+/// subscription workers).
+const MAX_LISTENERS: usize = 64;
+
 /// `notifier` states besides a running worker's `pgprocno + 1`.
 const NO_NOTIFIER: i32 = 0;
 const STARTING: i32 = -1;
@@ -56,6 +60,8 @@ struct DatabaseBoard {
     /// Highest committed position per partition since the notifier's last
     /// round; 0 when nothing is pending.
     pending: [AtomicI64; MAX_PARTITIONS as usize],
+    /// Processes to wake after each commit that appended: `(pgprocno + 1) << 32 | pid`, 0 when free.
+    listeners: [AtomicI64; MAX_LISTENERS],
 }
 
 #[repr(C)]
@@ -87,6 +93,7 @@ pub fn init() {
                     notifier_pid: AtomicI32::new(0),
                     starting_since: AtomicI64::new(0),
                     pending: std::array::from_fn(|_| AtomicI64::new(0)),
+                    listeners: std::array::from_fn(|_| AtomicI64::new(0)),
                 })
             }
         );
@@ -187,6 +194,12 @@ fn publish(board: &DatabaseBoard, positions: &BTreeMap<i32, i64>) {
             slot.fetch_max(position, Ordering::SeqCst);
         }
     }
+    for listener in &board.listeners {
+        let packed = listener.load(Ordering::SeqCst);
+        if packed != 0 {
+            wake((packed >> 32) as i32 - 1, Some(packed as i32));
+        }
+    }
     let notifier = board.notifier.load(Ordering::SeqCst);
     if notifier > 0
         && wake(
@@ -232,6 +245,38 @@ fn start_notifier(board: &DatabaseBoard) {
         pgrx::warning!(
             "allsource could not start its notifier (max_worker_processes reached?); notifications wait for the next commit"
         );
+    }
+}
+
+thread_local! {
+    /// This process's listener cell, once it listens.
+    static LISTENING: std::cell::Cell<Option<(&'static AtomicI64, i64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// From now until this process exits, every commit that appends in its
+/// database sets its latch. False without preloading or when the database
+/// has as many listeners as it can.
+pub fn listen() -> bool {
+    let (Some(board), Some(procno)) = (board(current_database()), backend::procno()) else {
+        return false;
+    };
+    let me = (i64::from(procno) + 1) << 32 | i64::from(backend::process_id() as u32);
+    let Some(cell) = board.listeners.iter().find(|cell| {
+        cell.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }) else {
+        return false;
+    };
+    LISTENING.with(|l| l.set(Some((cell, me))));
+    // SAFETY: stop_listening is a function of this library, which is never unloaded.
+    unsafe { pg_sys::before_shmem_exit(Some(stop_listening), pg_sys::Datum::from(0)) };
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn stop_listening(_code: i32, _arg: pg_sys::Datum) {
+    if let Some((cell, me)) = LISTENING.with(|l| l.take()) {
+        let _ = cell.compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 }
 

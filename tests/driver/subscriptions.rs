@@ -477,3 +477,208 @@ fn readers_consume_writers_create_and_tenants_see_their_own() {
     let error = refused(&mut reading, "SELECT allsource.drop_subscription('orders')");
     assert_eq!(sqlstate(&error), "42501", "nor drop");
 }
+
+/// Waits up to a minute until `sql` returns true.
+fn wait_until(client: &mut Client, sql: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client.query_one(sql, &[]).unwrap().get::<_, bool>(0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const PROJECTION: &str = "
+    CREATE TABLE public.broken (n int);
+    INSERT INTO public.broken VALUES (7);
+    CREATE TABLE public.totals (stream text PRIMARY KEY, events int NOT NULL, sum int NOT NULL);
+    -- Fails on multiples of the numbers in public.broken.
+    CREATE FUNCTION public.project(e allsource.events) RETURNS void
+    LANGUAGE plpgsql SET search_path = public AS $$
+    BEGIN
+        IF EXISTS (SELECT FROM broken WHERE (e.payload->>'n')::int % broken.n = 0) THEN
+            RAISE EXCEPTION 'cannot project %', e.payload->>'n';
+        END IF;
+        INSERT INTO totals VALUES (e.stream_id, 1, (e.payload->>'n')::int)
+        ON CONFLICT (stream) DO UPDATE SET events = totals.events + 1, sum = totals.sum + excluded.sum;
+    END $$;";
+
+/// The projection folded afresh from the log: per stream, the events and
+/// the sum of n of those the filter keeps.
+fn fold(client: &mut Client, keep: &str) -> Vec<(String, i64, i64)> {
+    client
+        .query(
+            &format!(
+                "SELECT stream_id, count(*), sum((payload->>'n')::int) FROM allsource.read_all(0, 100000)
+                 WHERE {keep} GROUP BY stream_id ORDER BY 1"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn projected(client: &mut Client) -> Vec<(String, i64, i64)> {
+    client
+        .query(
+            "SELECT stream, events::bigint, sum::bigint FROM public.totals ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[test]
+fn queue_handler_projects_every_event_exactly_once_and_parks_what_fails() {
+    let mut client = crate::queue::fresh_queue_db();
+    client.batch_execute(PROJECTION).unwrap();
+    client
+        .batch_execute(
+            "SELECT allsource.create_subscription('projection', categories => ARRAY['acct'],
+                 members => 3, handler => 'public.project(allsource.events)', max_attempts => 2)",
+        )
+        .unwrap();
+    // Appends with rollbacks and savepoints in between: only what committed counts.
+    for n in 1..=60 {
+        let stream = format!("acct-{}", n % 4);
+        let sql = match n % 10 {
+            3 => format!(
+                "BEGIN; SELECT allsource.append('{stream}', 'Gone', '{{\"n\": 1000}}'); ROLLBACK"
+            ),
+            5 => format!(
+                "BEGIN; SAVEPOINT s; SELECT allsource.append('{stream}', 'Gone', '{{\"n\": 1000}}');
+                 ROLLBACK TO s; SELECT allsource.append('{stream}', 'Deposited', '{{\"n\": {n}}}'); COMMIT"
+            ),
+            _ => format!("SELECT allsource.append('{stream}', 'Deposited', '{{\"n\": {n}}}')"),
+        };
+        client.batch_execute(&sql).unwrap();
+        if n == 30 {
+            // Another category: the subscription never hands it over.
+            client
+                .batch_execute("SELECT allsource.append('other-1', 'Deposited', '{\"n\": 7}')")
+                .unwrap();
+        }
+    }
+    wait_until(
+        &mut client,
+        "SELECT sum(lag_events) = 0 AND sum(parked) = 8 FROM allsource.subscriptions()",
+        "every event handled or parked",
+    );
+    assert_eq!(
+        projected(&mut client),
+        fold(
+            &mut client,
+            "stream_id LIKE 'acct-%' AND (payload->>'n')::int % 7 <> 0"
+        ),
+        "every event applied exactly once, the failing ones parked"
+    );
+    let reasons: Vec<String> = client
+        .query(
+            "SELECT last_reason FROM allsource.parked_events('projection')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        reasons.len(),
+        8,
+        "multiples of 7 among the committed events"
+    );
+    assert!(reasons[0].starts_with("cannot project 7"), "{reasons:?}");
+
+    // Fixed, and put back: each parked event is applied once.
+    client
+        .batch_execute("DELETE FROM public.broken; SELECT allsource.retry_parked('projection')")
+        .unwrap();
+    wait_until(
+        &mut client,
+        "SELECT sum(lag_events) = 0 AND sum(parked) = 0 FROM allsource.subscriptions()",
+        "the parked events handled",
+    );
+    assert_eq!(
+        projected(&mut client),
+        fold(&mut client, "stream_id LIKE 'acct-%'")
+    );
+    // Handler subscriptions are the workers' to consume.
+    let error = refused(&mut client, "SELECT * FROM allsource.receive('projection')");
+    assert_eq!(sqlstate(&error), "55000");
+}
+
+#[test]
+fn queue_handler_runs_as_its_owner_and_cannot_take_the_workers_rights() {
+    let mut client = crate::queue::fresh_queue_db();
+    let owner = Login::new("handler", "owner", "allsource_writer");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.calls (position bigint, by_role text);
+             GRANT INSERT ON public.calls TO {0};
+             CREATE FUNCTION public.record(e allsource.events) RETURNS void
+             LANGUAGE plpgsql SET search_path = public AS $$
+             BEGIN
+                 INSERT INTO calls VALUES (e.position, current_user);
+                 IF e.event_type = 'Escalate' THEN RESET ROLE; END IF;
+                 IF e.event_type = 'Become' THEN SET ROLE postgres; END IF;
+             END $$;
+             GRANT EXECUTE ON FUNCTION public.record(allsource.events) TO {0};",
+            owner.name
+        ))
+        .unwrap();
+    let mut as_owner = owner.connect(crate::queue::QUEUE_DB, "");
+    as_owner
+        .batch_execute(
+            "SELECT allsource.create_subscription('audit', handler => 'public.record(allsource.events)', max_attempts => 1);
+             SELECT allsource.append('a-1', 'Plain', '{}');
+             SELECT allsource.append('a-1', 'Escalate', '{}');
+             SELECT allsource.append('a-1', 'Become', '{}');",
+        )
+        .unwrap();
+    wait_until(
+        &mut client,
+        "SELECT sum(lag_events) = 0 FROM allsource.subscriptions()",
+        "every event handled or parked",
+    );
+    let by: Vec<String> = client
+        .query("SELECT by_role FROM public.calls", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        by,
+        std::slice::from_ref(&owner.name),
+        "run as the owner; the failed attempts left nothing"
+    );
+    let reasons: Vec<String> = as_owner
+        .query(
+            "SELECT last_reason FROM allsource.parked_events('audit') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.contains("role")),
+        "SET ROLE and RESET ROLE are refused: {reasons:?}"
+    );
+    // The owner without the right to execute its handler: refused at creation.
+    client
+        .batch_execute(
+            "REVOKE EXECUTE ON FUNCTION public.record(allsource.events) FROM PUBLIC, handler_owner",
+        )
+        .unwrap();
+    let error = refused(
+        &mut as_owner,
+        "SELECT allsource.create_subscription('again', handler => 'public.record(allsource.events)')",
+    );
+    assert_eq!(sqlstate(&error), "42501");
+}

@@ -62,14 +62,24 @@ fn member_of(subscription_id: i64, member: i32) -> Member {
     }
 }
 
-fn hold(subscription_id: i64, name: &str, member: i32) -> Result<()> {
-    require_preloaded("allsource.receive(), ack() and nack()")?;
+/// Takes the member for this session, or says who holds it.
+fn try_take(subscription_id: i64, member: i32) -> std::result::Result<(), Refusal> {
     if !EXIT_CALLBACK.with(|r| r.replace(true)) {
         // SAFETY: on_exit is a function of this library, which is never unloaded.
         unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
     }
     let alive = |holder: Holder| backend::pid_at(holder.procno) == holder.pid;
-    match leases().take(member_of(subscription_id, member), me(), alive) {
+    leases().take(member_of(subscription_id, member), me(), alive)
+}
+
+/// For the subscription workers: whether this session holds the member now.
+pub fn take(subscription_id: i64, member: i32) -> bool {
+    try_take(subscription_id, member).is_ok()
+}
+
+fn hold(subscription_id: i64, name: &str, member: i32) -> Result<()> {
+    require_preloaded("allsource.receive(), ack() and nack()")?;
+    match try_take(subscription_id, member) {
         Ok(()) => Ok(()),
         Err(Refusal::HeldBy(holder)) => Err(Error::new(
             sqlstate::OBJECT_IN_USE,

@@ -1,15 +1,20 @@
 //! Subscriptions: named consumers of the global log with server-side
 //! checkpoints. The SQL functions (`create_subscription`, `receive`, `ack`,
 //! `nack`, …) are written in SQL, in sql/finalize/subscriptions.sql, over the
-//! tables of sql/schema.sql; what needs shared memory is here: the members'
-//! leases ([`lease`]).
+//! tables of sql/schema.sql. Here: the members' leases ([`lease`], in shared
+//! memory), the handler call as the subscription's owner (`handler`), and
+//! the workers that run handler subscriptions (`worker`).
 
+mod handler;
 pub mod lease;
+mod worker;
 
-/// From `_PG_init`: the leases' shared memory, when preloading.
+/// From `_PG_init`, when preloading: the leases' shared memory and the
+/// subscription workers.
 pub fn init() {
     if crate::sql::backend::preloading() {
         lease::init();
+        worker::register();
     }
 }
 
