@@ -451,15 +451,15 @@ COMMENT ON FUNCTION allsource.verify_all_tenants() IS
 COMMENT ON FUNCTION allsource.verify_anchor(text, bigint, bytea) IS
     'verify_stream, and whether the stream still holds a head recorded earlier with stream_head (checksum at version): catches a cut-off tail or a removed tombstone.';
 
--- ===== Subscriptions (issue 18): tables, the members' leases (Rust), and
--- the functions of sql/finalize/subscriptions.sql.
+-- ===== Subscriptions (issue 18) (issue 18): tables, the members' leases and the
+-- handler call (Rust), and the functions of sql/finalize/subscriptions.sql.
 -- Subscriptions: named consumers of the global log (create_subscription).
 -- Their rows are dumped with the extension; the functions of
 -- sql/finalize/subscriptions.sql write them.
 CREATE SEQUENCE allsource.subscription_id;
 CREATE TABLE allsource.subscriptions (
     -- A subscription dropped and created again under its name is another.
-    subscription_id bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('allsource.subscription_id'),
+    subscription_id bigint      PRIMARY KEY DEFAULT nextval('allsource.subscription_id'),
     name            text        COLLATE "C" NOT NULL,
     tenant_id       text,
     categories      text[],
@@ -470,7 +470,7 @@ CREATE TABLE allsource.subscriptions (
     max_attempts    int         NOT NULL,
     -- The role that created it: a handler runs as that role.
     created_by      text        NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at      timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE allsource.subscriptions IS
     'Every subscription: its filters, members, handler and owner (create_subscription).';
@@ -510,7 +510,7 @@ CREATE TABLE allsource.parked_events (
     member      int         NOT NULL,
     attempts    int         NOT NULL,
     last_reason text,
-    parked_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    parked_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subscription_id, position)
 );
 COMMENT ON TABLE allsource.parked_events IS
@@ -519,6 +519,15 @@ COMMENT ON TABLE allsource.parked_events IS
 REVOKE ALL ON allsource.subscriptions, allsource.subscription_members, allsource.subscription_attempts,
     allsource.parked_events FROM PUBLIC;
 
+CREATE FUNCTION allsource."_call_handler"(
+	"handler" oid, /* pg_sys :: Oid */
+	"owner" TEXT, /* & str */
+	"event" anyelement /* AnyElement */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'call_handler_wrapper';
 CREATE FUNCTION allsource."_calling_role"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
@@ -662,7 +671,7 @@ BEGIN
         create_subscription.max_attempts);
     IF create_subscription.handler IS NOT NULL THEN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
-                       WHERE p.oid = create_subscription.handler AND p.prokind = 'f' AND p.pronargs = 1
+                       WHERE p.oid = create_subscription.handler AND p.prokind = 'f' AND p.pronargs = 1 AND NOT p.proretset
                          AND p.proargtypes[0] = 'allsource.events'::pg_catalog.regtype) THEN
             RAISE EXCEPTION 'invalid argument "handler": % must be a function taking one allsource.events row', create_subscription.handler
                 USING ERRCODE = '22023';
@@ -707,11 +716,39 @@ BEGIN
 END
 $$;
 
--- The member's next events: first those put back in front (failed and not
--- parked, or retried after parking) at or below the checkpoint, then the
--- events after it up to the watermark, parked ones left out. The member's
--- row is locked until the caller's transaction ends: a session that took the
--- lease over waits for an ack still in flight, and reads the checkpoint it set.
+-- The member's pending events, at most max_count: first those put back in
+-- front (failed and not parked, or retried after parking) at or below its
+-- checkpoint done, then the events after it up to the watermark upto,
+-- parked ones left out. What receive returns and the workers handle.
+CREATE FUNCTION allsource._pending(s allsource.subscriptions, member int, max_count int, done bigint, upto bigint)
+RETURNS SETOF allsource.events
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    returned bigint;
+BEGIN
+    RETURN QUERY
+        SELECT e.* FROM allsource.subscription_attempts a
+        JOIN allsource.events e ON e.position = a.position
+        WHERE a.subscription_id = s.subscription_id AND a.member = _pending.member AND a.position <= done
+        ORDER BY a.position LIMIT max_count;
+    GET DIAGNOSTICS returned = ROW_COUNT;
+    IF returned < max_count THEN
+        RETURN QUERY
+            SELECT e.* FROM allsource.events e
+            WHERE e.position > done AND e.position <= upto
+              AND allsource._delivers(s, _pending.member, e)
+              AND NOT EXISTS (SELECT FROM allsource.parked_events p
+                              WHERE p.subscription_id = s.subscription_id AND p.position = e.position)
+            ORDER BY e.position LIMIT max_count - returned;
+    END IF;
+END
+$$;
+
+-- The member's next events (see _pending). The member's row is locked until
+-- the caller's transaction ends: a session that took the lease over waits
+-- for an ack still in flight, and reads the checkpoint it set.
 CREATE FUNCTION allsource.receive(subscription text, max_count int DEFAULT 100, member int DEFAULT 0)
 RETURNS SETOF allsource.events
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -721,7 +758,6 @@ DECLARE
     s allsource.subscriptions;
     done bigint;
     upto bigint;
-    returned bigint;
 BEGIN
     PERFORM allsource._refuse_on_standby('allsource.receive()');
     s := allsource._subscription(receive.subscription);
@@ -734,21 +770,7 @@ BEGIN
     upto := allsource._watermark_for_read('allsource.receive');
     SELECT m.checkpoint INTO done FROM allsource.subscription_members m
     WHERE m.subscription_id = s.subscription_id AND m.member = receive.member FOR UPDATE;
-    RETURN QUERY
-        SELECT e.* FROM allsource.subscription_attempts a
-        JOIN allsource.events e ON e.position = a.position
-        WHERE a.subscription_id = s.subscription_id AND a.member = receive.member AND a.position <= done
-        ORDER BY a.position LIMIT receive.max_count;
-    GET DIAGNOSTICS returned = ROW_COUNT;
-    IF returned < receive.max_count THEN
-        RETURN QUERY
-            SELECT e.* FROM allsource.events e
-            WHERE e.position > done AND e.position <= upto
-              AND allsource._delivers(s, receive.member, e)
-              AND NOT EXISTS (SELECT FROM allsource.parked_events p
-                              WHERE p.subscription_id = s.subscription_id AND p.position = e.position)
-            ORDER BY e.position LIMIT receive.max_count - returned;
-    END IF;
+    RETURN QUERY SELECT * FROM allsource._pending(s, receive.member, receive.max_count, done, upto);
 END
 $$;
 
@@ -841,6 +863,81 @@ BEGIN
     INSERT INTO allsource.parked_events (subscription_id, position, member, attempts, last_reason)
     VALUES (s.subscription_id, _record_failure.position, _record_failure.member, tries, _record_failure.reason);
     RETURN 'parked';
+END
+$$;
+
+-- The subscription workers' work for one member, in the caller's (the
+-- worker's) transaction: each pending event goes to the handler, as the
+-- subscription's owner and for its tenant, in a subtransaction of its own;
+-- its effects and the checkpoint commit together. A failure rolls back that
+-- event's effects only and counts an attempt: the member stops there until
+-- its backoff is over ('retry'), or goes on past it ('parked'). Returns how
+-- many events were handled.
+CREATE FUNCTION allsource._handle(subscription_id bigint, member int, max_count int) RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s allsource.subscriptions;
+    done bigint;
+    upto bigint;
+    event allsource.events;
+    seen int := 0;
+    handled int := 0;
+    stopped boolean := false;
+    passed bigint;
+    retried bigint[] := '{}';
+    failure text;
+BEGIN
+    SELECT x.* INTO s FROM allsource.subscriptions x WHERE x.subscription_id = _handle.subscription_id;
+    IF NOT FOUND OR s.handler IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT m.checkpoint INTO done FROM allsource.subscription_members m
+    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    upto := allsource.watermark();
+    PERFORM pg_catalog.set_config('allsource.tenant', coalesce(s.tenant_id, ''), true);
+    FOR event IN SELECT * FROM allsource._pending(s, _handle.member, _handle.max_count, done, upto) LOOP
+        seen := seen + 1;
+        IF EXISTS (SELECT FROM allsource.subscription_attempts a
+                   WHERE a.subscription_id = s.subscription_id AND a.position = event.position
+                     AND a.retry_after > pg_catalog.clock_timestamp()) THEN
+            stopped := true;
+            EXIT;
+        END IF;
+        BEGIN
+            PERFORM allsource._call_handler(s.handler, s.created_by, event);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+            IF allsource._record_failure(s, _handle.member, event.position, failure) = 'retry' THEN
+                stopped := true;
+                EXIT;
+            END IF;
+            CONTINUE;
+        END;
+        handled := handled + 1;
+        IF event.position <= done THEN
+            retried := retried || event.position;
+        ELSE
+            passed := event.position;
+        END IF;
+    END LOOP;
+    DELETE FROM allsource.subscription_attempts a
+    WHERE a.subscription_id = s.subscription_id AND a.member = _handle.member
+      AND (a.position = ANY (retried) OR a.position <= passed);
+    -- Everything pending up to the watermark was handled: the checkpoint
+    -- moves to the watermark, past the events this member does not deliver.
+    IF NOT stopped AND seen < _handle.max_count THEN
+        passed := upto;
+    END IF;
+    UPDATE allsource.subscription_members m
+    SET checkpoint = GREATEST(m.checkpoint, coalesce(passed, m.checkpoint)),
+        acked_at = CASE WHEN handled > 0 THEN pg_catalog.now() ELSE m.acked_at END
+    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member;
+    RETURN handled;
 END
 $$;
 
@@ -969,6 +1066,8 @@ REVOKE EXECUTE ON FUNCTION allsource._refuse_on_standby(text), allsource._subscr
     allsource._check_member(allsource.subscriptions, int),
     allsource._delivers(allsource.subscriptions, int, allsource.events),
     allsource._record_failure(allsource.subscriptions, int, bigint, text),
+    allsource._pending(allsource.subscriptions, int, int, bigint, bigint), allsource._handle(bigint, int, int),
+    allsource._call_handler(oid, text, anyelement),
     allsource._check_subscription(text, text[], text[], bigint, int, int), allsource._calling_role(),
     allsource._hold_member(bigint, text, int), allsource._release_member(bigint, int),
     allsource._member_holder(bigint, int),
@@ -985,6 +1084,18 @@ TO allsource_reader, allsource_writer;
 GRANT EXECUTE ON FUNCTION allsource.create_subscription(text, text[], text[], bigint, int, regprocedure, int),
     allsource.drop_subscription(text), allsource.retry_parked(text, bigint)
 TO allsource_writer;
+
+-- The subscription workers run _handle as allsource_worker: what it reads and writes.
+GRANT SELECT ON allsource.subscriptions TO allsource_worker;
+GRANT SELECT, UPDATE ON allsource.subscription_members TO allsource_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON allsource.subscription_attempts TO allsource_worker;
+GRANT SELECT, INSERT ON allsource.parked_events TO allsource_worker;
+GRANT EXECUTE ON FUNCTION allsource._handle(bigint, int, int),
+    allsource._pending(allsource.subscriptions, int, int, bigint, bigint),
+    allsource._delivers(allsource.subscriptions, int, allsource.events),
+    allsource._record_failure(allsource.subscriptions, int, bigint, text),
+    allsource._call_handler(oid, text, anyelement)
+TO allsource_worker;
 
 DO $dump$
 BEGIN
