@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the client examples as tests: examples/python (psycopg 3), examples/node
+# Runs the client examples as tests: examples/python (psycopg 3; example.py and
+# the subscription consumer consumer.py), examples/node
 # (node-postgres) and examples/rust (tokio-postgres), each against the server in
 # DATABASE_URL, which needs AllSource installed and preloaded (scripts/run.sh
 # starts one). Each example creates the extension if absent and writes streams
@@ -43,6 +44,7 @@ run_example() {
     "$@" || failed+=("$name")
 }
 run_example Python "$VENV/bin/python" examples/python/example.py
+run_example "Python subscription consumer" "$VENV/bin/python" examples/python/consumer.py
 run_example Node.js node examples/node/example.js
 run_example Rust cargo run --quiet -p allsource-example
 

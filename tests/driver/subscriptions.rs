@@ -491,6 +491,7 @@ fn wait_until(client: &mut Client, sql: &str, what: &str) {
 }
 
 const PROJECTION: &str = "
+    DROP TABLE IF EXISTS public.broken, public.totals;
     CREATE TABLE public.broken (n int);
     INSERT INTO public.broken VALUES (7);
     CREATE TABLE public.totals (stream text PRIMARY KEY, events int NOT NULL, sum int NOT NULL);
@@ -615,6 +616,10 @@ fn queue_handler_projects_every_event_exactly_once_and_parks_what_fails() {
 #[test]
 fn queue_handler_runs_as_its_owner_and_cannot_take_the_workers_rights() {
     let mut client = crate::queue::fresh_queue_db();
+    // What an earlier run left (its role's grants would keep the role alive).
+    client
+        .batch_execute("DROP TABLE IF EXISTS public.calls")
+        .unwrap();
     let owner = Login::new("handler", "owner", "allsource_writer");
     client
         .batch_execute(&format!(
@@ -681,4 +686,8 @@ fn queue_handler_runs_as_its_owner_and_cannot_take_the_workers_rights() {
         "SELECT allsource.create_subscription('again', handler => 'public.record(allsource.events)')",
     );
     assert_eq!(sqlstate(&error), "42501");
+    drop(as_owner);
+    client
+        .batch_execute("DROP TABLE public.calls; DROP FUNCTION public.record(allsource.events)")
+        .unwrap();
 }

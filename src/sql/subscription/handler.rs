@@ -1,8 +1,8 @@
 //! Calling a subscription's handler as the role that created the
 //! subscription, never as the worker: `_call_handler` switches the current
 //! user for the call alone, in a way the handler cannot undo (`SET ROLE` and
-//! `RESET ROLE` are refused inside it), and checks that role's right to
-//! execute the handler, as calling it by name would.
+//! `RESET ROLE` are refused inside it); calling it by name makes PostgreSQL
+//! check that role's right to execute it.
 
 use pgrx::prelude::*;
 use pgrx::AnyElement;
@@ -16,29 +16,30 @@ fn call_handler(handler: pg_sys::Oid, owner: &str, event: AnyElement) {
     // SAFETY: a syscache lookup inside the caller's transaction; a missing
     // role raises (the handler's attempt fails with that error).
     let role = unsafe { pg_sys::get_role_oid(owner.as_ptr(), false) };
-    let allowed: bool = Spi::get_one_with_args(
-        "SELECT pg_catalog.has_function_privilege($1, $2, 'EXECUTE')",
-        &[role.into(), handler.into()],
+    // Called by its qualified name, so the executor checks the owner's right
+    // to execute it and copes with whatever it returns (NULL for void SQL).
+    let name: String = Spi::get_one_with_args(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
+         WHERE p.oid OPERATOR(pg_catalog.=) $1",
+        &[handler.into()],
     )
     .ok()
     .flatten()
-    .unwrap_or(false);
-    if !allowed {
-        pgrx::error!(
-            "permission denied for the handler: role {} may not execute it",
-            owner.to_string_lossy()
-        );
-    }
+    .unwrap_or_else(|| pgrx::error!("the handler (function {handler:?}) no longer exists"));
+    let event_type = event.oid();
+    // SAFETY: the row datum PostgreSQL passed us, with its own type.
+    let argument = unsafe { pgrx::datum::DatumWithOid::new(event, event_type) };
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: saves this backend's user and security context, then acts as
     // `role` for the call; an error inside aborts the (sub)transaction,
     // which restores them, as PostgreSQL's SECURITY DEFINER calls do.
-    // OidFunctionCall1Coll calls a function of one argument with the row
-    // datum PostgreSQL passed us.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-        pg_sys::OidFunctionCall1Coll(handler, pg_sys::InvalidOid, event.datum());
-        pg_sys::SetUserIdAndSecContext(user, context);
     }
+    Spi::run_with_args(&format!("SELECT {name}($1)"), &[argument])
+        .unwrap_or_else(|e| pgrx::error!("calling the handler {name}: {e}"));
+    // SAFETY: restores what was saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
 }
