@@ -691,3 +691,61 @@ fn queue_handler_runs_as_its_owner_and_cannot_take_the_workers_rights() {
         .batch_execute("DROP TABLE public.calls; DROP FUNCTION public.record(allsource.events)")
         .unwrap();
 }
+
+#[test]
+fn queue_handler_subscription_dropped_while_its_worker_runs_it() {
+    let mut client = crate::queue::fresh_queue_db();
+    client.batch_execute(PROJECTION).unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM public.broken;
+             SELECT allsource.create_subscription('short_lived', handler => 'public.project(allsource.events)');",
+        )
+        .unwrap();
+    let writer = std::thread::spawn(|| {
+        let mut writer = crate::queue::queue_session();
+        for n in 0..300 {
+            writer
+                .execute(
+                    "SELECT allsource.append('acct-' || ($1::int % 5), 'Deposited', pg_catalog.jsonb_build_object('n', $1::int))",
+                    &[&n],
+                )
+                .unwrap();
+        }
+    });
+    wait_until(
+        &mut client,
+        "SELECT count(*) > 0 FROM public.totals",
+        "the worker handles events",
+    );
+    client
+        .batch_execute("SELECT allsource.drop_subscription('short_lived')")
+        .unwrap();
+    writer.join().unwrap();
+    let left: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM allsource.subscription_members)
+                  + (SELECT count(*) FROM allsource.subscription_attempts)
+                  + (SELECT count(*) FROM allsource.parked_events)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing of the subscription is left");
+    // The workers go on: a new subscription is handled from the start.
+    client
+        .batch_execute(
+            "TRUNCATE public.totals;
+             SELECT allsource.create_subscription('next', handler => 'public.project(allsource.events)');",
+        )
+        .unwrap();
+    wait_until(
+        &mut client,
+        "SELECT sum(lag_events) = 0 FROM allsource.subscriptions()",
+        "the new subscription caught up",
+    );
+    assert_eq!(
+        projected(&mut client),
+        fold(&mut client, "stream_id LIKE 'acct-%'")
+    );
+}
