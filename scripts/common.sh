@@ -127,10 +127,16 @@ BENCH_PAYLOAD='{"sku": "SKU-12345", "qty": 3, "price": 19.99, "currency": "EUR",
 # installs the release build and starts a fresh cluster in DIR, stopped on exit;
 # sets $port and $psql (an array: psql on the postgres database, bare output).
 bench_cluster() {
-    local dir=$1
     scripts/setup.sh
     log "building and installing the release build"
     install_extension --release
+    bench_cluster_start "$@"
+}
+
+# bench_cluster_start DIR PORT [extra lines]: bench_cluster without the setup
+# and the build, for a release build installed already.
+bench_cluster_start() {
+    local dir=$1
     cluster_stop "$dir"
     rm -rf "$dir"
     port=$(free_port "$2")

@@ -82,9 +82,9 @@ fsync = off"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres clients
     DATABASE_URL="postgresql://postgres@localhost:$port/clients" scripts/test_clients.sh
     if [[ " ${stress_versions[*]} " == *" $PG_MAJOR "* ]]; then
-        log "stress: 2 minutes of mixed load, crash-restarts of the postmaster, a backend and a worker"
+        log "stress: 2 minutes of mixed load and subscriptions, crash-restarts of the postmaster, a backend, an ingest worker and a subscription worker"
         cargo run --quiet -p allsource-stress -- --url "$ALLSOURCE_TEST_URL dbname=allsource_queue" \
-            --duration 2m --crashes 3 --pgdata "$DRIVER_DATA" --pg-bin "$PG_BIN"
+            --duration 2m --crashes 4 --pgdata "$DRIVER_DATA" --pg-bin "$PG_BIN"
     fi
 
     log "PostgreSQL $PG_MAJOR: without shared_preload_libraries"

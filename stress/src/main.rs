@@ -7,6 +7,7 @@ mod ledger;
 mod reader;
 mod server;
 mod shared;
+mod subscriber;
 mod writer;
 
 use rand::rngs::StdRng;
@@ -16,6 +17,7 @@ use server::{Fault, Server};
 use shared::{Counters, Mix, Shared};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use subscriber::Subscriptions;
 
 const USAGE: &str = "\
 allsource-stress: a mixed load against AllSource, with crashes on request.
@@ -31,11 +33,15 @@ USAGE: allsource-stress [OPTIONS]
   --hot-streams N        streams most writers fight over (default 10)
   --cold-streams N       streams written now and then (default 10000)
   --crashes N            crash-restarts spread over the run (default 0)
-  --faults LIST          what a crash kills, in turn: postmaster,backend,worker
-                         (default all three; postmaster needs --pgdata and --pg-bin)
+  --faults LIST          what a crash kills, in turn: postmaster,backend,worker,subscriber
+                         (default all four; postmaster needs --pgdata and --pg-bin;
+                         worker: an ingest worker, subscriber: a subscription worker)
   --pgdata DIR           the server's data directory (to restart it)
   --pg-bin DIR           the directory of pg_ctl
   --check-every D        also check this often without a crash (default 5m)
+  --subscriptions on|off a handler subscription projecting into a table and 3 external
+                         consumers of a 3-member subscription, checked with the rest
+                         (default on; needs allsource.subscription_workers >= 1)
   --conflict-rate R      share of writes with an impossible expected version (0.05)
   --rollback-rate R      share of explicit transactions rolled back (0.03)
   --long-rate R          share of transactions held open 0.2-2 s (0.01)
@@ -55,6 +61,7 @@ struct Options {
     pgdata: Option<PathBuf>,
     pg_bin: Option<PathBuf>,
     check_every: Duration,
+    subscriptions: bool,
     mix: Mix,
     max_memory_growth_kb: u64,
     seed: u64,
@@ -88,10 +95,16 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         hot: 10,
         cold: 10_000,
         crashes: 0,
-        faults: vec![Fault::Postmaster, Fault::Backend, Fault::Worker],
+        faults: vec![
+            Fault::Postmaster,
+            Fault::Backend,
+            Fault::Worker,
+            Fault::Subscriber,
+        ],
         pgdata: None,
         pg_bin: None,
         check_every: Duration::from_secs(300),
+        subscriptions: true,
         mix: Mix {
             conflict_rate: 0.05,
             rollback_rate: 0.03,
@@ -133,6 +146,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--pgdata" => options.pgdata = Some(value.into()),
             "--pg-bin" => options.pg_bin = Some(value.into()),
             "--check-every" => options.check_every = parse_duration(&value)?,
+            "--subscriptions" => {
+                options.subscriptions = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--subscriptions: on or off, not {value:?}")),
+                }
+            }
             "--conflict-rate" => options.mix.conflict_rate = rate(&value)?,
             "--rollback-rate" => options.mix.rollback_rate = rate(&value)?,
             "--long-rate" => options.mix.long_rate = rate(&value)?,
@@ -174,8 +194,9 @@ fn main() {
     }
 }
 
-/// Creates the extension if needed and makes sure the queue serves this database.
-fn prepare(server: &Server) -> Result<(), String> {
+/// Creates the extension if needed and makes sure the queue serves this
+/// database; creates the subscriptions (and checks their workers run here).
+fn prepare(server: &Server, subscriptions: bool) -> Result<Option<Subscriptions>, String> {
     let mut client = server
         .connect()
         .map_err(|e| format!("cannot connect to {:?}: {e}", server.url))?;
@@ -207,7 +228,25 @@ fn prepare(server: &Server) -> Result<(), String> {
             &[],
         )
         .map_err(|e| format!("enqueue does not work in this database ({workers} workers): {e}"))?;
-    Ok(())
+    if !subscriptions {
+        return Ok(None);
+    }
+    let handlers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'allsource subscription worker' \
+             AND datname = current_database()",
+            &[],
+        )
+        .map_err(|e| format!("looking for the subscription workers: {e}"))?
+        .get(0);
+    if handlers == 0 {
+        return Err(
+            "no subscription worker runs in this database: set allsource.subscription_workers \
+                    (or run with --subscriptions off)"
+                .into(),
+        );
+    }
+    subscriber::prepare(&mut client).map(Some)
 }
 
 fn run(options: &Options) -> Result<(), String> {
@@ -216,7 +255,7 @@ fn run(options: &Options) -> Result<(), String> {
         pgdata: options.pgdata.clone(),
         pg_bin: options.pg_bin.clone(),
     };
-    prepare(&server)?;
+    let subscriptions = prepare(&server, options.subscriptions)?;
     let mut streams: Vec<String> = (0..options.hot).map(|i| format!("hot-{i}")).collect();
     streams.extend((0..options.cold).map(|i| format!("cold-{i}")));
     let readers = (0..options.readers)
@@ -229,6 +268,7 @@ fn run(options: &Options) -> Result<(), String> {
         options.hot,
         Mix { ..options.mix },
         readers,
+        subscriptions,
     );
     println!(
         "allsource-stress: {} writers, {} readers, {} hot + {} cold streams, {:?}, {} crash-restarts ({:?}), seed {}",
@@ -242,6 +282,12 @@ fn run(options: &Options) -> Result<(), String> {
         for reader in &shared.readers {
             let shared = &shared;
             scope.spawn(move || reader.run(shared));
+        }
+        if let Some(subscriptions) = &shared.subscriptions {
+            for member in &subscriptions.members {
+                let shared = &shared;
+                scope.spawn(move || member.run(shared, subscriptions));
+            }
         }
         let outcome = conduct(&shared, options);
         if let Err(message) = &outcome {
@@ -268,6 +314,7 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
     let mut last_progress = (Instant::now(), 0u64);
     let mut memory = Memory::default();
     let mut first_bytes_per_event = None;
+    let mut monitor = None;
     let last_report = loop {
         std::thread::sleep(Duration::from_millis(500));
         if let Some(anomaly) = shared.first_anomaly() {
@@ -283,6 +330,7 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
                 crashes_done,
                 options.crashes,
                 checks,
+                &mut monitor,
             );
         }
         let finished = elapsed >= options.duration;
@@ -303,7 +351,7 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
                 options.crashes
             );
         }
-        let report = paused_check(shared, &mut checked_positions)?;
+        let (report, subscriptions) = paused_check(shared, &mut checked_positions, finished)?;
         checks += 1;
         next_check = started.elapsed() + options.check_every;
         first_bytes_per_event.get_or_insert(report.bytes_per_event);
@@ -317,8 +365,18 @@ fn conduct(shared: &Shared, options: &Options) -> Result<(), String> {
             report.events,
             report.bytes_per_event
         );
+        if let Some(s) = &subscriptions {
+            println!(
+                "[{:>6.0}s]   subscriptions: the projection of {} events in {} streams equals the fold of read_all up to {}, none parked; the consumers received all {} matching events up to their acks",
+                started.elapsed().as_secs_f64(),
+                s.applied,
+                s.streams,
+                if finished { "the watermark (lag 0)".to_string() } else { format!("its checkpoint {}", s.checkpoint) },
+                s.consumed
+            );
+        }
         if finished {
-            break report;
+            break (report, subscriptions);
         }
     };
     memory.end_of_lifetime();
@@ -348,15 +406,30 @@ fn crash_times(options: &Options) -> Vec<Duration> {
 
 /// Waits for the server, pauses the writers and checks. A session lost
 /// during the check (the crash-restart it follows may still be under way)
-/// means checking again: a check changes nothing until it passes.
-fn paused_check(shared: &Shared, checked_positions: &mut i64) -> Result<check::Report, String> {
+/// means checking again: a check changes nothing until it passes. At the
+/// end, the subscriptions are first given time to catch up (lag 0).
+fn paused_check(
+    shared: &Shared,
+    checked_positions: &mut i64,
+    finished: bool,
+) -> Result<(check::Report, Option<subscriber::Report>), String> {
     let _paused = shared.gate.write().unwrap();
     for _ in 0..10 {
         let mut client = shared
             .server
             .reconnect(Duration::from_secs(300))
             .ok_or("the server did not come back within 5 minutes")?;
-        match check::check(shared, &mut client, checked_positions) {
+        let outcome = check::check(shared, &mut client, checked_positions).and_then(|report| {
+            let Some(subscriptions) = &shared.subscriptions else {
+                return Ok((report, None));
+            };
+            if finished {
+                subscriber::wait_for_no_lag(subscriptions, &mut client, Duration::from_secs(600))?;
+            }
+            let s = subscriber::check(subscriptions, &mut client, finished)?;
+            Ok((report, Some(s)))
+        });
+        match outcome {
             Err(_) if client.is_closed() => std::thread::sleep(Duration::from_secs(1)),
             outcome => return outcome,
         }
@@ -371,6 +444,7 @@ fn progress(
     crashes: u32,
     planned: u32,
     checks: u32,
+    monitor: &mut Option<postgres::Client>,
 ) -> (Instant, u64) {
     let acked = shared.ledger.lock().unwrap().acked_total;
     let rate = (acked - last.1) as f64 / last.0.elapsed().as_secs_f64();
@@ -395,7 +469,42 @@ fn progress(
         Counters::get(&c.lost_connections),
         ledger.in_doubt.len(),
     );
+    if let Some(subscriptions) = &shared.subscriptions {
+        println!(
+            "          subscriptions: {}; consumers received {} (duplicates {}), acked up to {:?}, member held {}",
+            subscription_lag(shared, monitor),
+            subscriptions.members.iter().map(|m| m.state.lock().unwrap().received_total).sum::<u64>(),
+            subscriptions.members.iter().map(|m| m.state.lock().unwrap().duplicates).sum::<u64>(),
+            subscriptions.members.iter().map(|m| m.state.lock().unwrap().acked).collect::<Vec<_>>(),
+            Counters::get(&subscriptions.held),
+        );
+    }
     (Instant::now(), acked)
+}
+
+/// The subscriptions' lag and parked events, from a session kept for it
+/// (opened again after a crash; a slow answer is given up after 3 s).
+fn subscription_lag(shared: &Shared, monitor: &mut Option<postgres::Client>) -> String {
+    if monitor.is_none() {
+        *monitor = shared.server.connect().ok().and_then(|mut client| {
+            client
+                .batch_execute("SET statement_timeout = '3s'")
+                .ok()
+                .map(|()| client)
+        });
+    }
+    let Some(client) = monitor.as_mut() else {
+        return "lag unknown (no session)".into();
+    };
+    match subscriber::lag(client) {
+        Ok(lag) => lag,
+        Err(e) => {
+            if client.is_closed() {
+                *monitor = None;
+            }
+            format!("lag unknown ({e})")
+        }
+    }
 }
 
 /// Private memory of writer 0's backend: after warm-up and at the end of
@@ -456,7 +565,7 @@ fn summary(
     checks: u32,
     memory: &Memory,
     first_bytes_per_event: Option<f64>,
-    last: &check::Report,
+    last: &(check::Report, Option<subscriber::Report>),
 ) {
     let ledger = shared.ledger.lock().unwrap();
     let c = &shared.counters;
@@ -493,6 +602,24 @@ fn summary(
             progress.cursor
         );
     }
+    if let Some(subscriptions) = &shared.subscriptions {
+        println!(
+            "  projection (handler subscription): {} events in {} streams, each applied once in stream order, none parked",
+            last.1.as_ref().map_or(0, |s| s.applied),
+            last.1.as_ref().map_or(0, |s| s.streams)
+        );
+        for member in &subscriptions.members {
+            let state = member.state.lock().unwrap();
+            println!(
+                "  consumer of member {}: {} received, {} of them again after a lost session, acked up to {}, none skipped",
+                member.number, state.received_total, state.duplicates, state.acked
+            );
+        }
+        println!(
+            "  consumers refused a member still held (55006): {}",
+            Counters::get(&subscriptions.held)
+        );
+    }
     println!("  crashes survived: {crashes}; checks passed: {checks}");
     for (i, (first, last)) in memory.lifetimes.iter().enumerate() {
         println!("  backend memory (writer 0, private), lifetime {}: {first} kB after warm-up, {last} kB at the end", i + 1);
@@ -500,7 +627,7 @@ fn summary(
     if let Some(first) = first_bytes_per_event {
         println!(
             "  disk: {first:.0} bytes/event at the first check, {:.0} at the last ({} events)",
-            last.bytes_per_event, last.events
+            last.0.bytes_per_event, last.0.events
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The server under test: connections that survive restarts, the faults the
-//! run injects (kill -9 of the postmaster, a backend or an ingest worker),
+//! run injects (kill -9 of the postmaster, a backend, an ingest worker or a
+//! subscription worker),
 //! and the memory of a backend.
 
 use postgres::{Client, NoTls};
@@ -14,6 +15,8 @@ pub enum Fault {
     Postmaster,
     Backend,
     Worker,
+    /// A subscription worker (the projection's handler runs in it).
+    Subscriber,
 }
 
 impl Fault {
@@ -22,8 +25,9 @@ impl Fault {
             "postmaster" => Ok(Fault::Postmaster),
             "backend" => Ok(Fault::Backend),
             "worker" => Ok(Fault::Worker),
+            "subscriber" => Ok(Fault::Subscriber),
             other => Err(format!(
-                "unknown fault {other:?}: use postmaster, backend or worker"
+                "unknown fault {other:?}: use postmaster, backend, worker or subscriber"
             )),
         }
     }
@@ -69,6 +73,10 @@ impl Server {
             ),
             Fault::Worker => self
                 .kill_one("SELECT pid FROM allsource.ingest_workers() ORDER BY random() LIMIT 1"),
+            Fault::Subscriber => self.kill_one(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'allsource subscription worker' \
+                 AND datname = current_database() ORDER BY random() LIMIT 1",
+            ),
         }
     }
 

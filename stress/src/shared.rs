@@ -3,6 +3,7 @@
 use crate::ledger::Ledger;
 use crate::reader::Reader;
 use crate::server::Server;
+use crate::subscriber::Subscriptions;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -48,6 +49,8 @@ pub struct Shared {
     /// exclusively, so it sees no operation half done.
     pub gate: RwLock<()>,
     pub readers: Vec<Reader>,
+    /// `None` with `--no-subscriptions`.
+    pub subscriptions: Option<Subscriptions>,
     pub counters: Counters,
     /// The backend of writer 0, whose memory the run watches.
     pub probe_pid: AtomicI32,
@@ -63,6 +66,7 @@ impl Shared {
         hot: usize,
         mix: Mix,
         readers: Vec<Reader>,
+        subscriptions: Option<Subscriptions>,
     ) -> Shared {
         Shared {
             server,
@@ -73,6 +77,7 @@ impl Shared {
             ledger: Mutex::new(Ledger::default()),
             gate: RwLock::new(()),
             readers,
+            subscriptions,
             counters: Counters::default(),
             probe_pid: AtomicI32::new(0),
             stop: AtomicBool::new(false),

@@ -116,19 +116,27 @@ pub fn sqlstate(error: &postgres::Error) -> String {
 /// Restarts the test server (fast shutdown) and waits until it accepts
 /// connections. scripts/test.sh says where it is.
 pub fn restart_server() {
-    let data = std::env::var("ALLSOURCE_TEST_PGDATA").expect("ALLSOURCE_TEST_PGDATA is not set");
+    pg_ctl(&["--mode=fast", "restart"]);
+}
+
+/// Starts the test server (after a crash: runs crash recovery) and waits
+/// until it accepts connections.
+pub fn start_server() {
+    pg_ctl(&["start"]);
+}
+
+/// The test server's data directory.
+pub fn server_data() -> String {
+    std::env::var("ALLSOURCE_TEST_PGDATA").expect("ALLSOURCE_TEST_PGDATA is not set")
+}
+
+fn pg_ctl(action: &[&str]) {
+    let data = server_data();
     let bin = std::env::var("ALLSOURCE_TEST_PG_BIN").expect("ALLSOURCE_TEST_PG_BIN is not set");
     let pg_ctl = format!("{bin}/pg_ctl");
     let log = format!("{data}/server.log");
-    let args = [
-        "--pgdata",
-        &data,
-        "--log",
-        &log,
-        "--mode=fast",
-        "--wait",
-        "restart",
-    ];
+    let mut args = vec!["--pgdata", &data, "--log", &log, "--wait"];
+    args.extend_from_slice(action);
     // PostgreSQL runs as postgres; root switches to it.
     let as_root = std::process::Command::new("id")
         .arg("-u")
@@ -149,5 +157,5 @@ pub fn restart_server() {
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "pg_ctl restart failed");
+    assert!(status.success(), "pg_ctl {action:?} failed");
 }

@@ -479,7 +479,7 @@ fn readers_consume_writers_create_and_tenants_see_their_own() {
 }
 
 /// Waits up to a minute until `sql` returns true.
-fn wait_until(client: &mut Client, sql: &str, what: &str) {
+pub fn wait_until(client: &mut Client, sql: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if client.query_one(sql, &[]).unwrap().get::<_, bool>(0) {
