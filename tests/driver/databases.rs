@@ -296,9 +296,20 @@ fn queue_a_database_created_while_running_is_served_and_can_be_dropped() {
     let mut client = first.connect();
     enqueue_and_await(&mut client, "first", 5);
 
+    // A database without the extension (anyone with CREATEDB can make one)
+    // gets no lanes and no ingest worker: the publisher the launcher starts
+    // there only looks and leaves.
+    let mut late = second.connect();
+    for _ in 0..15 {
+        assert!(
+            workers(&mut late, "allsource ingest worker").is_empty(),
+            "no ingest worker where the extension is not created"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
     // CREATE EXTENSION while the server runs: the queue works at once, the
     // publisher starts within seconds.
-    let mut late = second.connect();
     late.batch_execute("CREATE EXTENSION allsource").unwrap();
     enqueue_and_await(&mut late, "late", 5);
     eventually("the publisher of a new database", 5, || {
