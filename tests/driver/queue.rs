@@ -37,10 +37,9 @@ pub fn fresh_queue_db() -> Client {
 fn wait_for_workers(client: &mut Client) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        // No rows: the launcher has not claimed this database's lanes yet.
         let missing: i64 = client
             .query_one(
-                "SELECT count(*) FILTER (WHERE pid IS NULL) + (count(*) = 0)::int FROM allsource.ingest_workers()",
+                "SELECT count(*) FROM allsource.ingest_workers() WHERE pid IS NULL",
                 &[],
             )
             .unwrap()

@@ -322,11 +322,18 @@ fn ingest_workers() -> TableIterator<
     ),
 > {
     or_raise(require_preloaded("allsource.ingest_workers()"));
-    // This database's lanes; none where the workers do not serve.
-    let lanes = Queue::of_database(backend::database_id()).into_iter();
-    let rows: Vec<_> = lanes
-        .flat_map(|queue| queue.lanes())
-        .take(settings::INGEST_WORKERS.get() as usize)
+    let workers = settings::INGEST_WORKERS.get();
+    // Where the workers do not serve this database (yet), every one is stopped.
+    let Some(queue) = Queue::of_database(backend::database_id()) else {
+        let stopped = (0..workers).map(|n| {
+            let name = state_name(super::queue::STOPPED).to_string();
+            (n, None, name, 0, 0, 0, 0, 0, None, None, None)
+        });
+        return TableIterator::new(stopped.collect::<Vec<_>>());
+    };
+    let rows: Vec<_> = queue
+        .lanes()
+        .take(workers as usize)
         .map(|(n, lane)| {
             let running = lane.worker.load(Ordering::SeqCst) != 0;
             let blocked_at = lane.blocked_at.load(Ordering::SeqCst);
