@@ -356,4 +356,30 @@ fn queue_a_database_created_while_running_is_served_and_can_be_dropped() {
     });
     // The first was served throughout.
     enqueue_and_await(&mut client, "first-again", 5);
+
+    // CREATE DATABASE … TEMPLATE a served database needs it to itself too:
+    // its workers stop for the copy and start again after it.
+    drop(client);
+    let copy = format!("{}_copy", first.name());
+    let started = Instant::now();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {copy} TEMPLATE {}", first.name()))
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "CREATE DATABASE … TEMPLATE took {:?}",
+        started.elapsed()
+    );
+    admin
+        .batch_execute(&format!("DROP DATABASE {copy}"))
+        .unwrap();
+    let mut client = first.connect();
+    eventually("the first database's workers back", 10, || {
+        count(
+            &mut client,
+            "SELECT count(*) FROM allsource.ingest_workers() WHERE pid IS NULL",
+        ) == 0
+            && workers(&mut client, "allsource watermark publisher").len() == 1
+    });
+    enqueue_and_await(&mut client, "first-after-copy", 5);
 }

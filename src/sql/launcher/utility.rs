@@ -1,9 +1,12 @@
 //! What the launcher learns from other backends' utility statements.
-//! `DROP DATABASE` pauses the database's lane group and stops its workers
-//! before PostgreSQL looks for other sessions in the database (it waits up
-//! to five seconds for them to leave, then fails): the launcher starts
-//! nothing for a paused group, and the drop finds the workers gone or
-//! leaving. If the drop fails, the group serves again. A committed `CREATE
+//! `DROP DATABASE` (and the other statements that need a database to
+//! themselves: `ALTER DATABASE … RENAME TO`, `… SET TABLESPACE`, `CREATE
+//! DATABASE … TEMPLATE`) pauses the database's lane group and stops its
+//! workers before PostgreSQL looks for other sessions in the database (it
+//! waits up to five seconds for them to leave, then fails): the launcher
+//! starts nothing for a paused group, and the statement finds the workers
+//! gone or leaving. Afterwards (or if the drop fails) the group serves
+//! again, and the launcher starts its workers. A committed `CREATE
 //! EXTENSION allsource` or `CREATE DATABASE` makes the launcher look at
 //! every database at once, so a new database's workers start within a second.
 
@@ -35,34 +38,92 @@ pub(super) fn init() {
 }
 
 /// Runs the statement (`next`: the previous hook or PostgreSQL's own),
-/// with the database's workers stopped if it drops a database they serve.
+/// with a database's workers stopped if it needs that database to itself.
 ///
 /// # Safety
 /// `statement` is the utility statement PostgreSQL passed the hook.
 unsafe fn around(statement: *mut pg_sys::Node, next: impl FnOnce()) {
+    // SAFETY: as the caller promises.
+    let alone = unsafe { needs_alone(statement) };
+    let paused = alone.and_then(|(name, drops)| {
+        // SAFETY: a syscache lookup by a NUL-terminated name, inside the
+        // statement's transaction.
+        let database = unsafe { pg_sys::get_database_oid(name, true) };
+        pause(database).map(|group| (group, drops))
+    });
     // SAFETY: the node's tag says its type; its strings are NUL-terminated.
-    let paused = unsafe {
-        if pgrx::is_a(statement, NodeTag::T_DropdbStmt) {
-            let drop = statement as *mut pg_sys::DropdbStmt;
-            pause(pg_sys::get_database_oid((*drop).dbname, true))
-        } else {
-            let creates_extension = pgrx::is_a(statement, NodeTag::T_CreateExtensionStmt)
-                && CStr::from_ptr((*(statement as *mut pg_sys::CreateExtensionStmt)).extname)
-                    == c"allsource";
-            if creates_extension || pgrx::is_a(statement, NodeTag::T_CreatedbStmt) {
-                CREATED.set(true);
-            }
-            None
+    unsafe {
+        let creates_extension = pgrx::is_a(statement, NodeTag::T_CreateExtensionStmt)
+            && CStr::from_ptr((*(statement as *mut pg_sys::CreateExtensionStmt)).extname)
+                == c"allsource";
+        if creates_extension || pgrx::is_a(statement, NodeTag::T_CreatedbStmt) {
+            CREATED.set(true);
         }
-    };
+    }
     match paused {
         None => next(),
-        Some(group) => PgTryBuilder::new(AssertUnwindSafe(next))
-            .catch_others(|error| {
+        Some((group, drops)) => {
+            PgTryBuilder::new(AssertUnwindSafe(next))
+                .catch_others(|error| {
+                    group.resume();
+                    error.rethrow()
+                })
+                .execute();
+            // A dropped database's group is freed by the launcher once it is gone.
+            if !drops {
                 group.resume();
-                error.rethrow()
-            })
-            .execute(),
+            }
+        }
+    }
+}
+
+/// The database `statement` refuses to run on while other sessions are
+/// connected to it, and whether it drops it: DROP DATABASE, ALTER DATABASE
+/// … RENAME TO and … SET TABLESPACE, CREATE DATABASE … TEMPLATE.
+///
+/// # Safety
+/// `statement` is a utility statement PostgreSQL parsed.
+unsafe fn needs_alone(statement: *mut pg_sys::Node) -> Option<(*const c_char, bool)> {
+    // SAFETY: each node is read as the type its tag names.
+    unsafe {
+        if pgrx::is_a(statement, NodeTag::T_DropdbStmt) {
+            return Some(((*(statement as *mut pg_sys::DropdbStmt)).dbname, true));
+        }
+        if pgrx::is_a(statement, NodeTag::T_RenameStmt) {
+            let rename = statement as *mut pg_sys::RenameStmt;
+            return ((*rename).renameType == pg_sys::ObjectType::OBJECT_DATABASE)
+                .then(|| ((*rename).subname as *const c_char, false));
+        }
+        if pgrx::is_a(statement, NodeTag::T_AlterDatabaseStmt) {
+            let alter = statement as *mut pg_sys::AlterDatabaseStmt;
+            return option((*alter).options, c"tablespace")
+                .map(|_| ((*alter).dbname as *const c_char, false));
+        }
+        if pgrx::is_a(statement, NodeTag::T_CreatedbStmt) {
+            let create = statement as *mut pg_sys::CreatedbStmt;
+            let template = option((*create).options, c"template")?;
+            // DEFAULT (no argument) is template1, where nothing is served.
+            return (!(*template).arg.is_null())
+                .then(|| (pg_sys::defGetString(template) as *const c_char, false));
+        }
+        None
+    }
+}
+
+/// The option `name` of a statement's list of options.
+///
+/// # Safety
+/// `options` is NIL or a List of DefElem.
+unsafe fn option(options: *mut pg_sys::List, name: &CStr) -> Option<*mut pg_sys::DefElem> {
+    if options.is_null() {
+        return None;
+    }
+    // SAFETY: a List's `length` cells hold pointers, here to DefElems, whose
+    // names are NUL-terminated.
+    unsafe {
+        (0..(*options).length as usize)
+            .map(|i| (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem)
+            .find(|&def| CStr::from_ptr((*def).defname) == name)
     }
 }
 
