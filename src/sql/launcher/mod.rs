@@ -29,7 +29,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the launcher reads `pg_database`.
@@ -49,6 +49,8 @@ struct Launcher {
     pid: AtomicI32,
     /// A database or an extension was created: look at every database now.
     rescan: AtomicBool,
+    /// When a publisher last warned that every lane group is taken.
+    full_warned_at: AtomicI64,
 }
 
 // SAFETY: plain atomics, no pointers.
@@ -69,6 +71,7 @@ pub fn init() {
             procno: AtomicI32::new(0),
             pid: AtomicI32::new(0),
             rescan: AtomicBool::new(false),
+            full_warned_at: AtomicI64::new(0),
         }
     );
     background::Worker {
@@ -91,6 +94,17 @@ pub(crate) fn rescan_now() {
     if procno > 0 {
         wake(procno - 1, Some(launcher.pid.load(Ordering::SeqCst)));
     }
+}
+
+/// Whether to warn that every lane group is taken: at most once a minute,
+/// while the launcher looks at the database that got none every 10 s.
+pub(crate) fn may_warn_full() -> bool {
+    let last = &LAUNCHER.get().full_warned_at;
+    let (then, now) = (last.load(Ordering::SeqCst), backend::clock_timestamp());
+    now - then >= 60_000_000
+        && last
+            .compare_exchange(then, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
 }
 
 /// A database of `pg_database`.
@@ -139,9 +153,19 @@ pub extern "C-unwind" fn allsource_launcher_main(_argument: pg_sys::Datum) {
 struct Started {
     publishers: HashMap<pg_sys::Oid, Instant>,
     lanes: HashMap<(u32, u32), Instant>,
+    /// The last start failed for want of a worker slot (warned once).
+    short_of_slots: bool,
 }
 
 impl Started {
+    /// Warns once when starting workers begins to fail, until one starts.
+    fn record(&mut self, started: bool) {
+        if !started && !self.short_of_slots {
+            warning!("allsource launcher: no free background worker slot; raise max_worker_processes (each database the workers serve takes one for its publisher and one per ingest worker)");
+        }
+        self.short_of_slots = !started;
+    }
+
     /// Records a start now if the last was at least `after` ago.
     fn due<K: std::hash::Hash + Eq>(
         map: &mut HashMap<K, Instant>,
@@ -170,7 +194,7 @@ fn serve(database: pg_sys::Oid, rescan: bool, started: &mut Started) {
             PROBE_INTERVAL
         };
         if Started::due(&mut started.publishers, database, after) {
-            watermark::start_publisher(database);
+            started.record(watermark::start_publisher(database));
         }
         return;
     };
@@ -182,13 +206,13 @@ fn serve(database: pg_sys::Oid, rescan: bool, started: &mut Started) {
     if !backend::is_running(publisher)
         && Started::due(&mut started.publishers, database, RESTART_AFTER)
     {
-        watermark::start_publisher(database);
+        started.record(watermark::start_publisher(database));
     }
     for (lane_no, lane) in group.lanes().take(settings::INGEST_WORKERS.get() as usize) {
         if !backend::is_running(lane.worker_pid.load(Ordering::SeqCst))
             && Started::due(&mut started.lanes, (group.number(), lane_no), RESTART_AFTER)
         {
-            ingest::start_worker(group.number(), lane_no);
+            started.record(ingest::start_worker(group.number(), lane_no));
         }
     }
 }

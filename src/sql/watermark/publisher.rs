@@ -87,10 +87,12 @@ pub extern "C-unwind" fn allsource_publisher_main(argument: pg_sys::Datum) {
         // A publisher a moment older runs here already.
         Claim::Taken => return,
         Claim::Full => {
-            warning!(
+            if crate::sql::launcher::may_warn_full() {
+                warning!(
                 "allsource: every one of the allsource.max_databases ({}) lane groups serves another database: database \"{name}\" gets no ingest queue and no published watermark",
                 settings::MAX_DATABASES.get()
-            );
+                );
+            }
             return;
         }
     };
