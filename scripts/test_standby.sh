@@ -2,7 +2,8 @@
 # Hot standby and failover, on two local clusters of the installed build: a
 # primary and a streaming replica made with `pg_basebackup -R`, then
 # tests/scale_out/standby.py (reads and refused writes on the standby, a
-# follower on the standby under load with rollbacks, and a failover: kill -9
+# follower on the standby under load with rollbacks, the same in three
+# databases, and a failover: kill -9
 # of the primary under load with synchronous replication, promotion, nothing
 # acknowledged lost).
 #   scripts/test_standby.sh   PostgreSQL 15; AllSource installed (scripts/test.sh does it)
@@ -19,17 +20,20 @@ cluster_stop "$primary"
 rm -rf "$base"
 trap 'cluster_stop "$standby"; cluster_stop "$primary"' EXIT
 
-# The queue and the publisher in database store; publishing every 5 ms, so a
-# few seconds of load take many turns of it.
-settings="allsource.database = 'store'
-allsource.watermark_publish_interval_ms = 5
-max_wal_senders = 4"
+# The queue and the publisher in every database (store, store_b, store_c);
+# publishing every 5 ms, so a few seconds of load take many turns of it.
+# Per database a publisher, an ingest worker and a notifier, and the launcher.
+settings="allsource.watermark_publish_interval_ms = 5
+max_wal_senders = 4
+max_worker_processes = 16"
 primary_port=$(free_port $((TEST_PORT + 30)))
 log "standby test: primary on port $primary_port"
 cluster_start "$primary" "$primary_port" "$settings"
 psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --username=postgres)
-"${psql[@]}" --port="$primary_port" --dbname=postgres -c "CREATE DATABASE store"
-"${psql[@]}" --port="$primary_port" --dbname=store -c "CREATE EXTENSION allsource"
+for database in store store_b store_c; do
+    "${psql[@]}" --port="$primary_port" --dbname=postgres -c "CREATE DATABASE $database"
+    "${psql[@]}" --port="$primary_port" --dbname=$database -c "CREATE EXTENSION allsource"
+done
 
 standby_port=$(free_port $((primary_port + 1)))
 log "standby test: pg_basebackup -R, standby on port $standby_port"

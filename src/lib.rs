@@ -99,6 +99,7 @@ pub extern "C-unwind" fn _PG_init() {
     sql::stats::init();
     sql::ingest::init();
     sql::subscription::init();
+    sql::launcher::init();
 }
 
 /// Used by `cargo pgrx test` and the `#[pg_test]` functions.
@@ -108,6 +109,10 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'allsource'"]
+        // The workers serve only postgres, where the extension is not created.
+        vec![
+            "shared_preload_libraries = 'allsource'",
+            "allsource.database = 'postgres'",
+        ]
     }
 }

@@ -18,9 +18,15 @@ pub static ROLE_TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// Partition count, read by CREATE EXTENSION only (sql/schema.sql).
 static PARTITIONS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_PARTITIONS);
 
-/// The database the ingest workers append in.
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// The one database the workers serve; empty: every database with the extension.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The most databases the workers serve at once (each has its own lanes).
+pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
+
+/// The largest `allsource.max_databases`: ticket numbers interleave the
+/// databases' lanes, and stay apart across restarts only while they are few.
+pub const MAX_MAX_DATABASES: i32 = 64;
 
 /// Ingest workers, one per lane of the queue.
 pub static INGEST_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -173,9 +179,19 @@ pub fn register() {
 fn register_server_start_settings() {
     GucRegistry::define_string_guc(
         c"allsource.database",
-        c"Database in which the ingest workers append queued events.",
-        c"enqueue() works in this database only. Takes effect at server start.",
+        c"The only database AllSource's workers serve; empty: every database where the extension is created.",
+        c"Set: enqueue() works, and the watermark is published for hot standbys, in that database only. Takes effect at server start.",
         &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"allsource.max_databases",
+        c"The most databases AllSource's workers serve at once, each with its own ingest queue.",
+        c"Reserves that many times allsource.queue_size plus 40 bytes per allsource.ticket_results of shared memory, touched only as databases use it. Takes effect at server start.",
+        &MAX_DATABASES,
+        1,
+        MAX_MAX_DATABASES,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -221,12 +237,17 @@ fn register_server_start_settings() {
     );
 }
 
-/// `allsource.database`: where the ingest workers append.
-pub fn database() -> String {
+/// `allsource.database`: the one database the workers serve, if set.
+pub fn database() -> Option<String> {
     DATABASE
         .get()
         .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .filter(|d| !d.is_empty())
+}
+
+/// Whether the workers may serve the database named `name`.
+pub fn serves_database(name: &str) -> bool {
+    database().is_none_or(|only| only == name)
 }
 
 /// `allsource.max_event_bytes` as a byte count.

@@ -13,6 +13,12 @@ pub fn database_id() -> pg_sys::Oid {
     unsafe { pg_sys::MyDatabaseId }
 }
 
+/// Whether a process of this server with that pid runs now (0: none).
+pub fn is_running(pid: i32) -> bool {
+    // SAFETY: looks the pid up in the proc array, under its lock.
+    pid != 0 && unsafe { !pg_sys::BackendPidGetProc(pid).is_null() }
+}
+
 /// This process's pid (`MyProcPid`).
 pub fn process_id() -> i32 {
     // SAFETY: a plain global of this process, set when it starts.
@@ -68,16 +74,6 @@ pub fn database_name(oid: pg_sys::Oid) -> Option<String> {
         let name = pg_sys::get_database_name(oid);
         (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
     }
-}
-
-/// The OID of database `name`; `None` if there is none. Call inside a
-/// transaction: it reads the catalog.
-pub fn database_oid(name: &str) -> Option<pg_sys::Oid> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a syscache lookup by a NUL-terminated name, inside the
-    // caller's transaction; missing_ok returns InvalidOid instead of raising.
-    let oid = unsafe { pg_sys::get_database_oid(name.as_ptr(), true) };
-    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// The pid of the process that owns PGPROC number `procno` now (0: none).

@@ -32,6 +32,7 @@ mod delete;
 mod guard;
 pub mod ingest;
 mod jsonb;
+pub mod launcher;
 pub mod notify;
 mod partition;
 pub mod preload;

@@ -1,7 +1,9 @@
-//! The ingest queue's shared memory: one lane per worker, each a ring of
-//! encoded events and a table of ticket results, laid out at server start
-//! from `allsource.queue_size`, `allsource.ingest_workers` and
-//! `allsource.ticket_results`; and what `stats()` reads of it.
+//! The ingest queue's shared memory: `allsource.max_databases` lane groups,
+//! one per database the workers serve, claimed by that database's publisher
+//! and freed once the database is dropped. A group has one lane per worker,
+//! each a ring of encoded events and a table of ticket results, laid out at
+//! server start from `allsource.queue_size`, `allsource.ingest_workers` and
+//! `allsource.ticket_results`. Also what `stats()` reads of it.
 
 use crate::settings;
 use crate::sql::backend;
@@ -28,15 +30,28 @@ pub(crate) fn state_name(state: u32) -> &'static str {
     }
 }
 
+/// A lane group's states. Only a `SERVING` group's lanes are read by
+/// anyone but its claimer.
+pub(crate) const FREE: u32 = 0;
+pub(crate) const SERVING: u32 = 1;
+/// Its database is being dropped: nothing is started for it.
+pub(crate) const PAUSED: u32 = 2;
+
+/// The header of one database's lane group.
 #[repr(C, align(64))]
 pub(crate) struct QueueHeader {
+    pub(crate) state: AtomicU32,
+    /// The OID of the database the group serves (0 while free).
+    pub(crate) database: AtomicU32,
+    /// The pid of the database's publisher, which claimed the group.
+    pub(crate) publisher: AtomicI32,
+    /// The backend that paused the group (its DROP DATABASE).
+    pub(crate) paused_by: AtomicI32,
+    /// Where this group's ticket numbers start, set when it is claimed.
+    ticket_base: AtomicI64,
     pub(crate) lanes: u32,
     pub(crate) slots_per_lane: u64,
     pub(crate) cells_per_lane: u64,
-    pub(crate) tickets: Tickets,
-    /// The OID of `allsource.database`, published by the first worker that
-    /// connects (0 until then), so `enqueue` needs no catalog lookup.
-    pub(crate) database: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -68,7 +83,8 @@ pub(crate) struct Lane {
     pub(crate) blocked_at: AtomicI64,
 }
 
-/// The queue's shared memory: a header, the lanes, then each lane's slots and cells.
+/// One group's shared memory: a header, the lanes, then each lane's slots
+/// and cells; `allsource.max_databases` groups one after the other.
 struct Layout {
     lanes: u32,
     slots_per_lane: u64,
@@ -104,12 +120,19 @@ impl Layout {
         start + lane as usize * lane_bytes.next_multiple_of(64)
     }
 
+    fn group_bytes(&self) -> usize {
+        self.lane_data_offset(self.lanes).next_multiple_of(64)
+    }
+
     fn total(&self) -> usize {
-        self.lane_data_offset(self.lanes)
+        settings::MAX_DATABASES.get() as usize * self.group_bytes()
     }
 }
 
 static QUEUE_BASE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+/// Groups and the bytes of each, as laid out at startup.
+static mut GROUPS: u32 = 0;
+static mut GROUP_BYTES: usize = 0;
 static mut QUEUE_BYTES: usize = 0;
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
@@ -165,32 +188,51 @@ unsafe extern "C-unwind" fn create_shared_memory() {
         let base =
             pg_sys::ShmemInitStruct(c"allsource ingest queue".as_ptr(), QUEUE_BYTES, &mut found)
                 as *mut u8;
+        let layout = Layout::from_settings();
+        GROUPS = settings::MAX_DATABASES.get() as u32;
+        GROUP_BYTES = layout.group_bytes();
         if !found {
-            initialize(base, &Layout::from_settings());
+            for group in 0..GROUPS {
+                initialize_header(base.add(group as usize * GROUP_BYTES), &layout);
+            }
         }
         QUEUE_BASE.store(base, Ordering::SeqCst);
         pg_sys::LWLockRelease(init_lock);
     }
 }
 
-/// Writes an empty queue at `base`.
+/// Writes a free group's header at `base`; its lanes are written when a
+/// database claims it, so an unused group's pages are never touched.
 ///
 /// # Safety
-/// `base` points to `layout.total()` writable bytes, 64-byte aligned.
-unsafe fn initialize(base: *mut u8, layout: &Layout) {
-    let unix_micros =
-        allsource_core::checksum::unix_micros_from_postgres(backend::clock_timestamp());
-    // SAFETY: every write is at an offset of `layout` inside its total(), as
-    // the caller promises, and each offset is a multiple of 64, the largest
-    // alignment of the types written.
+/// `base` points to `layout.group_bytes()` writable bytes, 64-byte aligned.
+unsafe fn initialize_header(base: *mut u8, layout: &Layout) {
+    // SAFETY: as the caller promises.
     unsafe {
         (base as *mut QueueHeader).write(QueueHeader {
+            state: AtomicU32::new(FREE),
+            database: AtomicU32::new(0),
+            publisher: AtomicI32::new(0),
+            paused_by: AtomicI32::new(0),
+            ticket_base: AtomicI64::new(0),
             lanes: layout.lanes,
             slots_per_lane: layout.slots_per_lane,
             cells_per_lane: layout.cells_per_lane,
-            tickets: Tickets::starting_at(unix_micros, layout.lanes),
-            database: AtomicU32::new(0),
         });
+    }
+}
+
+/// Writes empty lanes into the group at `base`.
+///
+/// # Safety
+/// `base` is a group initialized by [`initialize_header`] that no other
+/// process reads or writes beyond its header's atomics: free, and claimed
+/// by the caller under the claim lock.
+unsafe fn initialize_lanes(base: *mut u8, layout: &Layout) {
+    // SAFETY: every write is at an offset of `layout` inside its
+    // group_bytes(), as the caller promises, and each offset is a multiple
+    // of 64, the largest alignment of the types written.
+    unsafe {
         let lanes = base.add(Layout::lanes_offset()) as *mut Lane;
         for lane in 0..layout.lanes {
             lanes.add(lane as usize).write(Lane {
@@ -224,17 +266,212 @@ unsafe fn initialize(base: *mut u8, layout: &Layout) {
     }
 }
 
-/// A view of the queue's shared memory.
+/// Serialises claiming and freeing groups across the server.
+struct ClaimLock(*mut pg_sys::LWLock);
+
+impl ClaimLock {
+    fn take() -> ClaimLock {
+        // SAFETY: AddinShmemInitLock (MainLWLockArray[21], as pgrx locks it),
+        // otherwise only held briefly while shared memory is created; an
+        // error while holding it releases it (LWLockReleaseAll).
+        unsafe {
+            let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            ClaimLock(lock)
+        }
+    }
+}
+
+impl Drop for ClaimLock {
+    fn drop(&mut self) {
+        // SAFETY: the lock taken in `take`, held by this process.
+        unsafe { pg_sys::LWLockRelease(self.0) };
+    }
+}
+
+/// What [`Queue::claim`] found.
+pub(crate) enum Claim {
+    Mine(Queue),
+    /// Another publisher runs for the database, or it is being dropped.
+    Taken,
+    /// Every group serves another database.
+    Full,
+}
+
+/// A view of one database's lane group.
 #[derive(Clone, Copy)]
 pub(crate) struct Queue {
     base: *mut u8,
+    group: u32,
 }
 
 impl Queue {
-    /// The queue, when preloaded.
-    pub(crate) fn get() -> Option<Queue> {
+    /// Group `group`, when preloaded.
+    pub(crate) fn group(group: u32) -> Option<Queue> {
         let base = QUEUE_BASE.load(Ordering::SeqCst);
-        (!base.is_null()).then_some(Queue { base })
+        // SAFETY: written once at startup, before QUEUE_BASE.
+        let (groups, bytes) = unsafe { (GROUPS, GROUP_BYTES) };
+        (!base.is_null() && group < groups).then(|| Queue {
+            // SAFETY: inside the segment: groups × bytes were reserved.
+            base: unsafe { base.add(group as usize * bytes) },
+            group,
+        })
+    }
+
+    /// Every group, when preloaded.
+    pub(crate) fn groups() -> impl Iterator<Item = Queue> {
+        (0..).map_while(Queue::group)
+    }
+
+    /// The group serving `database`, if one does.
+    pub(crate) fn of_database(database: pg_sys::Oid) -> Option<Queue> {
+        Queue::groups().find(|q| q.serves(database))
+    }
+
+    /// Whether this group serves `database` now.
+    pub(crate) fn serves(&self, database: pg_sys::Oid) -> bool {
+        // State first: a group's database is set before it starts serving.
+        self.state() == SERVING && self.database() == database
+    }
+
+    pub(crate) fn number(&self) -> u32 {
+        self.group
+    }
+
+    pub(crate) fn state(&self) -> u32 {
+        self.header().state.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn database(&self) -> pg_sys::Oid {
+        pg_sys::Oid::from(self.header().database.load(Ordering::SeqCst))
+    }
+
+    /// Claims a group for `database`'s publisher `pid` (0: for a backend of
+    /// it, which found none serving it): the one already serving it (for a
+    /// publisher, if the one before it died), or a free one, emptied.
+    pub(crate) fn claim(database: pg_sys::Oid, pid: i32) -> Claim {
+        let _lock = ClaimLock::take();
+        if let Some(mine) = Queue::groups().find(|q| q.state() != FREE && q.database() == database)
+        {
+            let publisher = mine.header().publisher.load(Ordering::SeqCst);
+            if mine.state() != SERVING || (pid != 0 && backend::is_running(publisher)) {
+                return Claim::Taken;
+            }
+            if pid != 0 {
+                mine.header().publisher.store(pid, Ordering::SeqCst);
+            }
+            return Claim::Mine(mine);
+        }
+        let Some(free) = Queue::groups().find(|q| q.state() == FREE) else {
+            return Claim::Full;
+        };
+        let header = free.header();
+        // SAFETY: a free group, which nobody reads beyond its header's
+        // atomics, and only we claim it, under the lock.
+        unsafe { initialize_lanes(free.base, &free.layout()) };
+        // Ticket numbers of group g are g modulo the number of groups, and
+        // start above every earlier claim's (they come from the clock).
+        let groups = i64::from(Queue::groups().count() as u32);
+        let clock = Tickets::starting_at(
+            allsource_core::checksum::unix_micros_from_postgres(backend::clock_timestamp()),
+            1,
+        )
+        .base
+        .max(header.ticket_base.load(Ordering::SeqCst) + 1);
+        header
+            .ticket_base
+            .store(clock + (groups - clock % groups) % groups, Ordering::SeqCst);
+        header.database.store(database.to_u32(), Ordering::SeqCst);
+        header.publisher.store(pid, Ordering::SeqCst);
+        header.state.store(SERVING, Ordering::SeqCst);
+        Claim::Mine(free)
+    }
+
+    /// Stops serving while this backend drops the database: the launcher
+    /// starts nothing for a paused group. False if it was not serving.
+    pub(crate) fn pause(&self) -> bool {
+        let paused = self
+            .header()
+            .state
+            .compare_exchange(SERVING, PAUSED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if paused {
+            self.header()
+                .paused_by
+                .store(backend::process_id(), Ordering::SeqCst);
+        }
+        paused
+    }
+
+    /// Serves again after [`pause`](Self::pause) (the DROP DATABASE failed).
+    pub(crate) fn resume(&self) {
+        let _ = self.header().state.compare_exchange(
+            PAUSED,
+            SERVING,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Serves again if the backend that paused the group is gone while its
+    /// database still exists (it died in the middle of its DROP DATABASE).
+    pub(crate) fn resume_if_abandoned(&self) {
+        if !backend::is_running(self.header().paused_by.load(Ordering::SeqCst)) {
+            self.resume();
+        }
+    }
+
+    /// Frees the group if its database is `database` and none of its workers runs.
+    pub(crate) fn free_if_idle(&self, database: pg_sys::Oid) -> bool {
+        let _lock = ClaimLock::take();
+        if self.state() == FREE
+            || self.database() != database
+            || self.workers().any(backend::is_running)
+        {
+            return false;
+        }
+        self.header().state.store(FREE, Ordering::SeqCst);
+        self.header().database.store(0, Ordering::SeqCst);
+        true
+    }
+
+    /// The pids recorded for the group's publisher and lane workers (0: none).
+    pub(crate) fn workers(self) -> impl Iterator<Item = i32> {
+        std::iter::once(self.header().publisher.load(Ordering::SeqCst)).chain(
+            self.lanes()
+                .map(|(_, lane)| lane.worker_pid.load(Ordering::SeqCst)),
+        )
+    }
+
+    /// The ticket of the entry at `position` of `lane`.
+    pub(crate) fn ticket(&self, lane: u32, position: u64) -> i64 {
+        self.tickets().ticket(TicketPlace {
+            lane: lane * self.group_count() + self.group,
+            position,
+        })
+    }
+
+    /// Where a ticket of this group lives; `None` for another group's, or
+    /// one of an earlier claim or run.
+    pub(crate) fn place(&self, ticket: i64) -> Option<TicketPlace> {
+        let place = self.tickets().place(ticket)?;
+        (place.lane % self.group_count() == self.group).then(|| TicketPlace {
+            lane: place.lane / self.group_count(),
+            position: place.position,
+        })
+    }
+
+    /// Lane `l` of group `g` is lane `l × groups + g` of the server's tickets.
+    fn tickets(&self) -> Tickets {
+        Tickets {
+            base: self.header().ticket_base.load(Ordering::SeqCst),
+            lanes: self.header().lanes * self.group_count(),
+        }
+    }
+
+    fn group_count(&self) -> u32 {
+        // SAFETY: written once at startup.
+        unsafe { GROUPS }
     }
 
     pub(crate) fn header(&self) -> &'static QueueHeader {
@@ -285,8 +522,8 @@ impl Queue {
         }
     }
 
-    pub(crate) fn lanes(&self) -> impl Iterator<Item = (u32, &'static Lane)> + '_ {
-        (0..self.header().lanes).map(|l| (l, self.lane(l)))
+    pub(crate) fn lanes(self) -> impl Iterator<Item = (u32, &'static Lane)> {
+        (0..self.header().lanes).map(move |l| (l, self.lane(l)))
     }
 
     pub(crate) fn lane_of(&self, stream_id: &str) -> u32 {
@@ -296,18 +533,18 @@ impl Queue {
 
 /// Events queued and not yet taken by a worker.
 pub fn queued_events() -> u64 {
-    Queue::get().map_or(0, |q| {
-        q.lanes()
-            .map(|(_, lane)| lane.queued.load(Ordering::Relaxed).max(0) as u64)
-            .sum()
-    })
+    Queue::groups()
+        .filter(|q| q.state() == SERVING)
+        .flat_map(|q| q.lanes())
+        .map(|(_, lane)| lane.queued.load(Ordering::Relaxed).max(0) as u64)
+        .sum()
 }
 
 /// Workers running now.
 pub fn workers_running() -> u32 {
-    Queue::get().map_or(0, |q| {
-        q.lanes()
-            .filter(|(_, lane)| lane.worker.load(Ordering::SeqCst) != 0)
-            .count() as u32
-    })
+    Queue::groups()
+        .filter(|q| q.state() == SERVING)
+        .flat_map(|q| q.lanes())
+        .filter(|(_, lane)| lane.worker.load(Ordering::SeqCst) != 0)
+        .count() as u32
 }

@@ -25,8 +25,8 @@ allsource-stress: a mixed load against AllSource, with crashes on request.
 USAGE: allsource-stress [OPTIONS]
 
   --url URL              libpq connection string (default: $ALLSOURCE_STRESS_URL or
-                         \"host=localhost user=postgres dbname=postgres\"); the database
-                         must be allsource.database for enqueue to work
+                         \"host=localhost user=postgres dbname=postgres\"); with
+                         allsource.database set, it must name this database for enqueue
   --duration D           how long to run: 90s, 30m, 7d (default 2m)
   --writers N            writer sessions (default 64)
   --readers N            sessions following read_all and read_category (default 4)

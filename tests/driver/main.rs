@@ -5,6 +5,7 @@
 mod bad_input;
 mod concurrency;
 mod crash;
+mod databases;
 mod integrity;
 mod lifecycle;
 mod limits;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hot standby and failover tests (scripts/test_standby.sh runs them).
 
-A primary and a streaming standby of it, both running AllSource in database
-"store". In order:
+A primary and a streaming standby of it, both running AllSource in three
+databases ("store", "store_b", "store_c": the workers serve every database
+with the extension). In order:
 1. the standby serves every read, verify_* and stats(), and sees what the
    primary wrote once its published watermark passes it;
 2. every write on the standby raises 25006 with a hint, and no AllSource worker
@@ -10,10 +11,13 @@ A primary and a streaming standby of it, both running AllSource in database
 3. a follower reading read_all on the standby, up to the standby's watermark,
    sees every committed event of the primary exactly once while writers on the
    primary commit, roll back and hold transactions open;
+3b. the same in the other two databases: each has its own published
+   watermark on the standby and its own follower there, while writers load
+   all three;
 4. failover: with synchronous replication, kill -9 of the primary under load,
    promotion of the standby: every acknowledged event is there, verify_all()
    is clean, appends continue at the right versions, the watermark does not go
-   back, and the workers start.
+   back, and the workers start, in every database.
 """
 
 import argparse
@@ -30,10 +34,12 @@ import support
 from support import expect_error, one, wait_until
 
 DATABASE = "store"
+# Databases with the extension besides DATABASE (scripts/test_standby.sh creates them).
+OTHER_DATABASES = ["store_b", "store_c"]
 
 
-def connect(port, autocommit=True):
-    return support.connect(port, DATABASE, autocommit=autocommit)
+def connect(port, autocommit=True, database=DATABASE):
+    return support.connect(port, database, autocommit=autocommit)
 
 
 def step(message):
@@ -120,8 +126,9 @@ class Writers:
     two streams that commit or roll back, transactions held open a while.
     Acknowledged events are kept as (stream, version, position)."""
 
-    def __init__(self, port, count, streams, rollback_rate=0.2, queued=False):
+    def __init__(self, port, count, streams, rollback_rate=0.2, queued=False, database=DATABASE):
         self.port, self.streams, self.rollback_rate = port, streams, rollback_rate
+        self.database = database
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.acknowledged = []
@@ -148,7 +155,7 @@ class Writers:
     def run(self, number):
         rng = random.Random(number)
         try:
-            conn = connect(self.port, autocommit=False)
+            conn = connect(self.port, autocommit=False, database=self.database)
             while not self.stop.is_set():
                 appended = []
                 # Streams in one order in every transaction: no deadlocks.
@@ -175,7 +182,7 @@ class Writers:
     def enqueue(self):
         rng = random.Random(-1)
         try:
-            conn = connect(self.port)
+            conn = connect(self.port, database=self.database)
             while not self.stop.is_set():
                 stream = self.stream(rng)
                 ticket = one(conn, "SELECT allsource.enqueue(%s, 'Queued', '{}')", (stream,))[0]
@@ -193,9 +200,9 @@ class Follower(threading.Thread):
     """Reads read_all on a server from a cursor, up to its watermark: every
     position once, ascending; the watermark it sees never goes back."""
 
-    def __init__(self, port):
+    def __init__(self, port, database=DATABASE):
         super().__init__(daemon=True)
-        self.port = port
+        self.port, self.database = port, database
         self.cursor = 0
         self.seen = []
         self.highest_watermark = 0
@@ -217,7 +224,7 @@ class Follower(threading.Thread):
 
     def run(self):
         try:
-            conn = connect(self.port)
+            conn = connect(self.port, database=self.database)
             while not self.stop.is_set():
                 if self.read_once(conn) == 0:
                     time.sleep(0.005)
@@ -261,6 +268,57 @@ def follower_on_the_standby(primary, standby, port_primary, port_standby):
         f"a follower on the standby read {len(follower.seen)} committed events once each, in order, "
         f"while {writers.rolled_back} rolled back (watermark up to {follower.highest_watermark})"
     )
+
+
+def every_database(port_primary, port_standby):
+    """In each other database: its own watermark published for the
+    standby, and a follower on the standby reading every committed event
+    once, in order, while writers load every database at once."""
+    databases = [DATABASE] + OTHER_DATABASES
+    for database in OTHER_DATABASES:
+        primary, standby = connect(port_primary, database=database), connect(port_standby, database=database)
+        primary.execute(f"SELECT allsource.append('{database}-1', 'Placed', '{{}}')")
+        ticket = one(primary, f"SELECT allsource.enqueue('{database}-2', 'Queued', '{{}}')")[0]
+        assert one(primary, "SELECT status FROM allsource.await_ticket(%s)", (ticket,))[0] == "committed"
+        mark = caught_up(primary, standby)
+        assert one(standby, "SELECT position FROM allsource.published_watermark")[0] == mark
+        streams = [stream for (stream,) in standby.execute("SELECT stream_id FROM allsource.read_all(0, 100)")]
+        assert streams == [f"{database}-1", f"{database}-2"], streams
+        publishers = one(
+            primary,
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE backend_type = 'allsource watermark publisher' AND datname = current_database()""",
+        )[0]
+        assert publishers == 1, publishers
+    step(f"each of {len(databases)} databases has its own queue and its own watermark on the standby")
+
+    starts = {d: one(connect(port_standby, database=d), "SELECT allsource.watermark()")[0] for d in databases}
+    followers = {d: Follower(port_standby, database=d) for d in databases}
+    for database, follower in followers.items():
+        follower.cursor = starts[database]
+        follower.start()
+    writers = {
+        d: Writers(port_primary, count=2, streams=20, queued=True, database=d).start() for d in databases
+    }
+    time.sleep(4)
+    for database in databases:
+        writers[database].finish()
+        assert not writers[database].errors, writers[database].errors
+    for database in databases:
+        primary, standby = connect(port_primary, database=database), connect(port_standby, database=database)
+        caught_up(primary, standby)
+        follower = followers[database]
+        follower.finish()
+        while follower.read_once(standby):
+            pass
+        on_primary = [p for (p,) in primary.execute(
+            "SELECT position FROM allsource.events WHERE position > %s ORDER BY position", (starts[database],)
+        )]
+        committed = sorted(position for _, _, position in writers[database].acknowledged)
+        assert follower.seen == on_primary == committed, (
+            database, len(follower.seen), len(on_primary), len(committed)
+        )
+        step(f"{database}: a follower on the standby read {len(follower.seen)} committed events once each, in order")
 
 
 def kill_9(data_dir):
@@ -368,7 +426,16 @@ def failover(args, primary, standby):
         lambda: one(standby, "SELECT position FROM allsource.published_watermark")[0]
         == one(standby, "SELECT allsource.watermark()")[0],
     )
-    step("the workers started after promotion: the queue appends and the watermark is published")
+    for database in OTHER_DATABASES:
+        promoted = connect(args.standby_port, database=database)
+        ticket = one(promoted, "SELECT allsource.enqueue('after-failover', 'Queued', '{}')")[0]
+        assert one(promoted, "SELECT status FROM allsource.await_ticket(%s)", (ticket,))[0] == "committed"
+        wait_until(
+            f"the new primary to publish the watermark of {database}",
+            lambda: one(promoted, "SELECT position FROM allsource.published_watermark")[0]
+            == one(promoted, "SELECT allsource.watermark()")[0],
+        )
+    step("the workers started after promotion in every database: the queues append, the watermarks are published")
 
 
 def main():
@@ -383,6 +450,7 @@ def main():
     assert one(standby, "SELECT pg_is_in_recovery()")[0], "the standby is not in recovery"
     reads_and_refused_writes(primary, standby)
     follower_on_the_standby(primary, standby, args.primary_port, args.standby_port)
+    every_database(args.primary_port, args.standby_port)
     failover(args, primary, standby)
     print("standby: all checks passed")
 

@@ -1,5 +1,5 @@
-//! AllSource's background workers (the ingest workers, the notifier, the
-//! watermark publisher) are registered, started, signalled and put to sleep
+//! AllSource's background workers (the launcher, the ingest workers, the
+//! notifier, the watermark publisher) are registered, started, signalled and put to sleep
 //! the same way: through this module. What they report about themselves is
 //! in [`report`]; what makes their SQL safe, in [`session`].
 
@@ -52,8 +52,10 @@ impl Worker<'_> {
 
 /// The database a worker connects to.
 pub enum Database<'a> {
-    Named(&'a str),
     Oid(pg_sys::Oid),
+    Named(&'a str),
+    /// None: only the shared catalogs can be read (the launcher).
+    None,
 }
 
 /// The first thing a worker does: takes SIGHUP and SIGTERM, connects to
@@ -61,8 +63,9 @@ pub enum Database<'a> {
 pub fn connect(database: Database) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     match database {
-        Database::Named(name) => BackgroundWorker::connect_worker_to_spi(Some(name), None),
         Database::Oid(oid) => BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None),
+        Database::Named(name) => BackgroundWorker::connect_worker_to_spi(Some(name), None),
+        Database::None => BackgroundWorker::connect_worker_to_spi(None, None),
     }
     session::pin_search_path();
 }

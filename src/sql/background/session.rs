@@ -40,7 +40,7 @@ pub fn as_worker_role<T>(work: impl FnOnce() -> T) -> Result<T> {
             "role \"allsource_worker\" does not exist",
         )
         .with_detail("AllSource's background workers write as that role, which CREATE EXTENSION allsource (0.4.0 or later) creates.")
-        .with_hint("Run ALTER EXTENSION allsource UPDATE in allsource.database."));
+        .with_hint("Run ALTER EXTENSION allsource UPDATE in this database."));
     }
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: saves and sets this backend's current user, as

@@ -7,12 +7,13 @@ use crate::sql::append::new_event;
 use crate::sql::backend;
 use crate::sql::background;
 use crate::sql::jsonb::JsonbText;
+use crate::sql::launcher;
 use crate::sql::preload::require_preloaded;
-use crate::sql::queue::{state_name, Lane, Queue};
+use crate::sql::queue::{state_name, Claim, Lane, Queue};
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::tenant;
-use crate::sql::{stats, wake};
+use crate::sql::{select_one, stats, wake};
 use allsource_core::error::{sqlstate, Error, Result, SqlState};
 use allsource_core::ingest::{tenant_tag, Lookup, QueuedEvent, ResultCell, Status, TicketPlace};
 use allsource_core::ring::{PushError, SLOT_BYTES};
@@ -22,11 +23,13 @@ use pgrx::Uuid;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// The queue, if this session may use it.
-fn queue_here(function: &str) -> Result<Queue> {
+/// This database's lane group, if this session may use it. The first
+/// `enqueue` (`claim`) in a database the workers may serve but do not yet
+/// (they start a moment after CREATE EXTENSION or a server start) claims
+/// the group itself and wakes the launcher, which starts the workers.
+fn queue_here(function: &str, claim: bool) -> Result<Queue> {
     refuse_on_standby(function)?;
     require_preloaded(function)?;
-    let queue = Queue::get().expect("preloaded: the queue exists");
     if settings::INGEST_WORKERS.get() == 0 {
         return Err(Error::new(
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -34,19 +37,48 @@ fn queue_here(function: &str) -> Result<Queue> {
         )
         .with_hint("Set allsource.ingest_workers to 1 or more and restart PostgreSQL."));
     }
-    let database = settings::database();
-    let serving = match queue.header().database.load(Ordering::Relaxed) {
-        0 => backend::database_oid(&database),
-        oid => Some(pg_sys::Oid::from(oid)),
-    };
-    if serving != Some(backend::database_id()) {
+    let database = backend::database_id();
+    if let Some(queue) = Queue::of_database(database) {
+        return Ok(queue);
+    }
+    let here = backend::database_name(database).unwrap_or_default();
+    if let Some(only) = settings::database().filter(|only| *only != here) {
         return Err(Error::new(
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("{function} works only in database \"{database}\", where the ingest workers append"),
+            format!("{function} works only in database \"{only}\", where the ingest workers append"),
         )
         .with_hint("Connect to that database, or set allsource.database to this one and restart PostgreSQL."));
     }
-    Ok(queue)
+    // The launcher serves connectable databases that are not templates.
+    let servable = select_one::<bool>(
+        "SELECT datallowconn AND NOT datistemplate FROM pg_catalog.pg_database \
+         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+    ) == Some(true);
+    if claim && servable {
+        match Queue::claim(database, 0) {
+            Claim::Mine(queue) => {
+                launcher::rescan_now();
+                return Ok(queue);
+            }
+            Claim::Full => {
+                return Err(Error::new(
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("{function}: the ingest workers serve allsource.max_databases ({}) other databases already", settings::MAX_DATABASES.get()),
+                )
+                .with_hint("Raise allsource.max_databases (and max_worker_processes) and restart PostgreSQL, or drop a database the workers serve."));
+            }
+            Claim::Taken => {}
+        }
+    }
+    Err(Error::new(
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("{function}: the ingest workers do not serve database \"{here}\""),
+    )
+    .with_detail(if servable {
+        "Nothing was enqueued in it since the server started, or it is being dropped."
+    } else {
+        "They serve databases that allow connections and are not templates."
+    }))
 }
 
 /// Queues an event for a background worker to append; returns its ticket at once.
@@ -64,7 +96,7 @@ fn enqueue(
         let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
         let tenant = tenant::session_tenant()?;
-        let queue = queue_here("allsource.enqueue()")?;
+        let queue = queue_here("allsource.enqueue()", true)?;
         let entry = QueuedEvent {
             stream_id: stream_id.to_string(),
             expected,
@@ -83,16 +115,12 @@ fn push(queue: Queue, lane_no: u32, entry: &QueuedEvent) -> Result<i64> {
     let bytes = entry.encode();
     let lane = queue.lane(lane_no);
     let ring = queue.ring(lane_no);
-    let tickets = queue.header().tickets;
     let deadline =
         Instant::now() + Duration::from_millis(settings::ENQUEUE_TIMEOUT_MS.get() as u64);
     loop {
         lane.producers.fetch_add(1, Ordering::SeqCst);
         let pushed = ring.push_with(&bytes, |position| {
-            let ticket = tickets.ticket(TicketPlace {
-                lane: lane_no,
-                position,
-            });
+            let ticket = queue.ticket(lane_no, position);
             queue
                 .cell(TicketPlace {
                     lane: lane_no,
@@ -110,10 +138,7 @@ fn push(queue: Queue, lane_no: u32, entry: &QueuedEvent) -> Result<i64> {
                     wake_worker(lane);
                 }
                 stats::enqueued();
-                return Ok(tickets.ticket(TicketPlace {
-                    lane: lane_no,
-                    position,
-                }));
+                return Ok(queue.ticket(lane_no, position));
             }
             Err(PushError::TooLarge {
                 slots_needed,
@@ -175,12 +200,11 @@ fn await_ticket(
     let status = or_raise((|| {
         let ticket = allsource_core::validate::required("ticket", ticket)?;
         let timeout_ms = allsource_core::validate::non_negative("timeout_ms", timeout_ms)?;
-        let queue = queue_here("allsource.await_ticket()")?;
+        let queue = queue_here("allsource.await_ticket()", false)?;
         // Another tenant's ticket is answered as one never issued.
         let tenant = tenant_tag(tenant::session_tenant()?.as_deref());
+        // Another database's ticket is never this group's either.
         let place = queue
-            .header()
-            .tickets
             .place(ticket)
             .filter(|p| p.lane < queue.header().lanes)
             .filter(|&p| queue.cell(p).tenant() == tenant || queue.cell(p).ticket() != ticket)
@@ -298,10 +322,18 @@ fn ingest_workers() -> TableIterator<
     ),
 > {
     or_raise(require_preloaded("allsource.ingest_workers()"));
-    let queue = Queue::get().expect("preloaded: the queue exists");
+    let workers = settings::INGEST_WORKERS.get();
+    // Where the workers do not serve this database (yet), every one is stopped.
+    let Some(queue) = Queue::of_database(backend::database_id()) else {
+        let stopped = (0..workers).map(|n| {
+            let name = state_name(crate::sql::queue::STOPPED).to_string();
+            (n, None, name, 0, 0, 0, 0, 0, None, None, None)
+        });
+        return TableIterator::new(stopped.collect::<Vec<_>>());
+    };
     let rows: Vec<_> = queue
         .lanes()
-        .take(settings::INGEST_WORKERS.get() as usize)
+        .take(workers as usize)
         .map(|(n, lane)| {
             let running = lane.worker.load(Ordering::SeqCst) != 0;
             let blocked_at = lane.blocked_at.load(Ordering::SeqCst);
@@ -360,7 +392,7 @@ mod tests {
                 "54000",
                 "payload",
             ),
-            // The test database is not allsource.database (postgres): the workers do not append here.
+            // The test server's workers serve only database postgres (lib.rs).
             (
                 "SELECT allsource.enqueue('s', 'T', '{}')",
                 "55000",

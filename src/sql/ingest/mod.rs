@@ -1,8 +1,10 @@
 //! The ingest queue: `enqueue`, `await_ticket`, `ingest_workers()` and the
 //! workers that append queued events.
 //!
-//! Shared memory, sized at server start from `allsource.queue_size` and
-//! `allsource.ingest_workers`, holds one lane per worker: a lock-free ring
+//! Shared memory, sized at server start from `allsource.queue_size`,
+//! `allsource.ingest_workers` and `allsource.max_databases`, holds a lane
+//! group per database the workers serve ([`queue`]), and one lane per worker
+//! in each: a lock-free ring
 //! ([`allsource_core::ring`]) of encoded events ([`allsource_core::ingest::QueuedEvent`]) and
 //! a table of ticket results ([`allsource_core::ingest::ResultCell`]). A stream's
 //! events always go to the same lane, so one worker appends them in order.
@@ -20,12 +22,13 @@
 mod functions;
 mod worker;
 
-/// From `_PG_init`: when preloading, reserves the queue's shared memory and
-/// registers the workers.
+pub use worker::start as start_worker;
+
+/// From `_PG_init`: when preloading, reserves the queue's shared memory
+/// (the launcher starts the workers).
 pub fn init() {
     if !super::backend::preloading() {
         return;
     }
     crate::sql::queue::reserve_shared_memory();
-    worker::register();
 }

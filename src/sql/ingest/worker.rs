@@ -20,8 +20,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How long the postmaster waits before restarting a worker that died.
-const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// A batch that failed is retried event by event; an event that failed for
 /// a reason of the moment (a deadlock, a serialization failure, a lock or
 /// statement timeout, a cancel) is tried this often, [`RETRY_AFTER`] apart.
@@ -32,18 +30,18 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// once only while the server stops.
 const LOCK_ATTEMPTS: u32 = 2;
 
-/// From `_PG_init`, when preloading: one worker per lane.
-pub(super) fn register() {
-    for lane in 0..settings::INGEST_WORKERS.get() {
-        background::Worker {
-            name: &format!("allsource ingest worker {lane}"),
-            kind: "allsource ingest worker",
-            function: "allsource_ingest_main",
-            argument: pg_sys::Datum::from(lane),
-            restart_after: Some(RESTART_AFTER),
-        }
-        .register();
+/// Starts the worker of lane `lane` of group `group` (from the launcher).
+/// False if no worker slot was free.
+pub fn start(group: u32, lane: u32) -> bool {
+    background::Worker {
+        name: &format!("allsource ingest worker {lane} of lane group {group}"),
+        kind: "allsource ingest worker",
+        function: "allsource_ingest_main",
+        argument: pg_sys::Datum::from(group << 8 | lane),
+        // The launcher starts it again while its database is served.
+        restart_after: None,
     }
+    .start()
 }
 
 /// A queued event a worker holds.
@@ -58,15 +56,31 @@ struct Held {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
-    let lane_no = argument.value() as u32;
-    let database = settings::database();
-    background::connect(background::Database::Named(&database));
-    let queue = Queue::get().expect("workers start only when preloaded");
-    queue
-        .header()
-        .database
-        .store(backend::database_id().to_u32(), Ordering::Relaxed);
+    let (group, lane_no) = (argument.value() as u32 >> 8, argument.value() as u32 & 0xff);
+    let queue = Queue::group(group).expect("workers start only when preloaded");
+    let database = queue.database();
+    background::connect(background::Database::Oid(database));
+    // The group may have been paused, or freed and claimed again, meanwhile.
+    if !queue.serves(database) || lane_no >= queue.header().lanes {
+        return;
+    }
     let lane = queue.lane(lane_no);
+    // One worker per lane: a launcher that restarted may start a second.
+    let running = lane.worker_pid.load(Ordering::SeqCst);
+    if backend::is_running(running)
+        || lane
+            .worker_pid
+            .compare_exchange(
+                running,
+                backend::process_id(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let database = background::transaction(|| backend::database_name(database)).unwrap_or_default();
     let worker = Worker {
         queue,
         lane_no,
@@ -75,13 +89,13 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
         stopping: Cell::new(false),
     };
     apply_lock_timeout();
-    lane.worker_pid
-        .store(backend::process_id(), Ordering::SeqCst);
     lane.worker.store(
         backend::procno().expect("a worker has a PGPROC") + 1,
         Ordering::SeqCst,
     );
-    log!("allsource ingest worker {lane_no} started in database \"{database}\"");
+    log!(
+        "allsource ingest worker {lane_no} started in database \"{database}\" (lane group {group})"
+    );
 
     worker.recover();
     let mut idle = false;
@@ -115,11 +129,8 @@ pub extern "C-unwind" fn allsource_ingest_main(argument: pg_sys::Datum) {
     }
     lane.state.store(STOPPED, Ordering::SeqCst);
     lane.worker.store(0, Ordering::SeqCst);
+    lane.worker_pid.store(0, Ordering::SeqCst);
     log!("allsource ingest worker {lane_no} stopped with its lane empty");
-    // Exit code 1: the postmaster restarts a worker stopped outside a shutdown.
-    // SAFETY: outside a transaction; nothing here needs dropping, and
-    // proc_exit runs PostgreSQL's exit callbacks and never returns.
-    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// The worker's transactions wait for a lock at most
@@ -179,10 +190,7 @@ struct Worker {
 
 impl Worker {
     fn ticket(&self, position: u64) -> i64 {
-        self.queue.header().tickets.ticket(TicketPlace {
-            lane: self.lane_no,
-            position,
-        })
+        self.queue.ticket(self.lane_no, position)
     }
 
     fn cell(&self, position: u64) -> &'static ResultCell {

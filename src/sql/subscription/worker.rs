@@ -41,7 +41,11 @@ pub fn register() {
 pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
     let worker = argument.value() as i64;
     let workers = i64::from(settings::SUBSCRIPTION_WORKERS.get().max(1));
-    let database = settings::database();
+    // Until the launcher starts them per database, they serve allsource.database.
+    let Some(database) = settings::database() else {
+        log!("allsource subscription worker {worker}: allsource.database is not set, so no database to serve; stopping");
+        return;
+    };
     background::connect(background::Database::Named(&database));
     notify::listen();
     log!("allsource subscription worker {worker} started in database \"{database}\"");

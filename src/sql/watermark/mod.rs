@@ -12,6 +12,8 @@
 
 mod publisher;
 
+pub use publisher::start as start_publisher;
+
 use crate::savepoints::Nested;
 use crate::sql::backend::{self, current_subtransaction};
 use crate::sql::preload::{self, require_preloaded};
@@ -57,7 +59,6 @@ pub fn init() {
                 slots: std::array::from_fn(|_| ClaimSlot::default())
             }
         );
-        publisher::register();
     }
     // SAFETY: from _PG_init, on the process's one thread; the callbacks are
     // functions of this library, which is never unloaded.
