@@ -60,8 +60,11 @@ SELECT allsource.create_subscription('m', handler => 'pg_catalog.now()');
 SELECT * FROM allsource.receive('nobody');
 SELECT * FROM allsource.receive('halves', 10, 2);
 SELECT * FROM allsource.receive('accounts', -1);
+-- These two name absolute positions: only their SQLSTATEs are shown.
+\set VERBOSITY sqlstate
 SELECT allsource.ack('accounts', :p0 + 1000);
 SELECT allsource.nack('accounts', :p0 + 1);
+\set VERBOSITY default
 SELECT allsource.drop_subscription('nobody');
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT * FROM allsource.receive('accounts');
