@@ -85,6 +85,7 @@ exercise postgres su "" on || failed+=(postgres)
 exercise writer_a a a on || failed+=(writer_a)
 exercise writer_b b b on || failed+=(writer_b)
 exercise reader a a off || failed+=(reader)
+psql_as postgres hostile -f tests/adversarial/handler.sql >/dev/null || failed+=("postgres (a handler subscription)")
 psql_as postgres hostile --set=ON_ERROR_STOP=1 -c "SELECT allsource.stats_reset()" \
     -c "SELECT * FROM allsource.verify_all_tenants()" >/dev/null || failed+=("postgres (stats_reset, verify_all_tenants)")
 expect_error 42501 eve hostile "SELECT allsource.stats_reset()"

@@ -65,6 +65,8 @@ pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
             busy |= handle(subscription, member) == BATCH;
         }
         if !busy {
+            // The last statistics would otherwise wait for the next batch.
+            report::report_stats(true);
             report::report_idle("waiting for events to hand to subscription handlers");
             background::sleep(IDLE_NAP);
         }
