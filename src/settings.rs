@@ -208,7 +208,7 @@ fn register_server_start_settings() {
     GucRegistry::define_int_guc(
         c"allsource.subscription_workers",
         c"Background workers that call subscriptions' handlers (0: none).",
-        c"They run in allsource.database and share its handler subscriptions' members. Takes effect at server start.",
+        c"Per database the launcher serves; they share its handler subscriptions' members. Takes effect at server start.",
         &SUBSCRIPTION_WORKERS,
         0,
         MAX_SUBSCRIPTION_WORKERS,

@@ -52,6 +52,8 @@ pub(crate) struct QueueHeader {
     pub(crate) lanes: u32,
     pub(crate) slots_per_lane: u64,
     pub(crate) cells_per_lane: u64,
+    /// The pids of the database's subscription workers (0: none started yet).
+    pub(crate) subscribers: [AtomicI32; crate::settings::MAX_SUBSCRIPTION_WORKERS as usize],
 }
 
 #[repr(C, align(64))]
@@ -218,6 +220,7 @@ unsafe fn initialize_header(base: *mut u8, layout: &Layout) {
             lanes: layout.lanes,
             slots_per_lane: layout.slots_per_lane,
             cells_per_lane: layout.cells_per_lane,
+            subscribers: std::array::from_fn(|_| AtomicI32::new(0)),
         });
     }
 }
@@ -437,10 +440,18 @@ impl Queue {
 
     /// The pids recorded for the group's publisher and lane workers (0: none).
     pub(crate) fn workers(self) -> impl Iterator<Item = i32> {
-        std::iter::once(self.header().publisher.load(Ordering::SeqCst)).chain(
-            self.lanes()
-                .map(|(_, lane)| lane.worker_pid.load(Ordering::SeqCst)),
-        )
+        let header = self.header();
+        std::iter::once(header.publisher.load(Ordering::SeqCst))
+            .chain(
+                self.lanes()
+                    .map(|(_, lane)| lane.worker_pid.load(Ordering::SeqCst)),
+            )
+            .chain(
+                header
+                    .subscribers
+                    .iter()
+                    .map(|pid| pid.load(Ordering::SeqCst)),
+            )
     }
 
     /// The ticket of the entry at `position` of `lane`.

@@ -51,9 +51,8 @@ impl Worker<'_> {
 }
 
 /// The database a worker connects to.
-pub enum Database<'a> {
+pub enum Database {
     Oid(pg_sys::Oid),
-    Named(&'a str),
     /// None: only the shared catalogs can be read (the launcher).
     None,
 }
@@ -64,7 +63,6 @@ pub fn connect(database: Database) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     match database {
         Database::Oid(oid) => BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None),
-        Database::Named(name) => BackgroundWorker::connect_worker_to_spi(Some(name), None),
         Database::None => BackgroundWorker::connect_worker_to_spi(None, None),
     }
     session::pin_search_path();

@@ -23,9 +23,9 @@ mod utility;
 
 use crate::settings;
 use crate::sql::background::{self, report};
-use crate::sql::ingest;
 use crate::sql::queue::{Queue, FREE, PAUSED};
 use crate::sql::{backend, wake, watermark};
+use crate::sql::{ingest, subscription};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -154,6 +154,7 @@ pub extern "C-unwind" fn allsource_launcher_main(_argument: pg_sys::Datum) {
 struct Started {
     publishers: HashMap<pg_sys::Oid, Instant>,
     lanes: HashMap<(u32, u32), Instant>,
+    subscribers: HashMap<(u32, u32), Instant>,
     /// The last start failed for want of a worker slot (warned once).
     short_of_slots: bool,
 }
@@ -216,6 +217,23 @@ fn serve(database: pg_sys::Oid, rescan: bool, started: &mut Started) {
             started.record(ingest::start_worker(group.number(), lane_no));
         }
     }
+    for (n, pid) in group
+        .header()
+        .subscribers
+        .iter()
+        .enumerate()
+        .take(settings::SUBSCRIPTION_WORKERS.get() as usize)
+    {
+        if !backend::is_running(pid.load(Ordering::SeqCst))
+            && Started::due(
+                &mut started.subscribers,
+                (group.number(), n as u32),
+                RESTART_AFTER,
+            )
+        {
+            started.record(subscription::start_worker(group.number(), n as u32));
+        }
+    }
 }
 
 /// Frees the groups of databases that no longer exist, once their workers are gone.
@@ -232,6 +250,7 @@ fn free_dropped(databases: &[Database], started: &mut Started) {
             );
             started.publishers.remove(&database);
             started.lanes.retain(|(g, _), _| *g != group.number());
+            started.subscribers.retain(|(g, _), _| *g != group.number());
         }
     }
 }

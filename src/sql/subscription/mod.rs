@@ -9,12 +9,13 @@ mod handler;
 pub mod lease;
 mod worker;
 
-/// From `_PG_init`, when preloading: the leases' shared memory and the
-/// subscription workers.
+pub use worker::start as start_worker;
+
+/// From `_PG_init`, when preloading: the leases' shared memory (the
+/// launcher starts the subscription workers of each database).
 pub fn init() {
     if crate::sql::backend::preloading() {
         lease::init();
-        worker::register();
     }
 }
 

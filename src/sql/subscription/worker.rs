@@ -1,5 +1,5 @@
-//! The subscription workers (`allsource.subscription_workers`, in
-//! `allsource.database`): each runs the members of handler subscriptions
+//! The subscription workers (`allsource.subscription_workers` per database,
+//! started by the launcher): each runs the members of handler subscriptions
 //! that fall to it, holding their leases, one transaction per member and
 //! batch (`allsource._handle`: the handler's effects and the checkpoint
 //! commit together). A commit that appended wakes them (the notification
@@ -7,48 +7,64 @@
 
 use super::lease;
 use crate::settings;
+use crate::sql::backend;
 use crate::sql::background::{self, report, session};
+use crate::sql::queue::Queue;
 use crate::sql::{notify, spi};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// How long the postmaster waits before restarting a worker that died.
-const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// Events a worker hands to a handler in one transaction.
 const BATCH: i32 = 100;
 /// The longest a worker sleeps without being woken.
 const IDLE_NAP: Duration = Duration::from_secs(1);
 
-/// From `_PG_init`, when preloading.
-pub fn register() {
-    for worker in 0..settings::SUBSCRIPTION_WORKERS.get() {
-        background::Worker {
-            name: &format!("allsource subscription worker {worker}"),
-            kind: "allsource subscription worker",
-            function: "allsource_subscription_main",
-            argument: pg_sys::Datum::from(worker),
-            restart_after: Some(RESTART_AFTER),
-        }
-        .register();
+/// From the launcher: subscription worker `n` of lane group `group`'s database.
+pub fn start(group: u32, n: u32) -> bool {
+    background::Worker {
+        name: &format!("allsource subscription worker {n} of lane group {group}"),
+        kind: "allsource subscription worker",
+        function: "allsource_subscription_main",
+        argument: pg_sys::Datum::from(group << 8 | n),
+        // The launcher starts it again while its database is served.
+        restart_after: None,
     }
+    .start()
 }
 
 /// A subscription worker: runs its members until told to stop.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
-    let worker = argument.value() as i64;
-    let workers = i64::from(settings::SUBSCRIPTION_WORKERS.get().max(1));
-    // Until the launcher starts them per database, they serve allsource.database.
-    let Some(database) = settings::database() else {
-        log!("allsource subscription worker {worker}: allsource.database is not set, so no database to serve; stopping");
+    let (group, n) = (argument.value() as u32 >> 8, argument.value() as u32 & 0xff);
+    let queue = Queue::group(group).expect("workers start only when preloaded");
+    let database = queue.database();
+    background::connect(background::Database::Oid(database));
+    if !queue.serves(database) {
         return;
-    };
-    background::connect(background::Database::Named(&database));
+    }
+    // One worker per slot: a launcher that restarted may start a second.
+    let slot = &queue.header().subscribers[n as usize];
+    let running = slot.load(Ordering::SeqCst);
+    if backend::is_running(running)
+        || slot
+            .compare_exchange(
+                running,
+                backend::process_id(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let worker = i64::from(n);
+    let workers = i64::from(settings::SUBSCRIPTION_WORKERS.get().max(1));
     notify::listen();
-    log!("allsource subscription worker {worker} started in database \"{database}\"");
+    log!("allsource subscription worker {n} started for lane group {group}");
     while !background::signals().stop {
         let members = background::transaction(members_of_handlers);
         let mut busy = false;
@@ -71,7 +87,7 @@ pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
             background::sleep(IDLE_NAP);
         }
     }
-    log!("allsource subscription worker {worker} stopped");
+    log!("allsource subscription worker {n} stopped");
 }
 
 /// Every member of every subscription with a handler (none if the extension
