@@ -231,14 +231,22 @@ fn prepare(server: &Server, subscriptions: bool) -> Result<Option<Subscriptions>
     if !subscriptions {
         return Ok(None);
     }
-    let handlers: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'allsource subscription worker' \
-             AND datname = current_database()",
-            &[],
-        )
-        .map_err(|e| format!("looking for the subscription workers: {e}"))?
-        .get(0);
+    // The launcher starts them within seconds of the extension's creation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let handlers = loop {
+        let handlers: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'allsource subscription worker' \
+                 AND datname = current_database()",
+                &[],
+            )
+            .map_err(|e| format!("looking for the subscription workers: {e}"))?
+            .get(0);
+        if handlers > 0 || std::time::Instant::now() > deadline {
+            break handlers;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     if handlers == 0 {
         return Err(
             "no subscription worker runs in this database: set allsource.subscription_workers \
