@@ -15,13 +15,15 @@ cd "$(dirname "$0")/.."
 source scripts/common.sh
 started=$SECONDS
 
-# The 2-minute stress run is the part CI can least afford three times. The
-# upgrade from the oldest release runs every upgrade script; each other
-# release to start from costs one more build of an old release.
+# The 2-minute stress run is the part CI can least afford three times; `all`
+# runs it on every version and soaks PostgreSQL 15 for an hour (with a crash
+# every five minutes). The upgrade from the oldest release runs every upgrade
+# script; each other release to start from costs one more build of an old release.
 mapfile -t upgrade_from < <(past_releases | cut -f 1)
+soak_version=""
 case "${1:-}" in
     "") versions=(15 14 18) stress_versions=(15) upgrade_from=("${upgrade_from[0]}") ;;
-    all) read -ra versions <<<"$ALL_PG_MAJORS"; stress_versions=("${versions[@]}") ;;
+    all) read -ra versions <<<"$ALL_PG_MAJORS"; stress_versions=("${versions[@]}") soak_version=15 ;;
     *) versions=("$@") stress_versions=("$@") upgrade_from=("${upgrade_from[0]}") ;;
 esac
 scripts/setup.sh "${versions[@]}"
@@ -82,9 +84,11 @@ fsync = off"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres clients
     DATABASE_URL="postgresql://postgres@localhost:$port/clients" scripts/test_clients.sh
     if [[ " ${stress_versions[*]} " == *" $PG_MAJOR "* ]]; then
-        log "stress: 2 minutes of mixed load and subscriptions, crash-restarts of the postmaster, a backend, an ingest worker and a subscription worker"
+        local minutes=2 crashes=4
+        [ "$PG_MAJOR" != "$soak_version" ] || minutes=60 crashes=12
+        log "stress: $minutes minutes of mixed load and subscriptions, $crashes crash-restarts of the postmaster, a backend, an ingest worker and a subscription worker"
         cargo run --quiet -p allsource-stress -- --url "$ALLSOURCE_TEST_URL dbname=allsource_queue" \
-            --duration 2m --crashes 4 --pgdata "$DRIVER_DATA" --pg-bin "$PG_BIN"
+            --duration "${minutes}m" --crashes "$crashes" --pgdata "$DRIVER_DATA" --pg-bin "$PG_BIN"
     fi
 
     log "PostgreSQL $PG_MAJOR: without shared_preload_libraries"

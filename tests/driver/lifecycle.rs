@@ -2,7 +2,7 @@
 //! not superusers (row-level security applies to those only), direct SQL on
 //! the tables, and the real pg_dump and pg_restore.
 
-use crate::{server_url, sqlstate, try_connect_to, TestDb};
+use crate::{server_url, sqlstate, Login, TestDb};
 use postgres::{Client, NoTls};
 use std::process::Command;
 
@@ -13,31 +13,6 @@ fn connect_as(db: &TestDb, role: &str) -> Client {
         NoTls,
     )
     .unwrap_or_else(|e| panic!("connect as {role}: {e}"))
-}
-
-/// A login role in `group`, dropped when the value is.
-struct Login {
-    name: String,
-}
-
-impl Login {
-    fn new(db: &TestDb, what: &str, group: Option<&str>) -> Login {
-        let name = format!("{}_{what}", db.name());
-        let member = group.map_or(String::new(), |g| format!(" IN ROLE {g}"));
-        try_connect_to("postgres")
-            .unwrap()
-            .batch_execute(&format!("CREATE ROLE {name} LOGIN{member}"))
-            .unwrap();
-        Login { name }
-    }
-}
-
-impl Drop for Login {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = try_connect_to("postgres") {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
-        }
-    }
 }
 
 fn refused(client: &mut Client, sql: &str) -> String {
@@ -68,9 +43,9 @@ const WRITE_CALLS: [&str; 5] = [
 #[test]
 fn roles_grant_just_what_their_names_say() {
     let db = TestDb::new("roles");
-    let writer = Login::new(&db, "writer", Some("allsource_writer"));
-    let reader = Login::new(&db, "reader", Some("allsource_reader"));
-    let nobody = Login::new(&db, "nobody", None);
+    let writer = Login::new(db.name(), "writer", Some("allsource_writer"));
+    let reader = Login::new(db.name(), "reader", Some("allsource_reader"));
+    let nobody = Login::new(db.name(), "nobody", None);
 
     let mut w = connect_as(&db, &writer.name);
     w.batch_execute("SELECT allsource.append('roles-1', 'A', '{\"n\": 1}')")
@@ -118,7 +93,7 @@ fn roles_grant_just_what_their_names_say() {
 #[test]
 fn a_tenant_cannot_reach_another_tenants_streams() {
     let db = TestDb::new("tenants");
-    let login = Login::new(&db, "app", Some("allsource_writer"));
+    let login = Login::new(db.name(), "app", Some("allsource_writer"));
     let mut app = connect_as(&db, &login.name);
     app.batch_execute(
         "SET allsource.tenant = 'acme';

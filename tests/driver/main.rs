@@ -54,6 +54,45 @@ pub fn reconnect_to(database: &str) -> Client {
     }
 }
 
+/// A login role named `{database}_{what}`, a member of `group` if given,
+/// dropped when the value is.
+pub struct Login {
+    pub name: String,
+}
+
+impl Login {
+    pub fn new(database: &str, what: &str, group: Option<&str>) -> Login {
+        let name = format!("{database}_{what}");
+        let member = group.map_or(String::new(), |g| format!(" IN ROLE {g}"));
+        connect_to("postgres")
+            .batch_execute(&format!("CREATE ROLE {name} LOGIN{member}"))
+            .unwrap();
+        Login { name }
+    }
+
+    /// A session of this role on `database`, with more connection `options`
+    /// (`""` for none).
+    pub fn connect(&self, database: &str, options: &str) -> Client {
+        Client::connect(
+            &format!(
+                "{} dbname={database} user={} {options}",
+                server_url(),
+                self.name
+            ),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect as {}: {e}", self.name))
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = try_connect_to("postgres") {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
+        }
+    }
+}
+
 impl TestDb {
     /// A database with the extension created.
     pub fn new(test: &str) -> TestDb {

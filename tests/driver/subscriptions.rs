@@ -2,8 +2,8 @@
 //! and handed over when it ends, checkpoints that move in the caller's
 //! transaction, the watermark, retries and parking, tenants and roles.
 
-use crate::{server_url, sqlstate, try_connect_to, TestDb};
-use postgres::{Client, NoTls};
+use crate::{sqlstate, Login, TestDb};
+use postgres::Client;
 use std::time::{Duration, Instant};
 
 fn positions(client: &mut Client, sql: &str) -> Vec<i64> {
@@ -397,47 +397,11 @@ fn bad_arguments_and_unknown_names_raise_their_sqlstates() {
     assert_eq!(count, 1, "nothing refused was created");
 }
 
-/// A login role, dropped when the value is.
-struct Login {
-    name: String,
-}
-
-impl Login {
-    fn new(database: &str, what: &str, role: &str) -> Login {
-        let name = format!("{database}_{what}");
-        try_connect_to("postgres")
-            .unwrap()
-            .batch_execute(&format!("CREATE ROLE {name} LOGIN IN ROLE {role}"))
-            .unwrap();
-        Login { name }
-    }
-
-    fn connect(&self, database: &str, options: &str) -> Client {
-        Client::connect(
-            &format!(
-                "{} dbname={database} user={} {options}",
-                server_url(),
-                self.name
-            ),
-            NoTls,
-        )
-        .unwrap_or_else(|e| panic!("connect as {}: {e}", self.name))
-    }
-}
-
-impl Drop for Login {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = try_connect_to("postgres") {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
-        }
-    }
-}
-
 #[test]
 fn readers_consume_writers_create_and_tenants_see_their_own() {
     let db = TestDb::new("sub_roles");
-    let writer = Login::new(db.name(), "writer", "allsource_writer");
-    let reader = Login::new(db.name(), "reader", "allsource_reader");
+    let writer = Login::new(db.name(), "writer", Some("allsource_writer"));
+    let reader = Login::new(db.name(), "reader", Some("allsource_reader"));
     let mut acme = writer.connect(db.name(), "options='-c allsource.tenant=acme'");
     let mut globex = writer.connect(db.name(), "options='-c allsource.tenant=globex'");
     append(&mut acme, "order-1", 2);
@@ -504,6 +468,20 @@ const PROJECTION: &str = "
         END IF;
         INSERT INTO totals VALUES (e.stream_id, 1, (e.payload->>'n')::int)
         ON CONFLICT (stream) DO UPDATE SET events = totals.events + 1, sum = totals.sum + excluded.sum;
+    END $$;
+    -- The same, set-based: one call per batch.
+    CREATE FUNCTION public.project_batch(events allsource.events[]) RETURNS void
+    LANGUAGE plpgsql SET search_path = public AS $$
+    DECLARE
+        failing int := (SELECT min((e.payload->>'n')::int) FROM unnest(events) e, broken
+                        WHERE (e.payload->>'n')::int % broken.n = 0);
+    BEGIN
+        IF failing IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot project %', failing;
+        END IF;
+        INSERT INTO totals
+        SELECT e.stream_id, count(*), sum((e.payload->>'n')::int) FROM unnest(events) e GROUP BY e.stream_id
+        ON CONFLICT (stream) DO UPDATE SET events = totals.events + excluded.events, sum = totals.sum + excluded.sum;
     END $$;";
 
 /// The projection folded afresh from the log: per stream, the events and
@@ -537,13 +515,24 @@ fn projected(client: &mut Client) -> Vec<(String, i64, i64)> {
 
 #[test]
 fn queue_handler_projects_every_event_exactly_once_and_parks_what_fails() {
+    projects_every_event_exactly_once_and_parks_what_fails("public.project(allsource.events)");
+}
+
+#[test]
+fn queue_batch_handler_projects_every_event_exactly_once_and_parks_what_fails() {
+    projects_every_event_exactly_once_and_parks_what_fails(
+        "public.project_batch(allsource.events[])",
+    );
+}
+
+fn projects_every_event_exactly_once_and_parks_what_fails(handler: &str) {
     let mut client = crate::queue::fresh_queue_db();
     client.batch_execute(PROJECTION).unwrap();
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "SELECT allsource.create_subscription('projection', categories => ARRAY['acct'],
-                 members => 3, handler => 'public.project(allsource.events)', max_attempts => 2)",
-        )
+                 members => 3, handler => '{handler}', max_attempts => 2)"
+        ))
         .unwrap();
     // Appends with rollbacks and savepoints in between: only what committed counts.
     for n in 1..=60 {
@@ -620,7 +609,7 @@ fn queue_handler_runs_as_its_owner_and_cannot_take_the_workers_rights() {
     client
         .batch_execute("DROP TABLE IF EXISTS public.calls")
         .unwrap();
-    let owner = Login::new("handler", "owner", "allsource_writer");
+    let owner = Login::new("handler", "owner", Some("allsource_writer"));
     client
         .batch_execute(&format!(
             "CREATE TABLE public.calls (position bigint, by_role text);

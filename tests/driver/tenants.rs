@@ -3,42 +3,8 @@
 //! streams.
 
 use crate::queue::{await_ticket, fresh_queue_db, try_await_ticket};
-use crate::{server_url, sqlstate, try_connect_to, TestDb};
-use postgres::{Client, NoTls};
-
-/// A login role in allsource_writer, dropped when the value is.
-struct Login {
-    name: String,
-}
-
-impl Login {
-    fn new(database: &str, what: &str) -> Login {
-        let name = format!("{database}_{what}");
-        try_connect_to("postgres")
-            .unwrap()
-            .batch_execute(&format!(
-                "CREATE ROLE {name} LOGIN IN ROLE allsource_writer"
-            ))
-            .unwrap();
-        Login { name }
-    }
-
-    fn connect(&self, database: &str) -> Client {
-        Client::connect(
-            &format!("{} dbname={database} user={}", server_url(), self.name),
-            NoTls,
-        )
-        .unwrap_or_else(|e| panic!("connect as {}: {e}", self.name))
-    }
-}
-
-impl Drop for Login {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = try_connect_to("postgres") {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
-        }
-    }
-}
+use crate::{sqlstate, Login, TestDb};
+use postgres::Client;
 
 fn refused(client: &mut Client, sql: &str) -> postgres::Error {
     match client.batch_execute(sql) {
@@ -50,8 +16,8 @@ fn refused(client: &mut Client, sql: &str) -> postgres::Error {
 #[test]
 fn a_session_bound_to_its_roles_tenant_cannot_act_for_another() {
     let db = TestDb::new("bound_tenant");
-    let bound = Login::new(db.name(), "acme_app");
-    let shared = Login::new(db.name(), "shared_app");
+    let bound = Login::new(db.name(), "acme_app", Some("allsource_writer"));
+    let shared = Login::new(db.name(), "shared_app", Some("allsource_writer"));
     db.connect()
         .batch_execute(&format!(
             "ALTER ROLE {} SET allsource.role_tenant = 'acme'",
@@ -59,14 +25,14 @@ fn a_session_bound_to_its_roles_tenant_cannot_act_for_another() {
         ))
         .unwrap();
     // Per request: one login for every tenant, each request sets its own.
-    let mut app = shared.connect(db.name());
+    let mut app = shared.connect(db.name(), "");
     app.batch_execute(
         "SET allsource.tenant = 'globex'; SELECT allsource.append('g-1', 'E', '{}');
          SET allsource.tenant = 'acme'; SELECT allsource.append('a-1', 'E', '{}');",
     )
     .unwrap();
 
-    let mut acme = bound.connect(db.name());
+    let mut acme = bound.connect(db.name(), "");
     let tenant: Option<String> = acme
         .query_one("SELECT allsource.current_tenant()", &[])
         .unwrap()

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Events a worker hands to a handler in one transaction.
-const BATCH: i32 = 100;
+const BATCH: i32 = 1000;
 /// The longest a worker sleeps without being woken.
 const IDLE_NAP: Duration = Duration::from_secs(1);
 

@@ -48,6 +48,34 @@ SELECT holder_pid FROM allsource.subscriptions() WHERE name = 'fragile';
 SELECT allsource.drop_subscription('fragile');
 
 ------------------------------------------------------------------------------
+-- A batch handler, run by the subscription workers: every event once, in order
+------------------------------------------------------------------------------
+CREATE TABLE public.subacct_batches (events int, first_position bigint, last_position bigint, ordered boolean);
+CREATE FUNCTION public.log_batch(events allsource.events[]) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO public.subacct_batches
+    SELECT pg_catalog.count(*), pg_catalog.min(e.position), pg_catalog.max(e.position),
+           pg_catalog.bool_and(e.position > coalesce(previous, 0))
+    FROM (SELECT u.position, pg_catalog.lag(u.position) OVER (ORDER BY u.ordinality) AS previous
+          FROM pg_catalog.unnest(events) WITH ORDINALITY AS u) e
+$$;
+SELECT allsource.create_subscription('batched', ARRAY['subacct'], start_after => :p0,
+                                     handler => 'public.log_batch(allsource.events[])');
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN (SELECT lag_events FROM allsource.subscriptions() WHERE name = 'batched') = 0;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT pg_catalog.sum(events) AS events, pg_catalog.min(first_position) - :p0 AS first,
+       pg_catalog.max(last_position) - :p0 AS last, pg_catalog.bool_and(ordered) AS ordered
+FROM public.subacct_batches;
+SELECT handler, lag_events, parked FROM allsource.subscriptions() WHERE name = 'batched';
+SELECT allsource.drop_subscription('batched');
+DROP FUNCTION public.log_batch(allsource.events[]);
+DROP TABLE public.subacct_batches;
+
+------------------------------------------------------------------------------
 -- Errors
 ------------------------------------------------------------------------------
 SELECT allsource.create_subscription('accounts');
