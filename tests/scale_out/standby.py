@@ -69,6 +69,12 @@ def reads_and_refused_writes(primary, standby):
     primary.execute("SELECT allsource.delete_stream('gone-1')")
     ticket = one(primary, "SELECT allsource.enqueue('order-3', 'Queued', '{}')")[0]
     assert one(primary, "SELECT status FROM allsource.await_ticket(%s)", (ticket,))[0] == "committed"
+    # A subscription with a checkpoint and a failed attempt, its lease let go.
+    primary.execute("SELECT allsource.create_subscription('orders', categories => ARRAY['order'])")
+    received = [row[0] for row in primary.execute("SELECT position FROM allsource.receive('orders', 3)")]
+    primary.execute("SELECT allsource.ack('orders', %s)", (received[1],))
+    assert one(primary, "SELECT allsource.nack('orders', %s, 'not yet')", (received[2],))[0] == "retry"
+    primary.execute("SELECT allsource.release('orders')")
     mark = caught_up(primary, standby)
     step(f"the standby's watermark reached the primary's ({mark})")
 
@@ -87,6 +93,8 @@ def reads_and_refused_writes(primary, standby):
         "SELECT allsource.verify_gapless('order-1')",
         "SELECT * FROM allsource.verify_all()",
         "SELECT * FROM allsource.partition_stats()",
+        "SELECT * FROM allsource.subscriptions()",
+        "SELECT * FROM allsource.parked_events('orders')",
     ]
     for query in same:
         expected = primary.execute(query).fetchall()
@@ -96,6 +104,8 @@ def reads_and_refused_writes(primary, standby):
     assert one(standby, "SELECT ok FROM allsource.verify_stream('order-1')")[0] is True
     assert one(standby, "SELECT count(*) FROM allsource.stats()")[0] == 1
     assert standby.execute("SELECT * FROM allsource.inflight()").fetchall() == []
+    assert one(standby, "SELECT checkpoint, lag_events, last_error FROM allsource.subscriptions()") == (
+        received[1], 3, "not yet"), "the checkpoint, the lag and the failure came over"
     step(f"{len(same)} kinds of read give the primary's answers on the standby")
 
     writes = [
@@ -105,6 +115,12 @@ def reads_and_refused_writes(primary, standby):
         f"SELECT allsource.await_ticket({ticket})",
         "SELECT allsource.delete_stream('order-1')",
         "SELECT allsource.save_snapshot('order-1', 2, '{}')",
+        "SELECT * FROM allsource.receive('orders')",
+        f"SELECT allsource.ack('orders', {received[2]})",
+        f"SELECT allsource.nack('orders', {received[2]})",
+        "SELECT allsource.create_subscription('more')",
+        "SELECT allsource.drop_subscription('orders')",
+        "SELECT allsource.retry_parked('orders')",
     ]
     for query in writes:
         error = expect_error(standby, "25006", query)
