@@ -545,6 +545,33 @@ IMMUTABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_check_subscription_wrapper';
+CREATE FUNCTION allsource."_count_acked"(
+	"subscription_id" bigint, /* i64 */
+	"member" INT, /* i32 */
+	"upto" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'count_acked_wrapper';
+CREATE FUNCTION allsource."_count_delivered"(
+	"subscription_id" bigint, /* i64 */
+	"member" INT, /* i32 */
+	"positions" bigint[] /* Vec < i64 > */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'count_delivered_wrapper';
+CREATE FUNCTION allsource."_count_parked"(
+	"subscription_id" bigint, /* i64 */
+	"member" INT, /* i32 */
+	"position" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'count_parked_wrapper';
 CREATE FUNCTION allsource."_hold_member"(
 	"subscription_id" bigint, /* i64 */
 	"name" TEXT, /* & str */
@@ -570,6 +597,34 @@ STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'release_member_wrapper';
+
+-- stats() counts subscriptions: delivered, acked, parked. New columns: DROP and CREATE.
+DROP FUNCTION allsource.stats();
+CREATE FUNCTION allsource."stats"() RETURNS TABLE (
+	"events_appended" bigint,  /* i64 */
+	"appends" bigint,  /* i64 */
+	"batches" bigint,  /* i64 */
+	"enqueued" bigint,  /* i64 */
+	"conflicts" bigint,  /* i64 */
+	"rejects" bigint,  /* i64 */
+	"queue_depth" bigint,  /* i64 */
+	"worker_commits" bigint,  /* i64 */
+	"workers_running" INT,  /* i32 */
+	"append_p50_us" bigint,  /* Option < i64 > */
+	"append_p99_us" bigint,  /* Option < i64 > */
+	"ticket_p50_us" bigint,  /* Option < i64 > */
+	"ticket_p99_us" bigint,  /* Option < i64 > */
+	"delivered" bigint,  /* i64 */
+	"acked" bigint,  /* i64 */
+	"parked" bigint,  /* i64 */
+	"since" timestamp with time zone  /* TimestampWithTimeZone */
+)
+STRICT VOLATILE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stats_wrapper';
+COMMENT ON FUNCTION allsource.stats() IS
+    'Counters and latency percentiles of appends, batches, the queue, conflicts and subscriptions (delivered, acked, parked) since the server started or stats_reset().';
 
 -- Subscriptions: named consumers of the global log with server-side
 -- checkpoints (tables in sql/schema.sql; the members' leases are in Rust,
@@ -782,6 +837,7 @@ DECLARE
     s allsource.subscriptions;
     done bigint;
     upto bigint;
+    events allsource.events[];
 BEGIN
     PERFORM allsource._refuse_on_standby('allsource.receive()');
     s := allsource._subscription(receive.subscription);
@@ -794,7 +850,10 @@ BEGIN
     upto := allsource._watermark_for_read('allsource.receive');
     SELECT m.checkpoint INTO done FROM allsource.subscription_members m
     WHERE m.subscription_id = s.subscription_id AND m.member = receive.member FOR UPDATE;
-    RETURN QUERY SELECT * FROM allsource._pending(s, receive.member, receive.max_count, done, upto);
+    events := ARRAY(SELECT p FROM allsource._pending(s, receive.member, receive.max_count, done, upto) p);
+    PERFORM allsource._count_delivered(s.subscription_id, receive.member,
+                                       ARRAY(SELECT e.position FROM pg_catalog.unnest(events) e));
+    RETURN QUERY SELECT * FROM pg_catalog.unnest(events);
 END
 $$;
 
@@ -823,6 +882,7 @@ BEGIN
     WHERE m.subscription_id = s.subscription_id AND m.member = ack.member;
     DELETE FROM allsource.subscription_attempts a
     WHERE a.subscription_id = s.subscription_id AND a.member = ack.member AND a.position <= ack.position;
+    PERFORM allsource._count_acked(s.subscription_id, ack.member, ack.position);
 END
 $$;
 
@@ -886,6 +946,7 @@ BEGIN
     WHERE a.subscription_id = s.subscription_id AND a.position = _record_failure.position;
     INSERT INTO allsource.parked_events (subscription_id, position, member, attempts, last_reason)
     VALUES (s.subscription_id, _record_failure.position, _record_failure.member, tries, _record_failure.reason);
+    PERFORM allsource._count_parked(s.subscription_id, _record_failure.member, _record_failure.position);
     RETURN 'parked';
 END
 $$;
@@ -928,6 +989,8 @@ BEGIN
     PERFORM pg_catalog.set_config('allsource.tenant', coalesce(s.tenant_id, ''), true);
     events := ARRAY(SELECT p FROM allsource._pending(s, _handle.member, _handle.max_count, done, upto) p);
     seen := pg_catalog.cardinality(events);
+    PERFORM allsource._count_delivered(s.subscription_id, _handle.member,
+                                       ARRAY(SELECT e.position FROM pg_catalog.unnest(events) e));
     IF seen > 0 AND NOT EXISTS (SELECT FROM allsource.subscription_attempts a
                                 WHERE a.subscription_id = s.subscription_id AND a.member = _handle.member) THEN
         BEGIN
@@ -975,7 +1038,9 @@ BEGIN
     UPDATE allsource.subscription_members m
     SET checkpoint = GREATEST(m.checkpoint, coalesce(passed, m.checkpoint)),
         acked_at = CASE WHEN handled > 0 THEN pg_catalog.now() ELSE m.acked_at END
-    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member;
+    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member
+    RETURNING m.checkpoint INTO done;
+    PERFORM allsource._count_acked(s.subscription_id, _handle.member, done);
     RETURN handled;
 END
 $$;
@@ -1112,6 +1177,8 @@ REVOKE EXECUTE ON FUNCTION allsource._refuse_on_standby(text), allsource._subscr
     allsource._record_failure(allsource.subscriptions, int, bigint, text),
     allsource._pending(allsource.subscriptions, int, int, bigint, bigint), allsource._handle(bigint, int, int),
     allsource._call_handler(oid, text, anyelement),
+    allsource._count_delivered(bigint, int, bigint[]), allsource._count_acked(bigint, int, bigint),
+    allsource._count_parked(bigint, int, bigint),
     allsource._check_subscription(text, text[], text[], bigint, int, int), allsource._calling_role(),
     allsource._hold_member(bigint, text, int), allsource._release_member(bigint, int),
     allsource._member_holder(bigint, int),
@@ -1138,7 +1205,9 @@ GRANT EXECUTE ON FUNCTION allsource._handle(bigint, int, int),
     allsource._pending(allsource.subscriptions, int, int, bigint, bigint),
     allsource._delivers(allsource.subscriptions, int, allsource.events),
     allsource._record_failure(allsource.subscriptions, int, bigint, text),
-    allsource._call_handler(oid, text, anyelement)
+    allsource._call_handler(oid, text, anyelement),
+    allsource._count_delivered(bigint, int, bigint[]), allsource._count_acked(bigint, int, bigint),
+    allsource._count_parked(bigint, int, bigint)
 TO allsource_worker;
 
 DO $dump$

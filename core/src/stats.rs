@@ -98,6 +98,13 @@ pub struct Counters {
     pub rejects: AtomicU64,
     /// Transactions committed by ingest workers.
     pub worker_commits: AtomicU64,
+    /// Events handed out by `receive` and to subscription handlers (each
+    /// time: an event handed out again counts again).
+    pub delivered: AtomicU64,
+    /// Events a committed `ack` or handler transaction acknowledged.
+    pub acked: AtomicU64,
+    /// Events a committed `nack` or handler failure parked.
+    pub parked: AtomicU64,
     /// Duration of `append` and `append_batch` calls.
     pub append_latency: Histogram,
     /// From `enqueue` to the ticket's result.
@@ -120,6 +127,9 @@ impl Counters {
             &self.conflicts,
             &self.rejects,
             &self.worker_commits,
+            &self.delivered,
+            &self.acked,
+            &self.parked,
         ] {
             counter.store(0, Ordering::Relaxed);
         }

@@ -19,7 +19,7 @@ COMMENT ON FUNCTION allsource.inflight() IS
 COMMENT ON FUNCTION allsource.ingest_workers() IS
     'What each ingest worker does: pid, state, events queued in its lane, batches and events written, last batch size, and the locks it gave up waiting for: how often, and the last holder (pid, or NULL for a prepared transaction; xid) and when.';
 COMMENT ON FUNCTION allsource.stats() IS
-    'Counters and latency percentiles of appends, batches, the queue and conflicts since the server started or stats_reset().';
+    'Counters and latency percentiles of appends, batches, the queue, conflicts and subscriptions (delivered, acked, parked) since the server started or stats_reset().';
 COMMENT ON FUNCTION allsource.stats_reset() IS
     'Sets the counters and latency histograms of stats() back to zero.';
 COMMENT ON FUNCTION allsource.partition_for(text, int) IS

@@ -209,6 +209,7 @@ DECLARE
     s allsource.subscriptions;
     done bigint;
     upto bigint;
+    events allsource.events[];
 BEGIN
     PERFORM allsource._refuse_on_standby('allsource.receive()');
     s := allsource._subscription(receive.subscription);
@@ -221,7 +222,10 @@ BEGIN
     upto := allsource._watermark_for_read('allsource.receive');
     SELECT m.checkpoint INTO done FROM allsource.subscription_members m
     WHERE m.subscription_id = s.subscription_id AND m.member = receive.member FOR UPDATE;
-    RETURN QUERY SELECT * FROM allsource._pending(s, receive.member, receive.max_count, done, upto);
+    events := ARRAY(SELECT p FROM allsource._pending(s, receive.member, receive.max_count, done, upto) p);
+    PERFORM allsource._count_delivered(s.subscription_id, receive.member,
+                                       ARRAY(SELECT e.position FROM pg_catalog.unnest(events) e));
+    RETURN QUERY SELECT * FROM pg_catalog.unnest(events);
 END
 $$;
 
@@ -250,6 +254,7 @@ BEGIN
     WHERE m.subscription_id = s.subscription_id AND m.member = ack.member;
     DELETE FROM allsource.subscription_attempts a
     WHERE a.subscription_id = s.subscription_id AND a.member = ack.member AND a.position <= ack.position;
+    PERFORM allsource._count_acked(s.subscription_id, ack.member, ack.position);
 END
 $$;
 
@@ -313,6 +318,7 @@ BEGIN
     WHERE a.subscription_id = s.subscription_id AND a.position = _record_failure.position;
     INSERT INTO allsource.parked_events (subscription_id, position, member, attempts, last_reason)
     VALUES (s.subscription_id, _record_failure.position, _record_failure.member, tries, _record_failure.reason);
+    PERFORM allsource._count_parked(s.subscription_id, _record_failure.member, _record_failure.position);
     RETURN 'parked';
 END
 $$;
@@ -355,6 +361,8 @@ BEGIN
     PERFORM pg_catalog.set_config('allsource.tenant', coalesce(s.tenant_id, ''), true);
     events := ARRAY(SELECT p FROM allsource._pending(s, _handle.member, _handle.max_count, done, upto) p);
     seen := pg_catalog.cardinality(events);
+    PERFORM allsource._count_delivered(s.subscription_id, _handle.member,
+                                       ARRAY(SELECT e.position FROM pg_catalog.unnest(events) e));
     IF seen > 0 AND NOT EXISTS (SELECT FROM allsource.subscription_attempts a
                                 WHERE a.subscription_id = s.subscription_id AND a.member = _handle.member) THEN
         BEGIN
@@ -402,7 +410,9 @@ BEGIN
     UPDATE allsource.subscription_members m
     SET checkpoint = GREATEST(m.checkpoint, coalesce(passed, m.checkpoint)),
         acked_at = CASE WHEN handled > 0 THEN pg_catalog.now() ELSE m.acked_at END
-    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member;
+    WHERE m.subscription_id = s.subscription_id AND m.member = _handle.member
+    RETURNING m.checkpoint INTO done;
+    PERFORM allsource._count_acked(s.subscription_id, _handle.member, done);
     RETURN handled;
 END
 $$;
@@ -539,6 +549,8 @@ REVOKE EXECUTE ON FUNCTION allsource._refuse_on_standby(text), allsource._subscr
     allsource._record_failure(allsource.subscriptions, int, bigint, text),
     allsource._pending(allsource.subscriptions, int, int, bigint, bigint), allsource._handle(bigint, int, int),
     allsource._call_handler(oid, text, anyelement),
+    allsource._count_delivered(bigint, int, bigint[]), allsource._count_acked(bigint, int, bigint),
+    allsource._count_parked(bigint, int, bigint),
     allsource._check_subscription(text, text[], text[], bigint, int, int), allsource._calling_role(),
     allsource._hold_member(bigint, text, int), allsource._release_member(bigint, int),
     allsource._member_holder(bigint, int),
@@ -565,7 +577,9 @@ GRANT EXECUTE ON FUNCTION allsource._handle(bigint, int, int),
     allsource._pending(allsource.subscriptions, int, int, bigint, bigint),
     allsource._delivers(allsource.subscriptions, int, allsource.events),
     allsource._record_failure(allsource.subscriptions, int, bigint, text),
-    allsource._call_handler(oid, text, anyelement)
+    allsource._call_handler(oid, text, anyelement),
+    allsource._count_delivered(bigint, int, bigint[]), allsource._count_acked(bigint, int, bigint),
+    allsource._count_parked(bigint, int, bigint)
 TO allsource_worker;
 
 DO $dump$

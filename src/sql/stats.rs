@@ -123,6 +123,21 @@ pub fn appended_in_transaction(events: u64) {
     count(|counts| counts.events += events);
 }
 
+/// Counts `events` handed to a consumer or a handler.
+pub fn delivered(events: u64) {
+    add(|c| &c.delivered, events);
+}
+
+/// Counts `events` acknowledged by a transaction that committed.
+pub fn acked(events: u64) {
+    add(|c| &c.acked, events);
+}
+
+/// Counts `events` parked by a transaction that committed.
+pub fn parked(events: u64) {
+    add(|c| &c.parked, events);
+}
+
 pub fn enqueued() {
     add(|c| &c.enqueued, 1);
 }
@@ -189,6 +204,9 @@ fn stats() -> TableIterator<
         name!(append_p99_us, Option<i64>),
         name!(ticket_p50_us, Option<i64>),
         name!(ticket_p99_us, Option<i64>),
+        name!(delivered, i64),
+        name!(acked, i64),
+        name!(parked, i64),
         name!(since, TimestampWithTimeZone),
     ),
 > {
@@ -211,6 +229,9 @@ fn stats() -> TableIterator<
         c.append_latency.quantile(0.99).map(|v| v as i64),
         c.ticket_latency.quantile(0.5).map(|v| v as i64),
         c.ticket_latency.quantile(0.99).map(|v| v as i64),
+        n(&c.delivered),
+        n(&c.acked),
+        n(&c.parked),
         since,
     ))
 }

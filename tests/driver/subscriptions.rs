@@ -707,6 +707,13 @@ fn queue_handler_subscription_dropped_while_its_worker_runs_it() {
         "SELECT count(*) > 0 FROM public.totals",
         "the worker handles events",
     );
+    let id: i64 = client
+        .query_one(
+            "SELECT subscription_id FROM allsource.subscriptions WHERE name = 'short_lived'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     client
         .batch_execute("SELECT allsource.drop_subscription('short_lived')")
         .unwrap();
@@ -721,6 +728,11 @@ fn queue_handler_subscription_dropped_while_its_worker_runs_it() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "nothing of the subscription is left");
+    wait_until(
+        &mut client,
+        &format!("SELECT allsource._member_holder({id}, 0) IS NULL"),
+        "the worker lets the dropped subscription's member go",
+    );
     // The workers go on: a new subscription is handled from the start.
     client
         .batch_execute(
@@ -737,4 +749,59 @@ fn queue_handler_subscription_dropped_while_its_worker_runs_it() {
         projected(&mut client),
         fold(&mut client, "stream_id LIKE 'acct-%'")
     );
+}
+
+/// Alone with the queue's database (a `queue_` test): the server-wide
+/// counters move only for this test.
+#[test]
+fn queue_stats_count_delivered_acked_and_parked_events() {
+    let mut client = crate::queue::fresh_queue_db();
+    let counters = |client: &mut Client| -> (i64, i64, i64) {
+        let row = client
+            .query_one(
+                "SELECT delivered, acked, parked FROM allsource.stats()",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    append(&mut client, "counted-1", 5);
+    client
+        .batch_execute("SELECT allsource.create_subscription('counted', max_attempts => 1)")
+        .unwrap();
+    let first = positions(&mut client, "SELECT * FROM allsource.receive('counted', 3)");
+    assert_eq!(counters(&mut client), (3, 0, 0));
+    let ack = |position: i64| format!("SELECT allsource.ack('counted', {position})");
+    client
+        .batch_execute(&format!("BEGIN; {}; ROLLBACK", ack(first[1])))
+        .unwrap();
+    assert_eq!(
+        counters(&mut client),
+        (3, 0, 0),
+        "a rolled back ack counts nothing"
+    );
+    client.batch_execute(&ack(first[1])).unwrap();
+    assert_eq!(counters(&mut client), (3, 2, 0));
+    client
+        .batch_execute(&format!("SELECT allsource.nack('counted', {})", first[2]))
+        .unwrap();
+    assert_eq!(counters(&mut client), (3, 2, 1), "max_attempts 1: parked");
+    let rest = positions(&mut client, "SELECT * FROM allsource.receive('counted')");
+    assert_eq!(rest.len(), 2);
+    client.batch_execute(&ack(rest[1])).unwrap();
+    assert_eq!(counters(&mut client), (5, 4, 1));
+
+    // A handler subscription over the same five events.
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.ignore(e allsource.events) RETURNS void LANGUAGE sql AS '';
+             SELECT allsource.create_subscription('handled', handler => 'public.ignore(allsource.events)')",
+        )
+        .unwrap();
+    wait_until(
+        &mut client,
+        "SELECT lag_events = 0 FROM allsource.subscriptions() WHERE name = 'handled'",
+        "the handler's events handled",
+    );
+    assert_eq!(counters(&mut client), (10, 9, 1));
 }

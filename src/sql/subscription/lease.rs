@@ -107,10 +107,15 @@ fn hold_member(subscription_id: i64, name: &str, member: i32) {
 }
 
 /// Ends this session's lease of the member; false if it held none.
+pub fn release(subscription_id: i64, member: i32) -> bool {
+    preload::is_preloaded() && leases().release(member_of(subscription_id, member), me())
+}
+
+/// `release` for SQL.
 #[pg_extern(volatile, parallel_unsafe, name = "_release_member")]
 #[search_path(pg_catalog, pg_temp)]
 fn release_member(subscription_id: i64, member: i32) -> bool {
-    preload::is_preloaded() && leases().release(member_of(subscription_id, member), me())
+    release(subscription_id, member)
 }
 
 /// The pid of the session holding the member, if one does.

@@ -2,20 +2,24 @@
 //! checkpoints. The SQL functions (`create_subscription`, `receive`, `ack`,
 //! `nack`, …) are written in SQL, in sql/finalize/subscriptions.sql, over the
 //! tables of sql/schema.sql. Here: the members' leases ([`lease`], in shared
-//! memory), the handler call as the subscription's owner (`handler`), and
-//! the workers that run handler subscriptions (`worker`).
+//! memory), the handler call as the subscription's owner (`handler`), the
+//! workers that run handler subscriptions (`worker`), and what `stats()`
+//! counts of them (`counts`).
 
+mod counts;
 mod handler;
 pub mod lease;
 mod worker;
 
 pub use worker::start as start_worker;
 
-/// From `_PG_init`, when preloading: the leases' shared memory (the
-/// launcher starts the subscription workers of each database).
+/// From `_PG_init`, when preloading: the leases' shared memory and the
+/// counting of acks at commit (the launcher starts the subscription workers
+/// of each database).
 pub fn init() {
     if crate::sql::backend::preloading() {
         lease::init();
+        counts::init();
     }
 }
 

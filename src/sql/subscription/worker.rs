@@ -13,6 +13,7 @@ use crate::sql::queue::Queue;
 use crate::sql::{notify, spi};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,12 +66,24 @@ pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
     let workers = i64::from(settings::SUBSCRIPTION_WORKERS.get().max(1));
     notify::listen();
     log!("allsource subscription worker {n} started for lane group {group}");
+    let mut held = BTreeSet::new();
     while !background::signals().stop {
-        let members = background::transaction(members_of_handlers);
+        let members: BTreeSet<(i64, i32)> = background::transaction(members_of_handlers)
+            .into_iter()
+            .filter(|(subscription, member)| {
+                (subscription + i64::from(*member)) % workers == worker
+            })
+            .collect();
+        // Let go of what this worker no longer runs: a dropped subscription's
+        // id comes back after DROP and CREATE EXTENSION.
+        held.retain(|&(subscription, member)| {
+            members.contains(&(subscription, member)) || {
+                lease::release(subscription, member);
+                false
+            }
+        });
         let mut busy = false;
-        for (subscription, member) in members.into_iter().filter(|(subscription, member)| {
-            (subscription + i64::from(*member)) % workers == worker
-        }) {
+        for &(subscription, member) in &members {
             if background::signals().stop {
                 break;
             }
@@ -78,6 +91,7 @@ pub extern "C-unwind" fn allsource_subscription_main(argument: pg_sys::Datum) {
             if !lease::take(subscription, member) {
                 continue;
             }
+            held.insert((subscription, member));
             busy |= handle(subscription, member) == BATCH;
         }
         if !busy {
