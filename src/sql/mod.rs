@@ -90,6 +90,24 @@ fn wake(pgprocno: i32, pid: Option<i32>) -> bool {
     true
 }
 
+/// At the end of a transaction (a module's `RegisterXactCallback` callback
+/// calls this): `state` as the transaction left it if it committed; at an
+/// abort or a PREPARE it is dropped.
+fn committed_state<T: Clone + Default>(
+    state: &RefCell<Nested<T>>,
+    event: pg_sys::XactEvent::Type,
+) -> Option<T> {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => Some(state.borrow_mut().take()),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            state.borrow_mut().take();
+            None
+        }
+        _ => None,
+    }
+}
+
 /// Makes `state` follow the end of subtransaction `sub`: a module's
 /// `RegisterSubXactCallback` callback calls this.
 fn end_of_subtransaction<T: Clone + Default>(

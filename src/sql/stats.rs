@@ -5,10 +5,10 @@
 
 use crate::savepoints::Nested;
 use crate::sql::backend::{self, current_subtransaction};
-use crate::sql::end_of_subtransaction;
 use crate::sql::preload::{self, require_preloaded};
 use crate::sql::queue;
 use crate::sql::raise::or_raise;
+use crate::sql::{committed_state, end_of_subtransaction};
 use allsource_core::batch::Appended;
 use allsource_core::error::{sqlstate, Error, Result};
 use allsource_core::stats::Counters;
@@ -157,20 +157,13 @@ unsafe extern "C-unwind" fn on_transaction_event(
     event: pg_sys::XactEvent::Type,
     _arg: *mut c_void,
 ) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let counts = UNCOMMITTED.with(|u| u.borrow_mut().take());
-            if counts.events > 0 || counts.appends > 0 || counts.batches > 0 {
-                add(|c| &c.events_appended, counts.events);
-                add(|c| &c.appends, counts.appends);
-                add(|c| &c.batches, counts.batches);
-            }
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            UNCOMMITTED.with(|u| u.borrow_mut().take());
-        }
-        _ => {}
+    let Some(counts) = UNCOMMITTED.with(|u| committed_state(u, event)) else {
+        return;
+    };
+    if counts.events > 0 || counts.appends > 0 || counts.batches > 0 {
+        add(|c| &c.events_appended, counts.events);
+        add(|c| &c.appends, counts.appends);
+        add(|c| &c.batches, counts.batches);
     }
 }
 

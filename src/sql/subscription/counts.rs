@@ -7,7 +7,7 @@
 
 use crate::savepoints::Nested;
 use crate::sql::backend::current_subtransaction;
-use crate::sql::{end_of_subtransaction, stats};
+use crate::sql::{committed_state, end_of_subtransaction, stats};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -108,18 +108,10 @@ unsafe extern "C-unwind" fn on_transaction_event(
     event: pg_sys::XactEvent::Type,
     _arg: *mut c_void,
 ) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let committed = UNCOMMITTED.with(|u| u.borrow_mut().take());
-            if !committed.is_empty() {
-                apply(committed);
-            }
+    if let Some(committed) = UNCOMMITTED.with(|u| committed_state(u, event)) {
+        if !committed.is_empty() {
+            apply(committed);
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            UNCOMMITTED.with(|u| u.borrow_mut().take());
-        }
-        _ => {}
     }
 }
 
