@@ -14,7 +14,7 @@
 //! - [`ingest`]: the ingest queue's functions (`enqueue`, `await_ticket`, `ingest_workers()`) and its workers.
 //! - `queue`: the ingest queue's shared memory, which `stats()` also reads.
 //! - [`stats`]: `stats()`, `stats_reset()` and the counters behind them.
-//! - `subscription`: subscriptions' leases (their SQL functions are in sql/finalize/subscriptions.sql).
+//! - `subscription`: subscriptions' leases, handler calls and workers, and what `stats()` counts of them (their SQL functions are in sql/finalize/subscriptions.sql).
 //! - `tenant`: the session's tenant, `current_tenant()`, `_in_tenant`.
 //! - `guard`: the trigger that refuses direct writes.
 //! - [`standby`]: whether this server is a hot standby; the refusal of writes there.

@@ -163,7 +163,7 @@ impl Started {
     /// Warns once when starting workers begins to fail, until one starts.
     fn record(&mut self, started: bool) {
         if !started && !self.short_of_slots {
-            warning!("allsource launcher: no free background worker slot; raise max_worker_processes (each database the workers serve takes one for its publisher and one per ingest worker)");
+            warning!("allsource launcher: no free background worker slot; raise max_worker_processes (each database the workers serve takes one for its publisher, one per ingest worker and one per subscription worker)");
         }
         self.short_of_slots = !started;
     }
