@@ -6,6 +6,7 @@
 //! - [`error`]: the errors users see, every SQLSTATE the project raises.
 //! - [`validate`]: arguments checked before anything is written.
 //! - [`batch`]: `append_batch`'s JSON array parsed into requests.
+//! - [`boundary`]: tags, queries over types and tags, and the locks of a conditional append.
 //! - [`idempotency`]: whether an append with known event ids is a retry.
 //! - [`plan`]: which versions and positions a set of appends gets, which are repeats.
 //! - [`lease`]: which session holds which member of a subscription.
@@ -21,6 +22,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod batch;
+pub mod boundary;
 pub mod checksum;
 pub mod error;
 pub mod idempotency;
