@@ -43,6 +43,7 @@ fn bench_checksum(c: &mut Criterion) {
                     metadata: Some(Body::Text(r#"{"user": "alice"}"#)),
                     created_at_unix_micros: 1_767_225_600_000_000,
                     tenant: Some("acme"),
+                    tags: &[],
                 };
                 checksum(black_box(&event), &GENESIS)
             })
@@ -91,6 +92,7 @@ fn bench_ring(c: &mut Criterion) {
             event_id: None,
             payload: jsonb_text(&payload_of(200)),
             metadata: None,
+            tags: Vec::new(),
         },
     }
     .encode();

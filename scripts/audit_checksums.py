@@ -31,7 +31,7 @@ FROM allsource.streams s {where_streams}
 UNION ALL
 SELECT json_build_object('kind', 'event',
     'stream_id', e.stream_id, 'version', e.version, 'position', e.position, 'event_type', e.event_type,
-    'event_id', e.event_id, 'tenant_id', e.tenant_id, 'payload', e.payload::text, 'metadata', e.metadata::text,
+    'event_id', e.event_id, 'tenant_id', e.tenant_id, 'tags', e.tags, 'payload', e.payload::text, 'metadata', e.metadata::text,
     'payload_digest', encode(x.payload_digest, 'hex'),
     'metadata_digest', encode(x.metadata_digest, 'hex'),
     'created_at', (extract(epoch FROM e.created_at) * 1000000)::bigint,
@@ -75,6 +75,9 @@ def encoding(event, fmt):
     out += struct.pack(">q", event["created_at"])
     if fmt == 2:
         out += optional_text(event["tenant_id"])
+        tags = event.get("tags") or []
+        out += b"\x00" if not tags else b"\x01" + struct.pack(">I", len(tags)) + b"".join(
+            length_prefixed(tag) for tag in tags)
     return out
 
 
@@ -139,16 +142,19 @@ def self_test():
              "metadata": None, "payload_digest": None, "created_at": 1767225600000000, "tenant_id": None}
     expected = {
         (1, None): "205e6ad34393386b772f1c2bed4f777b9309d9093d5ca47f74a5299f50659aa7",
-        (2, None): "f58dddc5b320835bd05215a1a5af620e6ab2505c620cd95bbb18cbb083b52575",
-        (2, "acme"): "4b2875adce265dc70bc3e9ebf503f3bfafda7a767add6e8999fda62c4816e46a",
+        (2, None): "96dc918ec4350f56ee0cf65a1a9f0239719ee5d096d6b7dd410d0a2a5207f451",
+        (2, "acme"): "8ed1d4ea6ae0c21d0cd8b4a895ea41a2185830b01d585104ed8d09058cee8982",
     }
     for (fmt, tenant), checksum in expected.items():
         got = sha256(encoding(dict(event, tenant_id=tenant), fmt) + GENESIS).hex()
         assert got == checksum, (fmt, tenant, got)
+    tagged = dict(event, tenant_id="acme", tags=["course:7", "student:42"])
+    got = sha256(encoding(tagged, 2) + GENESIS).hex()
+    assert got == "2f68ba0cd87e4b3f9a176afff3ebc8b76dded24f7e6fc4d193fd78e24434cfa5", got
     stream = {"stream_id": "order-1", "version": 1, "tenant_id": "acme",
               "deleted_at": 1767229200000000, "deleted_by": "app"}
     got = tombstone(stream, bytes.fromhex(expected[(2, "acme")])).hex()
-    assert got == "f185a8b3ceafb129c892e91df284e6f5a9f959fb934c6e9f4fa391e9299d0518", got
+    assert got == "4930955b5779f9fd2f9d021fa2b0a9cc90d3882b90b537cd6d534e1fd93cc147", got
     print("test vectors: ok")
 
 

@@ -1219,3 +1219,114 @@ BEGIN
     PERFORM pg_catalog.pg_extension_config_dump('allsource.subscription_id', '');
 END
 $dump$;
+
+-- ===== Dynamic consistency boundaries (issue 19): tags on events and their
+-- indexes, append with tags, append_if, read_query and query_head.
+-- Events before this have no tags (NULL): their checksums stay as they are.
+ALTER TABLE allsource.events ADD COLUMN tags text[];
+-- Queries by type and by tag (read_query, append_if's conditions): an item
+-- with types reads the first, an item with tags the second; only events
+-- with tags are in it.
+CREATE INDEX events_type_position ON allsource.events (event_type, position);
+CREATE INDEX events_tags ON allsource.events USING gin (tags) WHERE tags IS NOT NULL;
+
+-- append_batch's elements take "tags".
+COMMENT ON FUNCTION allsource.append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of events ({"type", "payload", "metadata", "id", "tags"}) to the stream at once, all or nothing; returns the first and last versions and positions.';
+
+-- append takes tags: a new signature. The old one would make every call
+-- ambiguous, so it goes (with any EXECUTE grants beyond allsource_writer's).
+DROP FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid);
+CREATE FUNCTION allsource."append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"payload" jsonb, /* Option < JsonbText > */
+	"metadata" jsonb DEFAULT NULL, /* Option < JsonbText > */
+	"expected_version" bigint DEFAULT NULL, /* Option < i64 > */
+	"event_id" uuid DEFAULT NULL, /* Option < Uuid > */
+	"tags" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TABLE (
+	"version" bigint,  /* i64 */
+	"position" bigint  /* i64 */
+)
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'append_wrapper';
+COMMENT ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]) IS
+    'Appends one event (with tags, optionally) to the stream when its version is expected_version (NULL: any; 0: no stream yet; -1: the stream exists); returns the event''s version and position. ZA001 on a wrong version.';
+
+CREATE FUNCTION allsource."append_if"(
+	"events" jsonb, /* Option < JsonbText > */
+	"fail_if_events_match" jsonb DEFAULT NULL, /* Option < JsonbText > */
+	"after_position" bigint DEFAULT NULL, /* Option < i64 > */
+	"stream_id" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"first_position" bigint,  /* i64 */
+	"last_position" bigint  /* i64 */
+)
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'append_if_wrapper';
+COMMENT ON FUNCTION allsource.append_if(jsonb, jsonb, bigint, text) IS
+    'Appends events (append_batch''s array, with "tags") unless an event matching fail_if_events_match lies after after_position (ZA004 naming it); in stream_id, or in a stream of their own. Locks by the tags and types involved, never globally unless a query item is empty.';
+REVOKE EXECUTE ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]),
+    allsource.append_if(jsonb, jsonb, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]),
+    allsource.append_if(jsonb, jsonb, bigint, text) TO allsource_writer;
+CREATE FUNCTION allsource."_query_condition"(
+	"query" jsonb /* Option < JsonbText > */
+) RETURNS TEXT /* String */
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_query_condition_wrapper';
+COMMENT ON FUNCTION allsource._query_condition(jsonb) IS
+    'The SQL condition read_query runs for a query; 22023 names a bad part of it.';
+
+-- The events matching a query (dynamic consistency boundaries), a tenant's
+-- own, in position order up to the watermark. The condition comes from
+-- _query_condition with its names quoted as literals, so each call is
+-- planned for its own tags and types and their indexes.
+CREATE FUNCTION allsource.read_query(
+    query jsonb DEFAULT NULL,
+    after_position bigint DEFAULT 0,
+    max_count int DEFAULT 1000
+) RETURNS SETOF allsource.events
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    upto bigint;
+    tenant text := allsource.current_tenant();
+    matching text := allsource._query_condition(read_query.query);
+BEGIN
+    PERFORM allsource._check_read_all(read_query.after_position, read_query.max_count, NULL, allsource.partition_count());
+    upto := allsource._watermark_for_read('allsource.read_query');
+    RETURN QUERY EXECUTE
+        'SELECT e.* FROM allsource.events e '
+        'WHERE e.position OPERATOR(pg_catalog.>) $1 AND e.position OPERATOR(pg_catalog.<=) $2 AND '
+        || CASE WHEN tenant IS NULL THEN 'e.tenant_id IS NULL' ELSE 'e.tenant_id OPERATOR(pg_catalog.=) $3' END
+        || ' AND ' || matching || ' ORDER BY e.position LIMIT $4'
+        USING read_query.after_position, upto, tenant, read_query.max_count;
+END
+$$;
+COMMENT ON FUNCTION allsource.read_query(jsonb, bigint, int) IS
+    'Events matching a query ([{"types": [...], "tags": [...]}, ...]; NULL or [] for every event) after after_position, in position order, never past the watermark.';
+
+CREATE FUNCTION allsource.query_head(query jsonb DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM allsource._query_condition(query_head.query);
+    RETURN allsource.watermark();
+END
+$$;
+COMMENT ON FUNCTION allsource.query_head(jsonb) IS
+    'The position a decision based on read_query(query) may pass to append_if as after_position: the watermark. Take it before reading.';
+
+REVOKE EXECUTE ON FUNCTION allsource.read_query(jsonb, bigint, int), allsource.query_head(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION allsource.read_query(jsonb, bigint, int), allsource.query_head(jsonb)
+TO allsource_reader, allsource_writer;

@@ -272,8 +272,13 @@ BEGIN
             payload      jsonb,
             metadata     jsonb,
             created_at   timestamptz,
-            checksum     bytea
+            checksum     bytea,
+            tags         text[]
         );
+    ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                      WHERE attrelid = 'allsource.events'::regclass AND attname = 'tags' AND NOT attisdropped) THEN
+        -- A router made before tags (0.4.0): its nodes return them now.
+        ALTER TYPE allsource.events ADD ATTRIBUTE tags text[];
     END IF;
 END
 $type$;
@@ -288,14 +293,18 @@ COMMENT ON TYPE allsource.events IS
 -- after one, PL/Proxy drops that connection and reconnects at the next call
 -- ("NOTICE: PL/Proxy: dropping stale conn").
 
+-- Before tags (0.4.0) append had no tags argument: that overload would make
+-- every call ambiguous.
+DROP FUNCTION IF EXISTS allsource.append(text, text, jsonb, jsonb, bigint, uuid);
 CREATE OR REPLACE FUNCTION allsource.append(stream_id text, event_type text, payload jsonb,
-    metadata jsonb DEFAULT NULL, expected_version bigint DEFAULT NULL, event_id uuid DEFAULT NULL)
+    metadata jsonb DEFAULT NULL, expected_version bigint DEFAULT NULL, event_id uuid DEFAULT NULL,
+    tags text[] DEFAULT NULL)
 RETURNS TABLE (version bigint, "position" bigint)
 LANGUAGE plproxy AS $$
     CLUSTER 'allsource';
     RUN ON allsource_router.partition_for_write(stream_id);
 $$;
-COMMENT ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid) IS
+COMMENT ON FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]) IS
     'allsource.append on the node that owns the stream''s partition; commits there at once (not part of the caller''s transaction). Position is the node''s.';
 
 CREATE OR REPLACE FUNCTION allsource.append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)

@@ -92,6 +92,8 @@ CREATE TABLE allsource.events (
     metadata     jsonb,
     created_at   timestamptz NOT NULL,
     checksum     bytea       NOT NULL,
+    -- For dynamic consistency boundaries (append_if, read_query); NULL: none.
+    tags         text[],
     -- A partitioned table's unique keys must contain the partition key;
     -- position and a stream's versions are unique on their own all the same.
     PRIMARY KEY (position, partition_id),

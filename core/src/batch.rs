@@ -1,6 +1,7 @@
 //! New events as the append path takes them, from `append`'s arguments or
 //! parsed from `append_batch`'s JSON array.
 
+use crate::boundary;
 use crate::error::{Error, Result};
 use crate::jsontext::jsonb_text;
 use crate::validate::{self, MAX_BATCH_EVENTS};
@@ -16,20 +17,27 @@ pub struct NewEvent {
     pub event_id: Option<Uuid>,
     pub payload: String,
     pub metadata: Option<String>,
+    /// Its tags, checked ([`boundary::tags`]); none is stored as NULL.
+    pub tags: Vec<String>,
 }
 
 impl NewEvent {
+    /// Its tags as stored: NULL for none.
+    pub fn stored_tags(&self) -> Option<&[String]> {
+        (!self.tags.is_empty()).then_some(self.tags.as_slice())
+    }
+
     /// Bytes of payload and metadata text, what `allsource.max_event_bytes` limits.
     pub fn size(&self) -> usize {
         self.payload.len() + self.metadata.as_ref().map_or(0, String::len)
     }
 }
 
-const KEYS: [&str; 4] = ["type", "payload", "metadata", "id"];
+const KEYS: [&str; 5] = ["type", "payload", "metadata", "id", "tags"];
 
 /// Parses `append_batch`'s `events`: a non-empty JSON array of
-/// `{"type": …, "payload": …, "metadata": …, "id": …}`, `metadata` and `id`
-/// optional. Errors name the element and key, e.g. `events[2].type`.
+/// `{"type": …, "payload": …, "metadata": …, "id": …, "tags": […]}`, all but
+/// `type` and `payload` optional. Errors name the element and key, e.g. `events[2].type`.
 /// Parses a batch from its jsonb text. jsonb accepts nesting serde_json does
 /// not read (deeper than 128 levels): such a batch is refused, not a crash.
 pub fn parse_batch_text(text: &str, max_event_bytes: usize) -> Result<Vec<NewEvent>> {
@@ -95,7 +103,7 @@ fn parse_event(index: usize, item: &Value) -> Result<NewEvent> {
         return Err(Error::invalid_argument(
             &format!("events[{index}]"),
             format!(
-                "has an unknown key \"{unknown}\"; the keys are type, payload, metadata and id"
+                "has an unknown key \"{unknown}\"; the keys are type, payload, metadata, id and tags"
             ),
         ));
     }
@@ -129,11 +137,31 @@ fn parse_event(index: usize, item: &Value) -> Result<NewEvent> {
             ))
         }
     };
+    let tags = match object.get("tags") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(values)) => {
+            let values: Vec<Option<&str>> = values.iter().map(Value::as_str).collect();
+            if values.iter().any(Option::is_none) {
+                return Err(Error::invalid_argument(
+                    &at("tags"),
+                    "must hold strings only",
+                ));
+            }
+            boundary::tags(&at("tags"), &values)?
+        }
+        Some(other) => {
+            return Err(Error::invalid_argument(
+                &at("tags"),
+                format!("must be an array of strings, not {}", kind(other)),
+            ))
+        }
+    };
     Ok(NewEvent {
         event_type,
         event_id,
         payload,
         metadata,
+        tags,
     })
 }
 

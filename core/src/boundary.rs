@@ -10,7 +10,8 @@
 //! event that matches a condition always has a key its writer holds in SHARE
 //! while the condition's append holds it in EXCLUSIVE: the two transactions
 //! take turns, and the one that checks second sees the other's events. Keys
-//! are taken in one order ([`Key`]'s), so two appends never deadlock on them.
+//! are taken in one order (by [`lock_order`]), so two appends never deadlock
+//! on them. Keys are per tenant: tenants are separate boundaries.
 
 use crate::error::{Error, Result};
 use crate::validate;
@@ -20,6 +21,9 @@ use std::collections::BTreeMap;
 
 /// Tags an event may carry.
 pub const MAX_TAGS: usize = 64;
+/// Distinct keys one append locks at most; beyond, it locks its tenant's
+/// [`Key::Everything`] in EXCLUSIVE instead (the lock table is finite).
+pub const MAX_LOCKS: usize = 128;
 
 /// An event's tags, checked: each a name (non-empty, at most 255 bytes), at
 /// most [`MAX_TAGS`]; repeats kept once, in their first order.
@@ -86,6 +90,51 @@ impl Query {
     pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
         self.items.is_empty() || self.items.iter().any(|i| i.matches(event_type, tags))
     }
+
+    /// The query as an SQL condition on `allsource.events e`; `value`
+    /// renders each list of names (types, or tags) as a `text[]` expression
+    /// (a parameter, or a quoted literal). The columns stand alone in each
+    /// term so that the indexes on `event_type` and `tags` serve it.
+    pub fn sql(&self, mut value: impl FnMut(&[String]) -> String) -> String {
+        if self.items.is_empty() {
+            return "true".to_owned();
+        }
+        let terms: Vec<String> = self
+            .items
+            .iter()
+            .map(|item| {
+                let mut term = Vec::new();
+                if !item.types.is_empty() {
+                    term.push(format!(
+                        "e.event_type OPERATOR(pg_catalog.=) ANY ({})",
+                        value(&item.types)
+                    ));
+                }
+                if !item.tags.is_empty() {
+                    term.push(format!(
+                        "e.tags OPERATOR(pg_catalog.@>) {}",
+                        value(&item.tags)
+                    ));
+                }
+                if term.is_empty() {
+                    "true".to_owned()
+                } else {
+                    term.join(" AND ")
+                }
+            })
+            .collect();
+        format!("({})", terms.join(" OR "))
+    }
+}
+
+/// `names` as a PostgreSQL array literal (`{"a","b\"c"}`): every element
+/// double-quoted, `"` and `\` escaped, so no name can end the literal.
+pub fn array_literal(names: &[String]) -> String {
+    let elements: Vec<String> = names
+        .iter()
+        .map(|name| format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", elements.join(","))
 }
 
 fn parse_item(argument: &str, number: usize, item: &Value) -> Result<Item> {
@@ -137,10 +186,18 @@ pub enum Key {
 }
 
 impl Key {
-    /// The key's 64-bit id in the lock table (a hash: two keys that share
-    /// one only wait for each other more than they must).
-    pub fn id(&self) -> u64 {
+    /// The key's 64-bit id in the lock table for `tenant` (a hash: two keys
+    /// that share one only wait for each other more than they must).
+    pub fn id(&self, tenant: Option<&str>) -> u64 {
         let mut hash = Sha256::new();
+        match tenant {
+            None => hash.update([0u8]),
+            Some(tenant) => {
+                hash.update([1u8]);
+                hash.update((tenant.len() as u32).to_be_bytes());
+                hash.update(tenant.as_bytes());
+            }
+        }
         match self {
             Key::Everything => hash.update([0u8]),
             Key::Type(name) => {
@@ -200,6 +257,31 @@ pub fn locks<'a>(
         }
     }
     keys.into_iter().collect()
+}
+
+/// The lock table entries of locks of one or more tenants, in the one order
+/// every append takes them (by id), each id once in its strongest mode.
+/// Over [`MAX_LOCKS`], each tenant's `Everything` in EXCLUSIVE instead:
+/// that conflicts with every writer of the tenant, which holds it in SHARE.
+pub fn lock_order<'a>(
+    locks: impl IntoIterator<Item = (Option<&'a str>, Key, Mode)>,
+) -> Vec<(u64, Mode)> {
+    let mut ids: BTreeMap<u64, Mode> = BTreeMap::new();
+    let mut tenants: Vec<Option<&str>> = Vec::new();
+    for (tenant, key, mode) in locks {
+        if !tenants.contains(&tenant) {
+            tenants.push(tenant);
+        }
+        let held = ids.entry(key.id(tenant)).or_insert(mode);
+        *held = (*held).max(mode);
+    }
+    if ids.len() > MAX_LOCKS {
+        ids = tenants
+            .into_iter()
+            .map(|tenant| (Key::Everything.id(tenant), Mode::Exclusive))
+            .collect();
+    }
+    ids.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -296,6 +378,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn queries_become_sql_on_the_indexed_columns() {
+        let mut values = Vec::new();
+        let sql = parse(json!([{"types": ["A", "B"], "tags": ["t"]}, {"tags": ["u", "v"]}, {}]))
+            .unwrap()
+            .sql(|names| {
+                values.push(names.to_vec());
+                format!("${}", values.len())
+            });
+        assert_eq!(
+            sql,
+            "(e.event_type OPERATOR(pg_catalog.=) ANY ($1) AND e.tags OPERATOR(pg_catalog.@>) $2 \
+             OR e.tags OPERATOR(pg_catalog.@>) $3 OR true)"
+        );
+        assert_eq!(
+            values,
+            [strings(&["A", "B"]), strings(&["t"]), strings(&["u", "v"])]
+        );
+        assert_eq!(Query::default().sql(|_| unreachable!()), "true");
+        assert_eq!(
+            array_literal(&strings(&["a", "b\"}c", "d\\"])),
+            r#"{"a","b\"}c","d\\"}"#
+        );
+    }
+
+    #[test]
+    fn tenants_lock_apart_and_many_keys_fall_back_to_everything() {
+        let key = Key::Tag("course:7".into());
+        assert_ne!(key.id(None), key.id(Some("acme")));
+        assert_ne!(key.id(Some("acme")), key.id(Some("globex")));
+        let few = lock_order([
+            (Some("acme"), key.clone(), Mode::Share),
+            (Some("acme"), key.clone(), Mode::Exclusive),
+            (Some("acme"), Key::Everything, Mode::Share),
+        ]);
+        assert_eq!(few.len(), 2);
+        assert!(few.windows(2).all(|w| w[0].0 < w[1].0), "sorted by id");
+        assert!(few.contains(&(key.id(Some("acme")), Mode::Exclusive)));
+        let many =
+            lock_order((0..=MAX_LOCKS).map(|i| (None, Key::Tag(format!("t{i}")), Mode::Share)));
+        assert_eq!(many, [(Key::Everything.id(None), Mode::Exclusive)]);
     }
 
     fn name() -> impl Strategy<Value = String> {

@@ -14,6 +14,8 @@
 //! i64 created_at                         microseconds since 1970-01-01 UTC
 //! 0x00                                   no tenant, or           (format 2 only)
 //! 0x01 ‖ u32 length ‖ tenant_id          UTF-8                   (format 2 only)
+//! 0x00                                   no tags, or             (format 2 only)
+//! 0x01 ‖ u32 count ‖ (u32 length ‖ tag)… in the stored order     (format 2 only)
 //! ```
 //!
 //! Format 1 (events written before 0.4.0) ends after `created_at`. The format
@@ -61,6 +63,8 @@ pub struct EventFields<'a> {
     pub created_at_unix_micros: i64,
     /// The stream's tenant (format 2 covers it).
     pub tenant: Option<&'a str>,
+    /// The event's tags, empty for none (format 2 covers them).
+    pub tags: &'a [String],
 }
 
 /// An encoding format of events.
@@ -68,7 +72,7 @@ pub struct EventFields<'a> {
 pub enum Format {
     /// Before 0.4.0: no tenant.
     V1 = 1,
-    /// Since 0.4.0: the tenant too. What appends write.
+    /// Since 0.4.0: the tenant and the tags too. What appends write.
     V2 = 2,
 }
 
@@ -165,6 +169,16 @@ fn encode_into(sink: &mut impl Sink, format: Format, event: &EventFields) {
     sink.put(&event.created_at_unix_micros.to_be_bytes());
     if format == Format::V2 {
         put_optional_text(sink, event.tenant);
+        if event.tags.is_empty() {
+            sink.put(&[0]);
+        } else {
+            sink.put(&[1]);
+            let count = u32::try_from(event.tags.len()).expect("at most 64 tags");
+            sink.put(&count.to_be_bytes());
+            for tag in event.tags {
+                put_text(sink, tag);
+            }
+        }
     }
 }
 
@@ -247,6 +261,7 @@ mod tests {
             // 2026-01-01 00:00:00 UTC
             created_at_unix_micros: 1_767_225_600_000_000,
             tenant: None,
+            tags: &[],
         }
     }
 
@@ -265,17 +280,30 @@ mod tests {
         );
         assert_eq!(
             hex(&checksum(&event, &GENESIS)),
-            "f58dddc5b320835bd05215a1a5af620e6ab2505c620cd95bbb18cbb083b52575"
+            "96dc918ec4350f56ee0cf65a1a9f0239719ee5d096d6b7dd410d0a2a5207f451"
         );
         let acme = EventFields {
             tenant: Some("acme"),
             ..event
         };
-        assert_eq!(encode(Format::V2, &acme).len(), 93 + 4 + 4);
+        assert_eq!(encode(Format::V2, &acme).len(), 93 + 4 + 4 + 1);
         let first = checksum(&acme, &GENESIS);
         assert_eq!(
             hex(&first),
-            "4b2875adce265dc70bc3e9ebf503f3bfafda7a767add6e8999fda62c4816e46a"
+            "8ed1d4ea6ae0c21d0cd8b4a895ea41a2185830b01d585104ed8d09058cee8982"
+        );
+        let tags = ["course:7".to_string(), "student:42".to_string()];
+        let tagged = EventFields {
+            tags: &tags,
+            ..acme
+        };
+        assert_eq!(
+            encode(Format::V2, &tagged).len(),
+            93 + 4 + 4 + 1 + 4 + (4 + 8) + (4 + 10)
+        );
+        assert_eq!(
+            hex(&checksum(&tagged, &GENESIS)),
+            "2f68ba0cd87e4b3f9a176afff3ebc8b76dded24f7e6fc4d193fd78e24434cfa5"
         );
         let tombstone = TombstoneFields {
             stream_id: "order-1",
@@ -291,7 +319,7 @@ mod tests {
         );
         assert_eq!(
             hex(&tombstone_checksum(&tombstone, &first)),
-            "f185a8b3ceafb129c892e91df284e6f5a9f959fb934c6e9f4fa391e9299d0518"
+            "4930955b5779f9fd2f9d021fa2b0a9cc90d3882b90b537cd6d534e1fd93cc147"
         );
     }
 
@@ -344,6 +372,14 @@ mod tests {
         let mut e = sample();
         e.event_type = "OrderPaid";
         variants.push(e);
+        let one_tag = ["course:7".to_string()];
+        let two_tags = ["student:42".to_string(), "course:7".to_string()];
+        let reordered = ["course:7".to_string(), "student:42".to_string()];
+        for tags in [&one_tag[..], &two_tags[..], &reordered[..]] {
+            let mut e = sample();
+            e.tags = tags;
+            variants.push(e);
+        }
         let mut e = sample();
         e.event_id[15] ^= 1;
         variants.push(e);

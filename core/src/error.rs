@@ -63,6 +63,9 @@ pub mod sqlstate {
     pub const STREAM_DELETED: SqlState = SqlState::new(b"ZA002");
     /// An event id already names a different event.
     pub const EVENT_ID_REUSED: SqlState = SqlState::new(b"ZA003");
+    /// An `append_if` condition failed.
+    pub const CONDITION_FAILED: SqlState = SqlState::new(b"ZA004");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState::new(b"0A000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::new(b"22023");
     pub const UNIQUE_VIOLATION: SqlState = SqlState::new(b"23505");
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState::new(b"25006");

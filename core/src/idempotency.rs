@@ -117,6 +117,7 @@ mod tests {
             event_id: Some(Uuid::from_u128(id)),
             payload: payload.into(),
             metadata: None,
+            tags: Vec::new(),
         }
     }
 

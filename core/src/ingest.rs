@@ -103,6 +103,7 @@ impl QueuedEvent {
                 event_id: (flags & 1 != 0).then_some(event_id),
                 payload,
                 metadata: (flags & 2 != 0).then_some(metadata),
+                tags: Vec::new(),
             },
         })
     }
@@ -410,6 +411,7 @@ mod tests {
                 event_id: id.map(Uuid::from_u128),
                 payload: r#"{"total": 5}"#.into(),
                 metadata: metadata.map(String::from),
+                tags: Vec::new(),
             },
         }
     }

@@ -147,6 +147,7 @@ pub fn plan_requests<'a>(
                         metadata: event.metadata.as_deref().map(Body::Text),
                         created_at_unix_micros: created_at,
                         tenant: request.tenant,
+                        tags: &event.tags,
                     },
                     &previous,
                 );
@@ -242,6 +243,7 @@ mod tests {
             event_id: id.map(Uuid::from_u128),
             payload: payload.into(),
             metadata: None,
+            tags: Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@ pub struct EventRow {
     pub event_type: String,
     pub event_id: [u8; 16],
     pub tenant: Option<String>,
+    /// Its tags, empty for none.
+    pub tags: Vec<String>,
     /// `payload::text`
     pub payload: String,
     /// `metadata::text`
@@ -69,6 +71,7 @@ impl EventRow {
             metadata,
             created_at_unix_micros: self.created_at_unix_micros,
             tenant: self.tenant.as_deref(),
+            tags: &self.tags,
         }
     }
 
@@ -576,6 +579,11 @@ mod tests {
                 event_type: format!("Type{}", version % 3),
                 event_id: (version as u128 * 7919).to_be_bytes(),
                 tenant: None,
+                tags: if version % 4 == 0 {
+                    vec![format!("tag:{version}")]
+                } else {
+                    vec![]
+                },
                 payload: format!(r#"{{"n": {version}}}"#),
                 metadata: (version % 2 == 0).then(|| format!(r#"{{"m": {version}}}"#)),
                 created_at_unix_micros: 1_767_225_600_000_000 + version / 3,

@@ -5,8 +5,9 @@
 -- privileges, only these grants.
 DO $grants$
 DECLARE
-    writes text := 'allsource.append(text, text, jsonb, jsonb, bigint, uuid), '
+    writes text := 'allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]), '
                    'allsource.append_batch(text, jsonb, bigint), '
+                   'allsource.append_if(jsonb, jsonb, bigint, text), '
                    'allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid), '
                    'allsource.await_ticket(bigint, int), '
                    'allsource.delete_stream(text, boolean), '

@@ -116,6 +116,11 @@ COMMENT ON FUNCTION allsource.verify_gapless(text) IS
 -- Categories: a stream "order-1" belongs to category "order". This index
 -- serves read_category in position order; read_all uses the primary key.
 CREATE INDEX events_category_position ON allsource.events (pg_catalog.split_part(stream_id, '-', 1), position);
+-- Queries by type and by tag (read_query, append_if's conditions): an item
+-- with types reads the first, an item with tags the second; only events
+-- with tags are in it.
+CREATE INDEX events_type_position ON allsource.events (event_type, position);
+CREATE INDEX events_tags ON allsource.events USING gin (tags) WHERE tags IS NOT NULL;
 
 -- Reads in global order stop at the watermark, and read with a snapshot
 -- taken after computing it (the next statement, under READ COMMITTED).
@@ -191,6 +196,48 @@ END
 $$;
 COMMENT ON FUNCTION allsource.read_all(bigint, int, text[], int) IS
     'Events after after_position in position order, never past the watermark; optionally of some types or one partition.';
+
+-- The events matching a query (dynamic consistency boundaries), a tenant's
+-- own, in position order up to the watermark. The condition comes from
+-- _query_condition with its names quoted as literals, so each call is
+-- planned for its own tags and types and their indexes.
+CREATE FUNCTION allsource.read_query(
+    query jsonb DEFAULT NULL,
+    after_position bigint DEFAULT 0,
+    max_count int DEFAULT 1000
+) RETURNS SETOF allsource.events
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    upto bigint;
+    tenant text := allsource.current_tenant();
+    matching text := allsource._query_condition(read_query.query);
+BEGIN
+    PERFORM allsource._check_read_all(read_query.after_position, read_query.max_count, NULL, allsource.partition_count());
+    upto := allsource._watermark_for_read('allsource.read_query');
+    RETURN QUERY EXECUTE
+        'SELECT e.* FROM allsource.events e '
+        'WHERE e.position OPERATOR(pg_catalog.>) $1 AND e.position OPERATOR(pg_catalog.<=) $2 AND '
+        || CASE WHEN tenant IS NULL THEN 'e.tenant_id IS NULL' ELSE 'e.tenant_id OPERATOR(pg_catalog.=) $3' END
+        || ' AND ' || matching || ' ORDER BY e.position LIMIT $4'
+        USING read_query.after_position, upto, tenant, read_query.max_count;
+END
+$$;
+COMMENT ON FUNCTION allsource.read_query(jsonb, bigint, int) IS
+    'Events matching a query ([{"types": [...], "tags": [...]}, ...]; NULL or [] for every event) after after_position, in position order, never past the watermark.';
+
+CREATE FUNCTION allsource.query_head(query jsonb DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM allsource._query_condition(query_head.query);
+    RETURN allsource.watermark();
+END
+$$;
+COMMENT ON FUNCTION allsource.query_head(jsonb) IS
+    'The position a decision based on read_query(query) may pass to append_if as after_position: the watermark. Take it before reading.';
 
 CREATE FUNCTION allsource.read_category(
     category text,
@@ -270,10 +317,12 @@ COMMENT ON FUNCTION allsource.stream_head(text) IS
 -- Reading is for readers and writers (the reads run as the owner).
 REVOKE EXECUTE ON FUNCTION allsource.stream_version(text), allsource.read_stream(text, bigint, int, boolean),
     allsource.verify_gapless(text), allsource.read_all(bigint, int, text[], int),
-    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text) FROM PUBLIC;
+    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text),
+    allsource.read_query(jsonb, bigint, int), allsource.query_head(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION allsource.stream_version(text), allsource.read_stream(text, bigint, int, boolean),
     allsource.verify_gapless(text), allsource.read_all(bigint, int, text[], int),
-    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text)
+    allsource.read_category(text, bigint, int, int, int), allsource.load_snapshot(text),
+    allsource.read_query(jsonb, bigint, int), allsource.query_head(jsonb)
 TO allsource_reader, allsource_writer;
 REVOKE EXECUTE ON FUNCTION allsource.stream_head(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION allsource.stream_head(text) TO allsource_reader, allsource_writer;

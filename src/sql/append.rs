@@ -18,6 +18,7 @@ use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi};
 use allsource_core::batch::{parse_batch_text, Appended, NewEvent};
+use allsource_core::boundary::{self, array_literal};
 use allsource_core::checksum::{self, GENESIS};
 use allsource_core::error::{Error, Result};
 use allsource_core::idempotency::StoredEvent;
@@ -41,11 +42,14 @@ fn append(
     metadata: default!(Option<JsonbText>, "NULL"),
     expected_version: default!(Option<i64>, "NULL"),
     event_id: default!(Option<Uuid>, "NULL"),
+    tags: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<'static, (name!(version, i64), name!(position, i64))> {
     let started = Instant::now();
     let result = (|| {
         refuse_on_standby("allsource.append()")?;
-        let (stream_id, event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
+        let (stream_id, mut event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
+        let tags: Vec<Option<&str>> = tags.iter().flatten().map(Option::as_deref).collect();
+        event.tags = boundary::tags("tags", &tags)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
         append_one(stream_id, &[event], expected)
     })();
@@ -106,12 +110,17 @@ pub(crate) fn new_event<'a>(
         event_id: event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes())),
         payload,
         metadata,
+        tags: Vec::new(),
     };
     validate::event_size("event", event.size(), settings::max_event_bytes())?;
     Ok((stream_id, event))
 }
 
-fn append_one(stream_id: &str, events: &[NewEvent], expected: ExpectedVersion) -> Result<Appended> {
+pub(crate) fn append_one(
+    stream_id: &str,
+    events: &[NewEvent],
+    expected: ExpectedVersion,
+) -> Result<Appended> {
     let tenant = tenant::session_tenant()?;
     let request = Request {
         stream_id,
@@ -136,6 +145,8 @@ pub(crate) fn append_requests(
 ) -> Result<Vec<std::result::Result<Appended, Refused>>> {
     let _writing = WriteGuard::new();
     let _generic = GenericPlans::new();
+    // Before the stream rows, as append_if takes its own: one lock order.
+    crate::sql::boundary::lock(&crate::sql::boundary::writer_locks(requests));
     Spi::connect_mut(|client| {
         let statements = statements(client);
         let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
@@ -190,6 +201,7 @@ pub(crate) fn append_requests(
                 rows.payloads.into(),
                 rows.metadata.into(),
                 rows.checksums.into(),
+                rows.tags.into(),
             ],
         ));
         if registered.len() != plan.rows.len() {
@@ -230,6 +242,8 @@ struct EventRows {
     payloads: Vec<String>,
     metadata: Vec<Option<String>>,
     checksums: Vec<Vec<u8>>,
+    /// Each row's tags as an array literal: one array per row.
+    tags: Vec<Option<String>>,
 }
 
 impl EventRows {
@@ -245,6 +259,7 @@ impl EventRows {
             payloads: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             checksums: Vec::with_capacity(n),
+            tags: Vec::with_capacity(n),
         }
     }
 
@@ -260,6 +275,7 @@ impl EventRows {
         self.payloads.push(row.event.payload.clone());
         self.metadata.push(row.event.metadata.clone());
         self.checksums.push(row.checksum.to_vec());
+        self.tags.push(row.event.stored_tags().map(array_literal));
     }
 }
 
@@ -382,15 +398,17 @@ fn insert_events_sql(on_conflict: &str) -> String {
     format!(
         "WITH inserted AS ( \
          INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, \
-                                       event_type, tenant_id, payload, metadata, created_at, checksum) \
+                                       event_type, tenant_id, payload, metadata, created_at, checksum, \
+                                       tags) \
          SELECT u.position, u.partition_id, u.stream_id, u.version, u.event_id, u.event_type, \
-                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, pg_catalog.now(), u.checksum \
+                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, pg_catalog.now(), u.checksum, \
+                u.tags::text[] \
          FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
                          pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), \
                          pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), \
-                         pg_catalog.unnest($10)) \
+                         pg_catalog.unnest($10), pg_catalog.unnest($11)) \
               AS u(position, partition_id, stream_id, version, event_id, event_type, \
-                   tenant_id, payload, metadata, checksum) \
+                   tenant_id, payload, metadata, checksum, tags) \
          RETURNING event_id, partition_id, position) \
          INSERT INTO allsource.event_ids (event_id, partition_id, position) \
          SELECT event_id, partition_id, position FROM inserted \
@@ -399,7 +417,7 @@ fn insert_events_sql(on_conflict: &str) -> String {
 }
 
 /// Column arrays of [`EventRows`], in the insert's parameter order.
-fn insert_event_args() -> [PgOid; 10] {
+fn insert_event_args() -> [PgOid; 11] {
     [
         oid::<Vec<i64>>(),
         oid::<Vec<i32>>(),
@@ -411,6 +429,7 @@ fn insert_event_args() -> [PgOid; 10] {
         oid::<Vec<String>>(),
         oid::<Vec<Option<String>>>(),
         oid::<Vec<Vec<u8>>>(),
+        oid::<Vec<Option<String>>>(),
     ]
 }
 
@@ -419,10 +438,10 @@ fn insert_event_args() -> [PgOid; 10] {
 /// plan, i.e. planning again on every call (about a fifth of an append's
 /// time); the generic statements are the same index and ctid scans. The mode is
 /// restored on return and on unwinding, so the caller's queries keep theirs.
-struct GenericPlans(i32);
+pub(crate) struct GenericPlans(i32);
 
 impl GenericPlans {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: a backend-local GUC variable, read when a cached plan is
         // chosen; this backend runs one thread.
         unsafe {

@@ -27,6 +27,7 @@
 mod append;
 pub mod backend;
 mod background;
+mod boundary;
 mod checks;
 mod delete;
 mod guard;

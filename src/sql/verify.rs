@@ -30,7 +30,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// 2 another), and once a hard delete erased it, the digests kept in its place.
 const EVENT_COLUMNS: &str =
     "e.version, e.event_type, e.event_id, e.payload::text, e.metadata::text, \
-     e.created_at, e.checksum, x.payload_digest, x.metadata_digest, e.position, e.tenant_id";
+     e.created_at, e.checksum, x.payload_digest, x.metadata_digest, e.position, e.tenant_id, e.tags";
 const EVENT_JOINS: &str = "LEFT JOIN allsource.erased_events x \
      ON x.partition_id = e.partition_id AND x.position = e.position";
 /// The id registry per event (one stream), or assumed sound (`verify_all`
@@ -581,7 +581,13 @@ fn event_row(row: pgrx::spi::SpiHeapTupleData) -> EventRow {
         }),
         position: spi(row.get(10)).expect("NOT NULL"),
         tenant: spi(row.get(11)),
-        registered: match spi::<Option<i32>>(row.get(12)).expect("computed") {
+        // A NULL element cannot be appended; as "" it fails to verify.
+        tags: spi::<Option<Vec<Option<String>>>>(row.get(12))
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect(),
+        registered: match spi::<Option<i32>>(row.get(13)).expect("computed") {
             0 => Registered::Missing,
             1 => Registered::Yes,
             _ => Registered::Elsewhere,
@@ -661,6 +667,7 @@ mod tests {
                     metadata: metadata.as_deref().map(Body::Text),
                     created_at_unix_micros: row.get(7).unwrap().unwrap(),
                     tenant: None,
+                    tags: &[],
                 };
                 let expected = checksum::checksum(&fields, &previous);
                 assert_eq!(

@@ -10,6 +10,9 @@ SET allsource.tenant = :'tenant';
 \set s2 :who '-2'
 \set s3 :who '-3'
 \set s4 :who '-4'
+\set tag :who ':seat'
+\set claim '[{"type": "Claimed", "payload": {}, "tags": ["' :tag '"]}]'
+\set condition '[{"types": ["Claimed"], "tags": ["' :tag '"]}, {"types": ["Opened"]}]'
 \if :writes
 SELECT * FROM allsource.append(:'s1', 'Opened', '{"n": 1}', '{"by": "test"}', expected_version => 0);
 \set batch '[{"type": "Added", "payload": {"n": 2}}, {"type": "Added", "payload": {"n": 3}, "id": "' :id1 '"}]'
@@ -24,7 +27,12 @@ SELECT allsource.save_snapshot(:'s1', 2, '{"total": 3}');
 SELECT allsource.delete_stream(:'s2');
 SELECT allsource.append(:'s4', 'Secret', '{"pii": "x"}');
 SELECT allsource.delete_stream(:'s4', hard => true);
+-- Dynamic consistency boundaries: tags, a condition, a stream of its own.
+SELECT * FROM allsource.append(:'s1', 'Tagged', '{}', tags => ARRAY[:'tag']);
+SELECT allsource.query_head(:'condition') AS head \gset
+SELECT * FROM allsource.append_if(:'claim', :'condition', :head);
 \endif
+SELECT pg_catalog.count(*) FROM allsource.read_query(:'condition');
 SELECT pg_catalog.count(*) FROM allsource.read_stream(:'s1');
 SELECT pg_catalog.count(*) FROM allsource.read_stream(:'s1', 3, 10, backward => true);
 SELECT pg_catalog.count(*) FROM allsource.read_all(0, 100);

@@ -81,3 +81,30 @@ BEGIN
     END IF;
 END
 $$;
+-- Dynamic consistency boundaries on the upgraded store: the old events have
+-- no tags, a claim of a tag holds once, and a tagged event verifies.
+DO $$
+DECLARE
+    p bigint;
+BEGIN
+    IF EXISTS (SELECT FROM allsource.events WHERE tags IS NOT NULL) THEN
+        RAISE EXCEPTION 'events from before the upgrade have tags';
+    END IF;
+    SELECT a.first_position INTO p FROM allsource.append_if(
+        '[{"type": "SeatBooked", "payload": {"seat": 1}, "tags": ["seat:1", "show:1"]}]',
+        '[{"types": ["SeatBooked"], "tags": ["seat:1"]}]', 0) a;
+    BEGIN
+        PERFORM allsource.append_if('[{"type": "SeatBooked", "payload": {"seat": 1}, "tags": ["seat:1"]}]',
+                                    '[{"types": ["SeatBooked"], "tags": ["seat:1"]}]', 0);
+        RAISE EXCEPTION 'a second claim of seat:1 was accepted';
+    EXCEPTION WHEN SQLSTATE 'ZA004' THEN NULL;
+    END;
+    IF (SELECT array_agg(position) FROM allsource.read_query('[{"tags": ["show:1"]}]')) <> ARRAY[p] THEN
+        RAISE EXCEPTION 'read_query does not find the tagged event at %', p;
+    END IF;
+    PERFORM allsource.append('order-1', 'OrderTagged', '{}', tags => ARRAY['order:1']);
+    IF EXISTS (SELECT FROM allsource.verify_all()) THEN
+        RAISE EXCEPTION 'verify_all() reports problems after tagged appends';
+    END IF;
+END
+$$;

@@ -20,23 +20,28 @@ RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
         || CASE WHEN metadata_digest IS NULL THEN '\x00'::bytea ELSE '\x01'::bytea || metadata_digest END
         || int8send((extract(epoch FROM created_at) * 1000000)::bigint)
 $$;
--- Format 2 (events appended since 0.4.0): format byte 0x02, and the tenant last.
+-- Format 2 (events appended since 0.4.0): format byte 0x02, then the tenant and the tags last.
 CREATE FUNCTION pg_temp.encoding2(stream_id text, version bigint, event_type text, event_id uuid,
-                                  payload_digest bytea, metadata_digest bytea, created_at timestamptz, tenant_id text)
+                                  payload_digest bytea, metadata_digest bytea, created_at timestamptz, tenant_id text,
+                                  tags text[])
 RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
     SELECT overlay(pg_temp.encoding(stream_id, version, event_type, event_id, payload_digest, metadata_digest, created_at)
                    PLACING '\x02'::bytea FROM 1 FOR 1)
         || CASE WHEN tenant_id IS NULL THEN '\x00'::bytea
                 ELSE '\x01'::bytea || int4send(octet_length(convert_to(tenant_id, 'UTF8'))) || convert_to(tenant_id, 'UTF8') END
+        || CASE WHEN tags IS NULL THEN '\x00'::bytea
+                ELSE '\x01'::bytea || int4send(cardinality(tags))
+                     || (SELECT string_agg(int4send(octet_length(convert_to(t, 'UTF8'))) || convert_to(t, 'UTF8'), ''::bytea ORDER BY n)
+                         FROM unnest(tags) WITH ORDINALITY u(t, n)) END
 $$;
--- The test vectors of docs/integrity.md: format 1, format 2 without a tenant and with tenant acme.
+-- The test vectors of docs/integrity.md: format 1, format 2 without a tenant, with tenant acme, and of acme with tags.
 SELECT encode(e, 'hex') AS encoding, encode(sha256(e || decode(repeat('00', 32), 'hex')), 'hex') AS checksum
 FROM pg_temp.encoding('order-1', 1, 'OrderPlaced', '00112233-4455-6677-8899-aabbccddeeff',
                       sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00') AS e;
 SELECT t AS tenant, encode(sha256(pg_temp.encoding2('order-1', 1, 'OrderPlaced', '00112233-4455-6677-8899-aabbccddeeff',
-                      sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00', t)
+                      sha256(convert_to('{"total": 42}', 'UTF8')), NULL, '2026-01-01 00:00:00+00', t, tags)
                       || decode(repeat('00', 32), 'hex')), 'hex') AS checksum
-FROM unnest(ARRAY[NULL, 'acme']) t;
+FROM (VALUES (NULL, NULL), ('acme', NULL), ('acme', ARRAY['course:7', 'student:42'])) v(t, tags);
 
 -- Streams of five events each.
 SELECT s AS stream_id, last_version
@@ -45,13 +50,14 @@ FROM unnest(ARRAY['audit-sound', 'audit-payload', 'audit-missing', 'audit-tail',
                   'audit-row-checksum', 'audit-orphan']) s,
      allsource.append_batch(s, (SELECT jsonb_agg(jsonb_build_object(
          'type', 'Step' || i, 'payload', jsonb_build_object('n', i),
-         'metadata', CASE WHEN i % 2 = 0 THEN jsonb_build_object('m', i) END)) FROM generate_series(1, 5) i),
+         'metadata', CASE WHEN i % 2 = 0 THEN jsonb_build_object('m', i) END,
+         'tags', CASE WHEN i % 2 = 1 THEN jsonb_build_array('step:' || i, 'audit') END)) FROM generate_series(1, 5) i),
          expected_version => 0);
 
 -- Anyone can recompute every checksum from a plain SELECT.
 SELECT stream_id, bool_and(checksum = sha256(pg_temp.encoding2(
            stream_id, version, event_type, event_id, sha256(convert_to(payload::text, 'UTF8')),
-           sha256(convert_to(metadata::text, 'UTF8')), created_at, tenant_id) || previous)) AS every_checksum_recomputed
+           sha256(convert_to(metadata::text, 'UTF8')), created_at, tenant_id, tags) || previous)) AS every_checksum_recomputed
 FROM (SELECT e.*, lag(checksum, 1, decode(repeat('00', 32), 'hex'))
                   OVER (PARTITION BY stream_id ORDER BY version) AS previous
       FROM allsource.events e WHERE tenant_id = 'audit') e
@@ -78,7 +84,7 @@ UPDATE allsource.events SET version = -2 WHERE stream_id = 'audit-versions' AND 
 UPDATE allsource.events SET version = 2 WHERE stream_id = 'audit-versions' AND version = 3;
 UPDATE allsource.events SET version = 3 WHERE stream_id = 'audit-versions' AND version = -2;
 UPDATE allsource.events e SET event_type = o.event_type, event_id = o.event_id, payload = o.payload,
-                              metadata = o.metadata, created_at = o.created_at
+                              metadata = o.metadata, created_at = o.created_at, tags = o.tags
 FROM allsource.events o
 WHERE e.stream_id = 'audit-contents' AND o.stream_id = 'audit-contents'
   AND (e.version, o.version) IN ((2, 3), (3, 2));
