@@ -91,6 +91,16 @@ impl Query {
         self.items.is_empty() || self.items.iter().any(|i| i.matches(event_type, tags))
     }
 
+    /// Whether every event matches: no items, or an item with neither types
+    /// nor tags.
+    pub fn matches_everything(&self) -> bool {
+        self.items.is_empty()
+            || self
+                .items
+                .iter()
+                .any(|item| item.types.is_empty() && item.tags.is_empty())
+    }
+
     /// The query as an SQL condition on `allsource.events e`; `value`
     /// renders each list of names (types, or tags) as a `text[]` expression
     /// (a parameter, or a quoted literal). The columns stand alone in each
@@ -399,6 +409,13 @@ mod tests {
             [strings(&["A", "B"]), strings(&["t"]), strings(&["u", "v"])]
         );
         assert_eq!(Query::default().sql(|_| unreachable!()), "true");
+        assert!(Query::default().matches_everything());
+        assert!(parse(json!([{"tags": ["t"]}, {}]))
+            .unwrap()
+            .matches_everything());
+        assert!(!parse(json!([{"tags": ["t"]}, {"types": ["A"]}]))
+            .unwrap()
+            .matches_everything());
         assert_eq!(
             array_literal(&strings(&["a", "b\"}c", "d\\"])),
             r#"{"a","b\"}c","d\\"}"#

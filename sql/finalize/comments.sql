@@ -6,8 +6,10 @@ COMMENT ON FUNCTION allsource.append_batch(text, jsonb, bigint) IS
     'Appends a JSON array of events ({"type", "payload", "metadata", "id", "tags"}) to the stream at once, all or nothing; returns the first and last versions and positions.';
 COMMENT ON FUNCTION allsource.append_if(jsonb, jsonb, bigint, text) IS
     'Appends events (append_batch''s array, with "tags") unless an event matching fail_if_events_match lies after after_position (ZA004 naming it); in stream_id, or in a stream of their own. Locks by the tags and types involved, never globally unless a query item is empty.';
-COMMENT ON FUNCTION allsource._query_condition(jsonb) IS
-    'The SQL condition read_query runs for a query; 22023 names a bad part of it.';
+COMMENT ON FUNCTION allsource.query_head(jsonb) IS
+    'The position a decision based on read_query(query) may pass to append_if as after_position: the watermark. Take it before reading.';
+COMMENT ON FUNCTION allsource._query_positions(jsonb, bigint, bigint, int) IS
+    'The partitions and positions of the events read_query returns; 22023 names a bad part of the query.';
 COMMENT ON FUNCTION allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid) IS
     'Hands one event to the ingest workers, which append it in batches; returns a ticket for await_ticket. Nothing is written until the ticket says committed.';
 COMMENT ON FUNCTION allsource.await_ticket(bigint, int) IS

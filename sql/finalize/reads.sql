@@ -198,9 +198,8 @@ COMMENT ON FUNCTION allsource.read_all(bigint, int, text[], int) IS
     'Events after after_position in position order, never past the watermark; optionally of some types or one partition.';
 
 -- The events matching a query (dynamic consistency boundaries), a tenant's
--- own, in position order up to the watermark. The condition comes from
--- _query_condition with its names quoted as literals, so each call is
--- planned for its own tags and types and their indexes.
+-- own, in position order up to the watermark: _query_positions finds them
+-- (with a statement prepared once per query shape), this reads their rows.
 CREATE FUNCTION allsource.read_query(
     query jsonb DEFAULT NULL,
     after_position bigint DEFAULT 0,
@@ -208,36 +207,29 @@ CREATE FUNCTION allsource.read_query(
 ) RETURNS SETOF allsource.events
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+-- The lookups' estimate (every partition for every row) is far above what
+-- they cost, and would have JIT compile them on every call.
+SET jit = off
 AS $$
 DECLARE
     upto bigint;
-    tenant text := allsource.current_tenant();
-    matching text := allsource._query_condition(read_query.query);
 BEGIN
     PERFORM allsource._check_read_all(read_query.after_position, read_query.max_count, NULL, allsource.partition_count());
     upto := allsource._watermark_for_read('allsource.read_query');
-    RETURN QUERY EXECUTE
-        'SELECT e.* FROM allsource.events e '
-        'WHERE e.position OPERATOR(pg_catalog.>) $1 AND e.position OPERATOR(pg_catalog.<=) $2 AND '
-        || CASE WHEN tenant IS NULL THEN 'e.tenant_id IS NULL' ELSE 'e.tenant_id OPERATOR(pg_catalog.=) $3' END
-        || ' AND ' || matching || ' ORDER BY e.position LIMIT $4'
-        USING read_query.after_position, upto, tenant, read_query.max_count;
+    -- OFFSET 0: one primary key lookup per position, in the one partition
+    -- it names, rather than a join that reads every partition.
+    RETURN QUERY
+        SELECT e.* FROM allsource._query_positions(read_query.query, read_query.after_position, upto, read_query.max_count) p,
+        LATERAL (SELECT r.* FROM allsource.events r
+                 WHERE r.partition_id OPERATOR(pg_catalog.=) p.partition_id
+                   AND r.position OPERATOR(pg_catalog.=) p.position OFFSET 0) e
+        ORDER BY p.position;
 END
 $$;
 COMMENT ON FUNCTION allsource.read_query(jsonb, bigint, int) IS
     'Events matching a query ([{"types": [...], "tags": [...]}, ...]; NULL or [] for every event) after after_position, in position order, never past the watermark.';
-
-CREATE FUNCTION allsource.query_head(query jsonb DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM allsource._query_condition(query_head.query);
-    RETURN allsource.watermark();
-END
-$$;
-COMMENT ON FUNCTION allsource.query_head(jsonb) IS
-    'The position a decision based on read_query(query) may pass to append_if as after_position: the watermark. Take it before reading.';
+REVOKE EXECUTE ON FUNCTION allsource._query_positions(jsonb, bigint, bigint, int) FROM PUBLIC;
 
 CREATE FUNCTION allsource.read_category(
     category text,

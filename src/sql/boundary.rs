@@ -10,17 +10,16 @@ use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
 use crate::sql::{oid, spi, tenant};
 use allsource_core::batch::{parse_batch_text, NewEvent};
-use allsource_core::boundary::{self, array_literal, Mode, Query};
+use allsource_core::boundary::{self, Mode, Query};
 use allsource_core::error::{sqlstate, Error, Result};
 use allsource_core::plan::Request;
 use allsource_core::validate::{self, ExpectedVersion};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
+use pgrx::spi::{OwnedPreparedStatement, SpiTupleTable};
 use pgrx::{PgOid, Uuid};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
 use std::time::Instant;
 
 /// The class (`objsubid` in `pg_locks`) of AllSource's advisory locks.
@@ -28,9 +27,10 @@ use std::time::Instant;
 /// these keys, or hold one to stall the appends.
 const LOCK_CLASS: u16 = 0x4153;
 
-/// Prepared checks kept per backend, one per query shape; beyond, the
-/// cache starts over (a shape is as many items, each with types, tags or both).
-const MAX_CACHED_CHECKS: usize = 256;
+/// Prepared statements of queries kept per backend, one per query shape and
+/// use; beyond, the cache starts over (a shape: so many items, each with
+/// types, tags or both).
+const MAX_CACHED_STATEMENTS: usize = 256;
 
 /// Appends `events` unless an event matching `fail_if_events_match` (of the
 /// session's tenant) lies after `after_position`; in `stream_id`, or in a
@@ -75,8 +75,8 @@ fn append_if(
         // every event whose writer could have conflicted (docs/design.md).
         if let Some(condition) = &condition {
             let after = after_position.unwrap_or(0);
-            if let Some(position) = first_match(condition, after, tenant.as_deref(), &events) {
-                return Err(condition_failed(position, after_position));
+            if let Some((position, ours)) = first_match(condition, after, tenant, &events) {
+                return Err(condition_failed(position, after_position, ours));
             }
         }
         append_one(&stream, &events, ExpectedVersion::from_arg(None)?)
@@ -93,27 +93,126 @@ fn own_stream(events: &[NewEvent]) -> String {
     format!("$dcb-{id}")
 }
 
-/// `read_query`'s and `query_head`'s query as an SQL condition on
-/// `allsource.events e`, its names quoted as literals (by PostgreSQL's own
-/// quoting, whatever the session's settings). 22023 names the bad part.
-#[pg_extern(immutable, parallel_safe)]
+/// The position a decision based on `read_query(query)` may pass to
+/// `append_if` as `after_position`: the watermark. 22023 names a bad part
+/// of the query.
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _query_condition(query: Option<JsonbText>) -> String {
-    let parsed = or_raise(match query {
+fn query_head(query: default!(Option<JsonbText>, "NULL")) -> i64 {
+    or_raise(query.map(|text| parse_query("query", &text.0)).transpose());
+    crate::sql::watermark::watermark()
+}
+
+/// The events of the session's tenant matching `query` after
+/// `after_position` and up to `upto`, at most `max_count`, in position
+/// order: `read_query`'s (which reads their rows). A statement per query
+/// shape, prepared once per backend, so a call is not planned again.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _query_positions(
+    query: Option<JsonbText>,
+    after_position: i64,
+    upto: i64,
+    max_count: i32,
+) -> TableIterator<'static, (name!(partition_id, i32), name!(position, i64))> {
+    let query = or_raise(match query {
         None => Ok(None),
         Some(text) => parse_query("query", &text.0),
     })
     .unwrap_or_default();
-    parsed.sql(|names| format!("{}::text[]", quote_literal(&array_literal(names))))
+    let tenant = or_raise(tenant::session_tenant());
+    let everything = query.matches_everything();
+    let mut statement = Matching::new(
+        &query,
+        tenant,
+        vec![
+            after_position.into(),
+            upto.into(),
+            i64::from(max_count).into(),
+        ],
+    );
+    // For a query with conditions, the indexes of its types and tags find the
+    // few candidates: "+ 0" keeps the planner from the positions' index (an
+    // ordered scan that filters, or a bitmap of every position in range).
+    let position = if everything {
+        "e.position"
+    } else {
+        "(e.position OPERATOR(pg_catalog.+) 0)"
+    };
+    let sql = format!(
+        "SELECT e.partition_id, e.position FROM allsource.events e \
+         WHERE {position} OPERATOR(pg_catalog.>) $1 AND {position} OPERATOR(pg_catalog.<=) $2 \
+           AND {} ORDER BY {position} LIMIT $3",
+        statement.condition
+    );
+    let rows = statement.run(&sql, |table| {
+        table
+            .map(|row| {
+                (
+                    spi(row.get(1)).expect("partition_id is NOT NULL"),
+                    spi(row.get(2)).expect("position is NOT NULL"),
+                )
+            })
+            .collect::<Vec<(i32, i64)>>()
+    });
+    TableIterator::new(rows)
 }
 
-fn quote_literal(text: &str) -> String {
-    let text = CString::new(text).expect("names hold no NUL: text cannot");
-    // SAFETY: quote_literal_cstr reads a C string and returns a new palloc'd one.
-    unsafe { CStr::from_ptr(pg_sys::quote_literal_cstr(text.as_ptr())) }
-        .to_str()
-        .expect("quoting keeps UTF-8")
-        .to_owned()
+/// A statement over the events of a tenant that match a query: its
+/// condition, and the arguments that go with it (the caller's first, then
+/// the tenant, then each list of names).
+struct Matching {
+    condition: String,
+    types: Vec<PgOid>,
+    args: Vec<DatumWithOid<'static>>,
+}
+
+impl Matching {
+    fn new(query: &Query, tenant: Option<String>, first: Vec<DatumWithOid<'static>>) -> Self {
+        let mut types: Vec<PgOid> = first.iter().map(|arg| PgOid::from(arg.oid())).collect();
+        let mut args = first;
+        let tenant_is = match tenant {
+            Some(tenant) => {
+                types.push(oid::<String>());
+                args.push(tenant.into());
+                format!("e.tenant_id OPERATOR(pg_catalog.=) ${}", args.len())
+            }
+            None => "e.tenant_id IS NULL".to_owned(),
+        };
+        let matching = query.sql(|names| {
+            types.push(oid::<Vec<String>>());
+            args.push(names.to_vec().into());
+            format!("${}", args.len())
+        });
+        Matching {
+            condition: format!("{tenant_is} AND {matching}"),
+            types,
+            args,
+        }
+    }
+
+    /// Runs `sql` (which uses [`Matching::condition`]) with a new snapshot:
+    /// prepared as mutating, as a read-only statement would reuse the
+    /// caller's snapshot, taken before `append_if`'s locks.
+    fn run<R>(&mut self, sql: &str, read: impl FnOnce(SpiTupleTable) -> R) -> R {
+        let _generic = GenericPlans::new();
+        STATEMENTS.with(|statements| {
+            let mut statements = statements.borrow_mut();
+            if statements.len() >= MAX_CACHED_STATEMENTS && !statements.contains_key(sql) {
+                statements.clear();
+            }
+            Spi::connect_mut(|client| {
+                let statement = statements
+                    .entry(sql.to_owned())
+                    .or_insert_with(|| spi(client.prepare_mut(sql, &self.types)).keep());
+                read(spi(client.update(&*statement, None, &self.args)))
+            })
+        })
+    }
+}
+
+thread_local! {
+    static STATEMENTS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
 /// A query from its jsonb text; `None` for JSON `null`.
@@ -186,80 +285,56 @@ fn needs_read_committed(function: &str) -> Result<()> {
     .with_hint("Run conditional appends in a READ COMMITTED transaction (the default)."))
 }
 
-/// The first position after `after` of an event of `tenant` matching
-/// `condition`, other than `events` themselves (a retry finds its own).
+/// The first event after `after` of `tenant` matching `condition`, other
+/// than `events` themselves (a retry finds its own): its position, and
+/// whether this transaction wrote it.
 fn first_match(
     condition: &Query,
     after: i64,
-    tenant: Option<&str>,
+    tenant: Option<String>,
     events: &[NewEvent],
-) -> Option<i64> {
-    let mut names: Vec<Vec<String>> = Vec::new();
-    let first_name = if tenant.is_some() { 4 } else { 3 };
-    let matching = condition.sql(|list| {
-        names.push(list.to_vec());
-        format!("${}", first_name + names.len() - 1)
-    });
-    let tenant_is = if tenant.is_some() {
-        "e.tenant_id OPERATOR(pg_catalog.=) $3"
-    } else {
-        "e.tenant_id IS NULL"
-    };
-    // "+ 0": not an index scan in position order, filtering for the match;
-    // the match's own indexes find the few candidates.
-    let sql = format!(
-        "SELECT pg_catalog.min(e.position OPERATOR(pg_catalog.+) 0) FROM allsource.events e \
-         WHERE e.position OPERATOR(pg_catalog.>) $1 AND e.event_id OPERATOR(pg_catalog.<>) ALL ($2) \
-           AND {tenant_is} AND {matching}"
-    );
+) -> Option<(i64, bool)> {
     let own: Vec<Uuid> = events
         .iter()
         .filter_map(|event| event.event_id)
         .map(|id| Uuid::from_bytes(*id.as_bytes()))
         .collect();
-    let mut types: Vec<PgOid> = vec![oid::<i64>(), oid::<Vec<Uuid>>()];
-    let mut args: Vec<DatumWithOid> = vec![after.into(), own.into()];
-    if let Some(tenant) = tenant {
-        types.push(oid::<String>());
-        args.push(tenant.to_owned().into());
-    }
-    for list in names {
-        types.push(oid::<Vec<String>>());
-        args.push(list.into());
-    }
-    let _generic = GenericPlans::new();
-    CHECKS.with(|checks| {
-        let mut checks = checks.borrow_mut();
-        Spi::connect_mut(|client| {
-            if checks.len() >= MAX_CACHED_CHECKS && !checks.contains_key(&sql) {
-                checks.clear();
-            }
-            // Prepared as mutating: SPI then takes a new snapshot for it,
-            // where a read-only statement would reuse the caller's, taken
-            // before the locks.
-            let check = checks
-                .entry(sql.clone())
-                .or_insert_with(|| spi(client.prepare_mut(&sql, &types)).keep());
-            spi(spi(client.update(&*check, Some(1), &args))
-                .first()
-                .get_one::<i64>())
-        })
+    let mut statement = Matching::new(condition, tenant, vec![after.into(), own.into()]);
+    // "+ 0": the condition's own indexes find the few candidates, not the
+    // positions' index (see _query_positions).
+    let sql = format!(
+        "SELECT e.position, e.xmin::text::bigint FROM allsource.events e \
+         WHERE (e.position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $1 \
+           AND e.event_id OPERATOR(pg_catalog.<>) ALL ($2) \
+           AND {} ORDER BY e.position OPERATOR(pg_catalog.+) 0 LIMIT 1",
+        statement.condition
+    );
+    statement.run(&sql, |mut table| {
+        let row = table.next()?;
+        let position: i64 = spi(row.get(1)).expect("position is NOT NULL");
+        let xmin: i64 = spi(row.get(2)).expect("xmin is never NULL");
+        let xid = pg_sys::TransactionId::from_inner(xmin as u32);
+        // SAFETY: asks about this backend's own transaction state.
+        let ours = unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid) };
+        Some((position, ours))
     })
 }
 
-thread_local! {
-    static CHECKS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-fn condition_failed(position: i64, after_position: Option<i64>) -> Error {
+fn condition_failed(position: i64, after_position: Option<i64>, ours: bool) -> Error {
     let since = match after_position {
         Some(after) => format!("after position {after}"),
         None => "at all".to_owned(),
     };
-    Error::new(
+    let error = Error::new(
         sqlstate::CONDITION_FAILED,
         format!("the append's condition failed: the event at position {position} matches fail_if_events_match"),
-    )
-    .with_detail(format!("An event matching the condition exists {since}; nothing was appended."))
-    .with_hint("Read the events of the decision again (query_head, then read_query), decide again, and retry with the new head as after_position.")
+    );
+    if ours {
+        return error
+            .with_detail(format!("An event matching the condition exists {since}: this transaction appended it, and reads stop at the watermark, which waits for this transaction; nothing was appended."))
+            .with_hint("Commit a decision before making another that depends on its events: a retry in this transaction fails again.");
+    }
+    error
+        .with_detail(format!("An event matching the condition exists {since}; nothing was appended."))
+        .with_hint("Read the events of the decision again (query_head, then read_query), decide again, and retry with the new head as after_position.")
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod crash;
 mod databases;
+mod dcb;
 mod integrity;
 mod lifecycle;
 mod limits;

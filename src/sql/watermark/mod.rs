@@ -262,7 +262,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
 /// visible; on a hot standby, the primary's as last replayed.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn watermark() -> i64 {
+pub(crate) fn watermark() -> i64 {
     or_raise(require_preloaded("allsource.watermark()"));
     if standby::is_standby() {
         return or_raise(publisher::published_watermark());
