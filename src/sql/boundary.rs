@@ -145,7 +145,7 @@ fn _query_positions(
            AND {} ORDER BY {position} LIMIT $3",
         statement.condition
     );
-    let rows = statement.run(&sql, |table| {
+    let rows = statement.run(&sql, false, |table| {
         table
             .map(|row| {
                 (
@@ -191,10 +191,17 @@ impl Matching {
         }
     }
 
-    /// Runs `sql` (which uses [`Matching::condition`]) with a new snapshot:
-    /// prepared as mutating, as a read-only statement would reuse the
-    /// caller's snapshot, taken before `append_if`'s locks.
-    fn run<R>(&mut self, sql: &str, read: impl FnOnce(SpiTupleTable) -> R) -> R {
+    /// Runs `sql` (which uses [`Matching::condition`]). With `new_snapshot`
+    /// as a mutating statement, for which SPI takes a new snapshot (a
+    /// read-only one reuses the caller's, taken before `append_if`'s locks);
+    /// otherwise read-only: PostgreSQL assigns a mutating statement's
+    /// transaction an id, which a hot standby cannot, and a read need not.
+    fn run<R>(
+        &mut self,
+        sql: &str,
+        new_snapshot: bool,
+        read: impl FnOnce(SpiTupleTable) -> R,
+    ) -> R {
         let _generic = GenericPlans::new();
         STATEMENTS.with(|statements| {
             let mut statements = statements.borrow_mut();
@@ -202,10 +209,15 @@ impl Matching {
                 statements.clear();
             }
             Spi::connect_mut(|client| {
-                let statement = statements
-                    .entry(sql.to_owned())
-                    .or_insert_with(|| spi(client.prepare_mut(sql, &self.types)).keep());
-                read(spi(client.update(&*statement, None, &self.args)))
+                let statement = statements.entry(sql.to_owned()).or_insert_with(|| {
+                    let prepared = if new_snapshot {
+                        client.prepare_mut(sql, &self.types)
+                    } else {
+                        client.prepare(sql, &self.types)
+                    };
+                    spi(prepared).keep()
+                });
+                read(spi(client.select(&*statement, None, &self.args)))
             })
         })
     }
@@ -309,7 +321,7 @@ fn first_match(
            AND {} ORDER BY e.position OPERATOR(pg_catalog.+) 0 LIMIT 1",
         statement.condition
     );
-    statement.run(&sql, |mut table| {
+    statement.run(&sql, true, |mut table| {
         let row = table.next()?;
         let position: i64 = spi(row.get(1)).expect("position is NOT NULL");
         let xmin: i64 = spi(row.get(2)).expect("xmin is never NULL");

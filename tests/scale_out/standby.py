@@ -75,6 +75,11 @@ def reads_and_refused_writes(primary, standby):
     primary.execute("SELECT allsource.ack('orders', %s)", (received[1],))
     assert one(primary, "SELECT allsource.nack('orders', %s, 'not yet')", (received[2],))[0] == "retry"
     primary.execute("SELECT allsource.release('orders')")
+    # A conditional append of tagged events: a stream of its own, tags on the rows.
+    primary.execute(
+        """SELECT allsource.append_if('[{"type": "Reserved", "payload": {}, "tags": ["order:1", "seat:9"]}]',
+                                     '[{"tags": ["seat:9"]}]', 0)"""
+    )
     mark = caught_up(primary, standby)
     step(f"the standby's watermark reached the primary's ({mark})")
 
@@ -95,12 +100,15 @@ def reads_and_refused_writes(primary, standby):
         "SELECT * FROM allsource.partition_stats()",
         "SELECT * FROM allsource.subscriptions()",
         "SELECT * FROM allsource.parked_events('orders')",
+        """SELECT * FROM allsource.read_query('[{"tags": ["order:1"]}]')""",
+        """SELECT allsource.query_head('[{"tags": ["seat:9"]}]')""",
     ]
     for query in same:
         expected = primary.execute(query).fetchall()
         got = standby.execute(query).fetchall()
         assert got == expected, f"{query}: standby {got}, primary {expected}"
-    assert len(standby.execute("SELECT * FROM allsource.read_all(0, 100)").fetchall()) == 6
+    assert len(standby.execute("SELECT * FROM allsource.read_all(0, 100)").fetchall()) == 7
+    assert one(standby, """SELECT tags FROM allsource.read_query('[{"tags": ["seat:9"]}]')""")[0] == ["order:1", "seat:9"]
     assert one(standby, "SELECT ok FROM allsource.verify_stream('order-1')")[0] is True
     assert one(standby, "SELECT count(*) FROM allsource.stats()")[0] == 1
     assert standby.execute("SELECT * FROM allsource.inflight()").fetchall() == []
@@ -121,6 +129,7 @@ def reads_and_refused_writes(primary, standby):
         "SELECT allsource.create_subscription('more')",
         "SELECT allsource.drop_subscription('orders')",
         "SELECT allsource.retry_parked('orders')",
+        """SELECT allsource.append_if('[{"type": "Late", "payload": {}}]')""",
     ]
     for query in writes:
         error = expect_error(standby, "25006", query)

@@ -94,6 +94,11 @@ SELECT count(*) FROM allsource.read_query('[{"types": [], "tags": []}]');
 -- A tag no event has; a type no event has.
 SELECT count(*) FROM allsource.read_query('[{"tags": ["course:8"]}]');
 SELECT count(*) FROM allsource.read_query('[{"types": ["Nothing"], "tags": ["course:7"]}]');
+-- A read writes nothing: no transaction id (a hot standby could not assign one).
+BEGIN;
+SELECT count(*) FROM allsource.read_query('[{"tags": ["course:7"]}]');
+SELECT pg_current_xact_id_if_assigned() IS NULL AS no_transaction_id;
+ROLLBACK;
 -- Paging: after_position and max_count.
 SELECT position - :p0 AS position FROM allsource.read_query('[{"tags": ["course:7"]}]', :p0 + 1, 1);
 -- Names are data, never SQL: quotes and backslashes match themselves.
