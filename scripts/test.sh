@@ -79,7 +79,11 @@ fsync = off"
     log "driver tests of the ingest queue (one at a time: they share the workers' database, some restart the server)"
     cargo test --test driver -- --test-threads 1 queue_
     log "driver tests that kill a backend or a worker (alone: the server restarts every session)"
-    cargo test --test driver -- --test-threads 1 crash_
+    # The DCB load test (20,000 decisions, about 2 minutes) on the stress
+    # versions only (15; every version in `all`): the others run the rest.
+    local skip_load=(--skip crash_dcb_course_invariants_under_load)
+    [[ " ${stress_versions[*]} " != *" $PG_MAJOR "* ]] || skip_load=()
+    cargo test --test driver -- --test-threads 1 crash_ "${skip_load[@]}"
     log "PostgreSQL $PG_MAJOR: the client examples in Python, Node.js and Rust"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres clients
     DATABASE_URL="postgresql://postgres@localhost:$port/clients" scripts/test_clients.sh

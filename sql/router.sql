@@ -486,9 +486,12 @@ $$;
 COMMENT ON FUNCTION allsource_router._watermark_on(int) IS
     'Internal: allsource.watermark() of the node that holds target_partition.';
 
-CREATE OR REPLACE FUNCTION allsource_router.read_all_nodes(cursors jsonb DEFAULT '{}', max_count int DEFAULT 1000)
+-- Its rows gained tags in 0.4.0: a new result type, which CREATE OR REPLACE cannot give.
+DROP FUNCTION IF EXISTS allsource_router.read_all_nodes(jsonb, int);
+CREATE FUNCTION allsource_router.read_all_nodes(cursors jsonb DEFAULT '{}', max_count int DEFAULT 1000)
 RETURNS TABLE (node text, "position" bigint, partition_id int, stream_id text, version bigint, event_id uuid,
-               event_type text, tenant_id text, payload jsonb, metadata jsonb, created_at timestamptz, checksum bytea)
+               event_type text, tenant_id text, payload jsonb, metadata jsonb, created_at timestamptz, checksum bytea,
+               tags text[])
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
