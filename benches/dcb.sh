@@ -29,17 +29,7 @@ systems=${DCB_SYSTEMS:-allsource,eventsourcing}
 DATA=$STATE_DIR/bench-dcb
 DCB_VENV=$STATE_DIR/venv-dcb
 
-# The venv of benches/dcb.py, (re)filled when the requirements differ from the
-# copy it was filled from (as common.sh's python_venv does for the examples).
-requirements=benches/dcb-requirements.txt
-python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
-if ! cmp -s "$requirements" "$DCB_VENV/requirements.txt"; then
-    log "Python venv $DCB_VENV with $requirements"
-    mkdir -p "$STATE_DIR"
-    [ -x "$DCB_VENV/bin/python" ] || python3 -m venv "$DCB_VENV"
-    quietly "$DCB_VENV/bin/pip" install --disable-pip-version-check --requirement "$requirements"
-    cp "$requirements" "$DCB_VENV/requirements.txt"
-fi
+python_venv benches/dcb-requirements.txt "$DCB_VENV"
 
 if [ -z "${ALLSOURCE_BENCH_INSTALLED:-}" ] && [[ ,$systems, == *,allsource,* ]]; then
     # bench_cluster's setup and build, at a lower priority (the machine is shared).

@@ -150,18 +150,19 @@ ${3:-}"
     psql=(psql --no-psqlrc --quiet --tuples-only --no-align --host=localhost --port="$port" --username=postgres --dbname=postgres)
 }
 
-# python_venv: $VENV, a venv with psycopg 3 (examples/python/requirements.txt)
-# for the Python example and tests; (re)filled when requirements.txt differs
-# from the copy it was filled from. Installs python3-venv if missing.
+# python_venv [REQUIREMENTS VENV]: a venv (default $VENV, with psycopg 3 from
+# examples/python/requirements.txt, for the Python example and tests);
+# (re)filled when the requirements differ from the copy it was filled from.
+# Installs python3-venv if missing.
 VENV=$STATE_DIR/venv-examples
 python_venv() {
-    local requirements=examples/python/requirements.txt
+    local requirements=${1:-examples/python/requirements.txt} venv=${2:-$VENV}
     python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
-    if ! cmp -s "$requirements" "$VENV/requirements.txt"; then
-        log "Python venv $VENV with $requirements"
+    if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+        log "Python venv $venv with $requirements"
         mkdir -p "$STATE_DIR"
-        [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-        quietly "$VENV/bin/pip" install --disable-pip-version-check --requirement "$requirements"
-        cp "$requirements" "$VENV/requirements.txt"
+        [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+        quietly "$venv/bin/pip" install --disable-pip-version-check --requirement "$requirements"
+        cp "$requirements" "$venv/requirements.txt"
     fi
 }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 /// Kills a server process with SIGKILL: PostgreSQL then restarts every process.
-fn kill_9(pid: i32) {
+pub(crate) fn kill_9(pid: i32) {
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

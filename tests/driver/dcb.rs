@@ -3,6 +3,7 @@
 //! subscriptions. The crash_ test restarts the server, so scripts/test.sh
 //! runs it alone.
 
+use crate::crash::kill_9;
 use crate::{reconnect_to, sqlstate, TestDb};
 use postgres::{Client, GenericClient, IsolationLevel, Statement};
 use rand::Rng;
@@ -76,15 +77,6 @@ fn assert_fails<T: std::fmt::Debug>(result: Result<T, postgres::Error>, state: &
         Ok(value) => panic!("{what}: returned {value:?} instead of {state}"),
         Err(e) => assert_eq!(sqlstate(&e), state, "{what}: {e}"),
     }
-}
-
-/// Kills a server process with SIGKILL: PostgreSQL then restarts every process.
-fn kill_9(pid: i32) {
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -9 {pid}");
 }
 
 /// The connection died with the server (57P01/57P02/57P03, 08xxx, or no
