@@ -7,7 +7,8 @@
 # suite, the adversarial suite, the upgrade from the oldest release, a hot standby with failover and
 # a PL/Proxy router over three nodes. Works as root: PostgreSQL runs as the
 # postgres user.
-#   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run (what CI runs)
+#   scripts/test.sh           PostgreSQL 15, then 14 and 18 without the stress run, the DCB load test
+#                             and the long watermark soak, 14 without the queue's tests (what CI runs)
 #   scripts/test.sh all       everything on every supported version, 13 to 18
 #   scripts/test.sh 13 17     everything on the versions named
 set -euo pipefail
@@ -21,8 +22,9 @@ started=$SECONDS
 # script; each other release to start from costs one more build of an old release.
 mapfile -t upgrade_from < <(past_releases | cut -f 1)
 soak_version=""
+queue_skipped=""
 case "${1:-}" in
-    "") versions=(15 14 18) stress_versions=(15) upgrade_from=("${upgrade_from[0]}") ;;
+    "") versions=(15 14 18) stress_versions=(15) upgrade_from=("${upgrade_from[0]}") queue_skipped=14 ;;
     all) read -ra versions <<<"$ALL_PG_MAJORS"; stress_versions=("${versions[@]}") soak_version=15 ;;
     *) versions=("$@") stress_versions=("$@") upgrade_from=("${upgrade_from[0]}") ;;
 esac
@@ -75,9 +77,18 @@ fsync = off"
     ALLSOURCE_TEST_PG_DUMP_BIN=$PG_BIN
     [ "$PG_MAJOR" -ge 15 ] || ALLSOURCE_TEST_PG_DUMP_BIN=$(pg_bin_dir 15)
     export ALLSOURCE_TEST_PG_DUMP_BIN
-    cargo test --test driver -- --test-threads 2 --skip crash_ --skip queue_
-    log "driver tests of the ingest queue (one at a time: they share the workers' database, some restart the server)"
-    cargo test --test driver -- --test-threads 1 queue_
+    # The watermark follower test is a soak: 100,000 events on the stress
+    # versions, 25,000 on the others (its 100,000 take about 4 minutes).
+    local follower_events=25000
+    [[ " ${stress_versions[*]} " != *" $PG_MAJOR "* ]] || follower_events=100000
+    ALLSOURCE_WATERMARK_EVENTS=${ALLSOURCE_WATERMARK_EVENTS:-$follower_events} \
+        cargo test --test driver -- --test-threads 2 --skip crash_ --skip queue_
+    # The ingest queue's tests (about 4 minutes) on every version but the
+    # oldest of a default run, whose driver tests use the queue too.
+    if [ "$PG_MAJOR" != "$queue_skipped" ]; then
+        log "driver tests of the ingest queue (one at a time: they share the workers' database, some restart the server)"
+        cargo test --test driver -- --test-threads 1 queue_
+    fi
     log "driver tests that kill a backend or a worker (alone: the server restarts every session)"
     # The DCB load test (20,000 decisions, about 2 minutes) on the stress
     # versions only (15; every version in `all`): the others run the rest.

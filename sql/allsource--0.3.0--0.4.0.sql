@@ -1224,11 +1224,34 @@ $dump$;
 -- indexes, append with tags, append_if, read_query and query_head.
 -- Events before this have no tags (NULL): their checksums stay as they are.
 ALTER TABLE allsource.events ADD COLUMN tags text[];
--- Queries by type and by tag (read_query, append_if's conditions): an item
--- with types reads the first, an item with tags the second; only events
--- with tags are in it.
+-- Queries by type (read_query, append_if's conditions): an item with types
+-- and no tags reads this index; an item with tags reads allsource.event_tags.
 CREATE INDEX events_type_position ON allsource.events (event_type, position);
-CREATE INDEX events_tags ON allsource.events USING gin (tags) WHERE tags IS NOT NULL;
+
+-- One row per tag of each tagged event, for dynamic consistency boundaries:
+-- append_if's condition and read_query find a tag's events after a position
+-- with one range scan of one index, where allsource.events would be 32
+-- partitions to probe; the row has what a query matches besides the tag (the
+-- event's type and tags), so a condition never reads the events.
+CREATE TABLE allsource.event_tags (
+    tag          text   COLLATE "C" NOT NULL,
+    -- The event's tenant, '' without one (a tenant is never empty).
+    tenant       text   COLLATE "C" NOT NULL,
+    position     bigint NOT NULL,
+    partition_id int    NOT NULL,
+    event_id     uuid   NOT NULL,
+    event_type   text   NOT NULL,
+    tags         text[] NOT NULL,
+    PRIMARY KEY (tag, tenant, position)
+);
+COMMENT ON TABLE allsource.event_tags IS
+    'One row per tag of each tagged event (append_if''s conditions, read_query). Written by AllSource''s functions only.';
+
+CREATE TRIGGER refuse_direct_write BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON allsource.event_tags
+    FOR EACH STATEMENT EXECUTE FUNCTION allsource.refuse_direct_write();
+SELECT pg_catalog.pg_extension_config_dump('allsource.event_tags', '');
+REVOKE ALL ON allsource.event_tags FROM PUBLIC;
+GRANT SELECT, INSERT ON allsource.event_tags TO allsource_worker;
 
 -- append_batch's elements take "tags".
 COMMENT ON FUNCTION allsource.append_batch(text, jsonb, bigint) IS

@@ -110,6 +110,25 @@ CREATE TABLE allsource.event_ids (
     position     bigint NOT NULL
 );
 
+-- One row per tag of each tagged event, for dynamic consistency boundaries:
+-- append_if's condition and read_query find a tag's events after a position
+-- with one range scan of one index, where allsource.events would be 32
+-- partitions to probe; the row has what a query matches besides the tag (the
+-- event's type and tags), so a condition never reads the events.
+CREATE TABLE allsource.event_tags (
+    tag          text   COLLATE "C" NOT NULL,
+    -- The event's tenant, '' without one (a tenant is never empty).
+    tenant       text   COLLATE "C" NOT NULL,
+    position     bigint NOT NULL,
+    partition_id int    NOT NULL,
+    event_id     uuid   NOT NULL,
+    event_type   text   NOT NULL,
+    tags         text[] NOT NULL,
+    PRIMARY KEY (tag, tenant, position)
+);
+COMMENT ON TABLE allsource.event_tags IS
+    'One row per tag of each tagged event (append_if''s conditions, read_query). Written by AllSource''s functions only.';
+
 -- What a hard delete keeps of each erased event: the SHA-256 digests of its
 -- payload and metadata text, which is what the hash chain covers, so the
 -- stream still verifies without the content.

@@ -53,6 +53,13 @@ pub struct Item {
 }
 
 impl Item {
+    /// The tag every event the item matches carries, whose rows of
+    /// `allsource.event_tags` find them: the smallest, which is also the key
+    /// an item's condition locks ([`locks`]). `None` without tags.
+    pub fn index_tag(&self) -> Option<&str> {
+        self.tags.iter().min().map(String::as_str)
+    }
+
     fn matches(&self, event_type: &str, tags: &[String]) -> bool {
         (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
             && self.tags.iter().all(|t| tags.contains(t))
@@ -99,41 +106,6 @@ impl Query {
                 .items
                 .iter()
                 .any(|item| item.types.is_empty() && item.tags.is_empty())
-    }
-
-    /// The query as an SQL condition on `allsource.events e`; `value`
-    /// renders each list of names (types, or tags) as a `text[]` expression
-    /// (a parameter, or a quoted literal). The columns stand alone in each
-    /// term so that the indexes on `event_type` and `tags` serve it.
-    pub fn sql(&self, mut value: impl FnMut(&[String]) -> String) -> String {
-        if self.items.is_empty() {
-            return "true".to_owned();
-        }
-        let terms: Vec<String> = self
-            .items
-            .iter()
-            .map(|item| {
-                let mut term = Vec::new();
-                if !item.types.is_empty() {
-                    term.push(format!(
-                        "e.event_type OPERATOR(pg_catalog.=) ANY ({})",
-                        value(&item.types)
-                    ));
-                }
-                if !item.tags.is_empty() {
-                    term.push(format!(
-                        "e.tags OPERATOR(pg_catalog.@>) {}",
-                        value(&item.tags)
-                    ));
-                }
-                if term.is_empty() {
-                    "true".to_owned()
-                } else {
-                    term.join(" AND ")
-                }
-            })
-            .collect();
-        format!("({})", terms.join(" OR "))
     }
 }
 
@@ -255,8 +227,8 @@ pub fn locks<'a>(
             hold(Key::Everything, Mode::Exclusive);
         }
         for item in &condition.items {
-            if let Some(tag) = item.tags.iter().min() {
-                hold(Key::Tag(tag.clone()), Mode::Exclusive);
+            if let Some(tag) = item.index_tag() {
+                hold(Key::Tag(tag.to_owned()), Mode::Exclusive);
             } else if !item.types.is_empty() {
                 for event_type in &item.types {
                     hold(Key::Type(event_type.clone()), Mode::Exclusive);
@@ -391,24 +363,10 @@ mod tests {
     }
 
     #[test]
-    fn queries_become_sql_on_the_indexed_columns() {
-        let mut values = Vec::new();
-        let sql = parse(json!([{"types": ["A", "B"], "tags": ["t"]}, {"tags": ["u", "v"]}, {}]))
-            .unwrap()
-            .sql(|names| {
-                values.push(names.to_vec());
-                format!("${}", values.len())
-            });
-        assert_eq!(
-            sql,
-            "(e.event_type OPERATOR(pg_catalog.=) ANY ($1) AND e.tags OPERATOR(pg_catalog.@>) $2 \
-             OR e.tags OPERATOR(pg_catalog.@>) $3 OR true)"
-        );
-        assert_eq!(
-            values,
-            [strings(&["A", "B"]), strings(&["t"]), strings(&["u", "v"])]
-        );
-        assert_eq!(Query::default().sql(|_| unreachable!()), "true");
+    fn an_item_is_found_by_its_smallest_tag_and_everything_is_recognised() {
+        let query = parse(json!([{"types": ["A"], "tags": ["t", "b"]}, {"types": ["A"]}])).unwrap();
+        assert_eq!(query.items[0].index_tag(), Some("b"));
+        assert_eq!(query.items[1].index_tag(), None);
         assert!(Query::default().matches_everything());
         assert!(parse(json!([{"tags": ["t"]}, {}]))
             .unwrap()

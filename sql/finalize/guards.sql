@@ -9,6 +9,7 @@ BEGIN
     FOR target IN
         SELECT 'allsource.streams'::regclass
         UNION ALL SELECT 'allsource.event_ids'::regclass
+        UNION ALL SELECT 'allsource.event_tags'::regclass
         UNION ALL SELECT 'allsource.erased_events'::regclass
         UNION ALL SELECT 'allsource.snapshots'::regclass
         UNION ALL SELECT 'allsource.events'::regclass

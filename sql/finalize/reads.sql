@@ -116,11 +116,9 @@ COMMENT ON FUNCTION allsource.verify_gapless(text) IS
 -- Categories: a stream "order-1" belongs to category "order". This index
 -- serves read_category in position order; read_all uses the primary key.
 CREATE INDEX events_category_position ON allsource.events (pg_catalog.split_part(stream_id, '-', 1), position);
--- Queries by type and by tag (read_query, append_if's conditions): an item
--- with types reads the first, an item with tags the second; only events
--- with tags are in it.
+-- Queries by type (read_query, append_if's conditions): an item with types
+-- and no tags reads this index; an item with tags reads allsource.event_tags.
 CREATE INDEX events_type_position ON allsource.events (event_type, position);
-CREATE INDEX events_tags ON allsource.events USING gin (tags) WHERE tags IS NOT NULL;
 
 -- Reads in global order stop at the watermark, and read with a snapshot
 -- taken after computing it (the next statement, under READ COMMITTED).

@@ -41,7 +41,7 @@ GRANT SELECT ON allsource.published_watermark TO allsource_reader, allsource_wri
 -- The workers' appends (streams, events, ids; the row of a new stream they
 -- refused goes again), the publisher's watermark.
 GRANT SELECT, INSERT, UPDATE, DELETE ON allsource.streams TO allsource_worker;
-GRANT SELECT, INSERT ON allsource.events, allsource.event_ids TO allsource_worker;
+GRANT SELECT, INSERT ON allsource.events, allsource.event_ids, allsource.event_tags TO allsource_worker;
 GRANT SELECT, UPDATE ON allsource.published_watermark TO allsource_worker;
 GRANT USAGE, SELECT ON SEQUENCE allsource.event_position TO allsource_worker;
 -- The workers append for every tenant.

@@ -180,6 +180,21 @@ pub(crate) fn append_requests(
         for (row, &position) in plan.rows.iter().zip(&positions) {
             rows.push(position, row);
         }
+        // Before the events' insert, which takes the columns.
+        if rows.tags.iter().any(Option::is_some) {
+            spi(client.update(
+                &statements.insert_event_tags,
+                None,
+                &[
+                    rows.positions.clone().into(),
+                    rows.partition_ids.clone().into(),
+                    rows.event_ids.clone().into(),
+                    rows.event_types.clone().into(),
+                    rows.tenant_ids.clone().into(),
+                    rows.tags.clone().into(),
+                ],
+            ));
+        }
         // Ids we generated are new by construction: only a caller's id can
         // meet a concurrent transaction's, which ON CONFLICT detects.
         let insert = if plan.rows.iter().any(|row| row.event.event_id.is_some()) {
@@ -468,6 +483,7 @@ struct Statements {
     take_positions: OwnedPreparedStatement,
     insert_events: OwnedPreparedStatement,
     insert_events_with_new_ids: OwnedPreparedStatement,
+    insert_event_tags: OwnedPreparedStatement,
     update_streams: OwnedPreparedStatement,
     forget_streams: OwnedPreparedStatement,
 }
@@ -524,6 +540,24 @@ impl Statements {
                 &insert_event_args(),
             ),
             insert_events_with_new_ids: prepare(&insert_events_sql(""), &insert_event_args()),
+            // A row per tag of each tagged event (unnest of NULL: none).
+            insert_event_tags: prepare(
+                "INSERT INTO allsource.event_tags (tag, tenant, position, partition_id, event_id, event_type, tags) \
+                 SELECT t.tag, COALESCE(u.tenant_id, ''), u.position, u.partition_id, u.event_id, \
+                        u.event_type, u.tags::text[] \
+                 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+                                 pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) \
+                      AS u(position, partition_id, event_id, event_type, tenant_id, tags), \
+                      pg_catalog.unnest(u.tags::text[]) AS t(tag)",
+                &[
+                    oid::<Vec<i64>>(),
+                    oid::<Vec<i32>>(),
+                    oid::<Vec<Uuid>>(),
+                    oid::<Vec<String>>(),
+                    oid::<Vec<Option<String>>>(),
+                    oid::<Vec<Option<String>>>(),
+                ],
+            ),
             update_streams: prepare(
                 "UPDATE allsource.streams s \
                  SET version = u.version, last_checksum = u.last_checksum, updated_at = pg_catalog.now() \

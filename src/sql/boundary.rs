@@ -8,7 +8,7 @@ use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
-use crate::sql::{oid, spi, tenant};
+use crate::sql::{spi, tenant};
 use allsource_core::batch::{parse_batch_text, NewEvent};
 use allsource_core::boundary::{self, Mode, Query};
 use allsource_core::error::{sqlstate, Error, Result};
@@ -121,7 +121,6 @@ fn _query_positions(
     })
     .unwrap_or_default();
     let tenant = or_raise(tenant::session_tenant());
-    let everything = query.matches_everything();
     let mut statement = Matching::new(
         &query,
         tenant,
@@ -131,20 +130,17 @@ fn _query_positions(
             i64::from(max_count).into(),
         ],
     );
-    // For a query with conditions, the indexes of its types and tags find the
-    // few candidates: "+ 0" keeps the planner from the positions' index (an
-    // ordered scan that filters, or a bitmap of every position in range).
-    let position = if everything {
-        "e.position"
-    } else {
-        "(e.position OPERATOR(pg_catalog.+) 0)"
-    };
-    let sql = format!(
-        "SELECT e.partition_id, e.position FROM allsource.events e \
-         WHERE {position} OPERATOR(pg_catalog.>) $1 AND {position} OPERATOR(pg_catalog.<=) $2 \
-           AND {} ORDER BY {position} LIMIT $3",
-        statement.condition
-    );
+    // Each item's first events in range, then the first of them all (UNION:
+    // an event two items match is read once).
+    let items = statement.union(" UNION ", |table, condition| {
+        format!(
+            "(SELECT x.partition_id, x.position FROM {table} x \
+              WHERE {condition} AND x.position OPERATOR(pg_catalog.>) $1 \
+                AND x.position OPERATOR(pg_catalog.<=) $2 ORDER BY x.position LIMIT $3)"
+        )
+    });
+    let sql =
+        format!("SELECT m.partition_id, m.position FROM ({items}) m ORDER BY m.position LIMIT $3");
     let rows = statement.run(&sql, false, |table| {
         table
             .map(|row| {
@@ -158,37 +154,96 @@ fn _query_positions(
     TableIterator::new(rows)
 }
 
-/// A statement over the events of a tenant that match a query: its
-/// condition, and the arguments that go with it (the caller's first, then
-/// the tenant, then each list of names).
+/// The events of a tenant that match a query, as one branch per item (a
+/// query matching everything: one over all events): the table each reads
+/// (`allsource.event_tags` for an item with tags, `allsource.events` by type
+/// otherwise) and its condition on `x`, and the arguments that go with them
+/// (the caller's first, then the tenant, then the names).
 struct Matching {
-    condition: String,
+    branches: Vec<(&'static str, String)>,
     types: Vec<PgOid>,
     args: Vec<DatumWithOid<'static>>,
 }
+
+const EVENTS: &str = "allsource.events";
+const EVENT_TAGS: &str = "allsource.event_tags";
 
 impl Matching {
     fn new(query: &Query, tenant: Option<String>, first: Vec<DatumWithOid<'static>>) -> Self {
         let mut types: Vec<PgOid> = first.iter().map(|arg| PgOid::from(arg.oid())).collect();
         let mut args = first;
-        let tenant_is = match tenant {
-            Some(tenant) => {
-                types.push(oid::<String>());
-                args.push(tenant.into());
-                format!("e.tenant_id OPERATOR(pg_catalog.=) ${}", args.len())
-            }
-            None => "e.tenant_id IS NULL".to_owned(),
-        };
-        let matching = query.sql(|names| {
-            types.push(oid::<Vec<String>>());
-            args.push(names.to_vec().into());
+        let mut parameter = |arg: DatumWithOid<'static>| {
+            types.push(PgOid::from(arg.oid()));
+            args.push(arg);
             format!("${}", args.len())
-        });
+        };
+        // event_tags has '' for no tenant; events has NULL.
+        let tenant_is = match &tenant {
+            Some(tenant) => format!(
+                "x.tenant_id OPERATOR(pg_catalog.=) {}",
+                parameter(tenant.clone().into())
+            ),
+            None => "x.tenant_id IS NULL".to_owned(),
+        };
+        let branches = if query.matches_everything() {
+            vec![(EVENTS, tenant_is)]
+        } else {
+            let tag_tenant_is = format!(
+                "x.tenant OPERATOR(pg_catalog.=) {}",
+                parameter(tenant.unwrap_or_default().into())
+            );
+            let mut branches = Vec::new();
+            for item in &query.items {
+                match item.index_tag() {
+                    Some(tag) => {
+                        let mut condition = format!(
+                            "x.tag OPERATOR(pg_catalog.=) {} AND {tag_tenant_is}",
+                            parameter(tag.to_owned().into())
+                        );
+                        if !item.types.is_empty() {
+                            condition += &format!(
+                                " AND x.event_type OPERATOR(pg_catalog.=) ANY ({})",
+                                parameter(item.types.clone().into())
+                            );
+                        }
+                        if item.tags.len() > 1 {
+                            condition += &format!(
+                                " AND x.tags OPERATOR(pg_catalog.@>) {}",
+                                parameter(item.tags.clone().into())
+                            );
+                        }
+                        branches.push((EVENT_TAGS, condition));
+                    }
+                    // A branch per type: each a range of (event_type, position).
+                    None => branches.extend(item.types.iter().map(|event_type| {
+                        (
+                            EVENTS,
+                            format!(
+                                "{tenant_is} AND x.event_type OPERATOR(pg_catalog.=) {}",
+                                parameter(event_type.clone().into())
+                            ),
+                        )
+                    })),
+                }
+            }
+            branches
+        };
         Matching {
-            condition: format!("{tenant_is} AND {matching}"),
+            branches,
             types,
             args,
         }
+    }
+
+    /// The branches, each made a statement by `select(table, condition)`,
+    /// joined by `operator`.
+    fn union(&self, operator: &str, select: impl Fn(&str, &str) -> String) -> String {
+        let selects: Vec<String> = self
+            .branches
+            .iter()
+            .map(|(table, condition)| select(table, condition))
+            .collect();
+        selects.join(operator)
     }
 
     /// Runs `sql` (which uses [`Matching::condition`]). With `new_snapshot`
@@ -312,15 +367,14 @@ fn first_match(
         .map(|id| Uuid::from_bytes(*id.as_bytes()))
         .collect();
     let mut statement = Matching::new(condition, tenant, vec![after.into(), own.into()]);
-    // "+ 0": the condition's own indexes find the few candidates, not the
-    // positions' index (see _query_positions).
-    let sql = format!(
-        "SELECT e.position, e.xmin::text::bigint FROM allsource.events e \
-         WHERE (e.position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $1 \
-           AND e.event_id OPERATOR(pg_catalog.<>) ALL ($2) \
-           AND {} ORDER BY e.position OPERATOR(pg_catalog.+) 0 LIMIT 1",
-        statement.condition
-    );
+    let items = statement.union(" UNION ALL ", |table, condition| {
+        format!(
+            "(SELECT x.position, x.xmin::text::bigint AS xmin FROM {table} x \
+              WHERE {condition} AND x.position OPERATOR(pg_catalog.>) $1 \
+                AND x.event_id OPERATOR(pg_catalog.<>) ALL ($2) ORDER BY x.position LIMIT 1)"
+        )
+    });
+    let sql = format!("SELECT m.position, m.xmin FROM ({items}) m ORDER BY m.position LIMIT 1");
     statement.run(&sql, true, |mut table| {
         let row = table.next()?;
         let position: i64 = spi(row.get(1)).expect("position is NOT NULL");

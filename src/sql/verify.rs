@@ -324,6 +324,58 @@ fn verify_store(scope: Scope) -> Vec<Failure> {
                 ),
             });
         }
+        // The tag index in one pass: each tag of each event has its row in
+        // allsource.event_tags, as the event has it, and each row its event's
+        // tag. A missing row hides the event from conditions and read_query;
+        // a forged one fails conditions it matches.
+        let tag_index = spi(client.select(
+            &format!(
+                "WITH stored AS ( \
+                   SELECT e.stream_id, e.version, e.tenant_id, t.tag, coalesce(e.tenant_id, '') AS tenant, \
+                          e.position, e.partition_id, e.event_id, e.event_type, e.tags \
+                   FROM allsource.events e, unnest(e.tags) AS t(tag) \
+                   WHERE e.tags IS NOT NULL AND {}) \
+                 SELECT s.stream_id, s.version, s.tenant_id \
+                 FROM stored s FULL JOIN allsource.event_tags r \
+                   ON r.tag = s.tag AND r.tenant = s.tenant AND r.position = s.position \
+                 WHERE (s.tag IS NULL OR r.tag IS NULL OR r.partition_id <> s.partition_id \
+                        OR r.event_id <> s.event_id OR r.event_type <> s.event_type OR r.tags <> s.tags) \
+                   AND (s.tag IS NOT NULL OR {})",
+                scope.filter("e.tenant_id"),
+                scope.filter("nullif(r.tenant, '')")
+            ),
+            None,
+            &[],
+        ));
+        let mut forged_tags = 0u64;
+        for (stream_id, version, tenant) in consume(tag_index, |row| {
+            (
+                spi::<Option<String>>(row.get(1)),
+                spi::<Option<i64>>(row.get(2)),
+                spi::<Option<String>>(row.get(3)),
+            )
+        }) {
+            let (Some(stream_id), Some(version)) = (stream_id, version) else {
+                forged_tags += 1;
+                continue;
+            };
+            failures.push(Failure {
+                tenant,
+                stream_id: Some(stream_id),
+                version: Some(version),
+                problem: format!("version {version}'s tags are not in allsource.event_tags as the event has them: append_if's conditions and read_query could miss it"),
+            });
+        }
+        if forged_tags > 0 {
+            failures.push(Failure {
+                tenant: None,
+                stream_id: None,
+                version: None,
+                problem: format!(
+                    "{forged_tags} rows of allsource.event_tags are no event's tag: conditions that match them fail"
+                ),
+            });
+        }
     });
     if started.elapsed() >= PROGRESS_EVERY {
         notice!(

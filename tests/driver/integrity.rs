@@ -381,6 +381,52 @@ fn a_damaged_event_id_registry_is_found() {
     );
 }
 
+/// The tag index: every tag of every event has its row, as the event has
+/// it, and every row is an event's tag.
+#[test]
+fn a_damaged_tag_index_is_found() {
+    let db = TestDb::new("event_tags");
+    let mut client = db.connect();
+    for stream in ["untagged", "dropped", "retyped", "sound"] {
+        client
+            .execute(
+                "SELECT allsource.append($1, 'Tagged', '{}', tags => ARRAY['course:7', $1])",
+                &[&stream],
+            )
+            .unwrap();
+    }
+    assert!(failures(&mut client).is_empty());
+    forge(
+        &mut client,
+        "DELETE FROM allsource.event_tags WHERE tag = 'dropped';
+         UPDATE allsource.event_tags SET event_type = 'Other' WHERE tag = 'course:7'
+          AND position = (SELECT position FROM allsource.events WHERE stream_id = 'retyped')",
+    );
+    let found = failures(&mut client);
+    assert_eq!(found.len(), 2, "{found:?}");
+    for ((stream, version, problem), damaged) in found.iter().zip(["dropped", "retyped"]) {
+        assert_eq!((stream.as_deref(), *version), (Some(damaged), Some(1)));
+        assert!(problem.contains("allsource.event_tags"), "{problem}");
+    }
+    // Rows of no event's tag: one line that counts them.
+    forge(
+        &mut client,
+        "INSERT INTO allsource.event_tags VALUES ('course:7', '', 987654321, 0, '00000000-0000-4000-8000-00000000dead', 'Forged', '{course:7}'),
+                                                 ('course:8', '', 987654322, 0, '00000000-0000-4000-8000-00000000beef', 'Forged', '{course:8}')",
+    );
+    let found = failures(&mut client);
+    let streams: Vec<Option<String>> = found.iter().map(|f| f.0.clone()).collect();
+    assert_eq!(
+        streams,
+        [None, Some("dropped".into()), Some("retyped".into())],
+        "{found:?}"
+    );
+    assert!(
+        found[0].2.contains("2 rows of allsource.event_tags"),
+        "{found:?}"
+    );
+}
+
 /// Item 6f: a deleted stream that comes back.
 #[test]
 fn a_cleared_tombstone_is_found() {

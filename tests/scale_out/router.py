@@ -404,6 +404,7 @@ MOVED_ROWS = {
     "moved_streams": ("allsource.streams", "SELECT * FROM allsource.streams WHERE partition_id = {p}"),
     "moved_events": ("allsource.events", "SELECT * FROM allsource.events WHERE partition_id = {p}"),
     "moved_event_ids": ("allsource.event_ids", "SELECT * FROM allsource.event_ids WHERE partition_id = {p}"),
+    "moved_event_tags": ("allsource.event_tags", "SELECT * FROM allsource.event_tags WHERE partition_id = {p}"),
     "moved_snapshots": ("allsource.snapshots", "SELECT * FROM allsource.snapshots WHERE stream_id IN "
                         "(SELECT stream_id FROM allsource.streams WHERE partition_id = {p})"),
     "moved_erased_events": ("allsource.erased_events",
@@ -420,10 +421,12 @@ CREATE TEMP TABLE renumbered ON COMMIT DROP AS
     SELECT old.position AS old_position, new.position AS new_position FROM old JOIN new USING (n);
 UPDATE moved_events m SET position = r.new_position FROM renumbered r WHERE m.position = r.old_position;
 UPDATE moved_event_ids m SET position = r.new_position FROM renumbered r WHERE m.position = r.old_position;
+UPDATE moved_event_tags m SET position = r.new_position FROM renumbered r WHERE m.position = r.old_position;
 UPDATE moved_erased_events m SET position = r.new_position FROM renumbered r WHERE m.position = r.old_position;
 INSERT INTO allsource.streams SELECT * FROM moved_streams;
 INSERT INTO allsource.events SELECT * FROM moved_events;
 INSERT INTO allsource.event_ids SELECT * FROM moved_event_ids;
+INSERT INTO allsource.event_tags SELECT * FROM moved_event_tags;
 INSERT INTO allsource.snapshots SELECT * FROM moved_snapshots;
 INSERT INTO allsource.erased_events SELECT * FROM moved_erased_events;
 """
@@ -433,6 +436,7 @@ DELETE_ON_SOURCE = """
 DELETE FROM allsource.snapshots WHERE stream_id IN (SELECT stream_id FROM allsource.streams WHERE partition_id = {p});
 DELETE FROM allsource.erased_events WHERE partition_id = {p};
 DELETE FROM allsource.event_ids WHERE partition_id = {p};
+DELETE FROM allsource.event_tags WHERE partition_id = {p};
 DELETE FROM allsource.events WHERE partition_id = {p};
 DELETE FROM allsource.streams WHERE partition_id = {p};
 """
@@ -458,6 +462,8 @@ def move_partition(router_port, router, node_ports, follower):
     erased = next(f"erase-{i}" for i in range(1000) if partition_of(f"erase-{i}") == partition)
     router.execute("SELECT allsource.append(%s, 'Secret', '{\"pin\": 1234}')", (erased,))
     router.execute("SELECT allsource.delete_stream(%s, hard => true)", (erased,))
+    tagged = next(f"tagged-{i}" for i in range(1000) if partition_of(f"tagged-{i}") == partition)
+    router.execute("SELECT allsource.append(%s, 'Tagged', '{}', tags => ARRAY['moved:1'])", (tagged,))
     old_session = connect(router_port, "router")  # caches the map as it is now
     assert one(old_session, "SELECT allsource.stream_version('order-1')")[0] == 3
 
@@ -527,6 +533,16 @@ def move_partition(router_port, router, node_ports, follower):
         assert len(router.execute("SELECT * FROM allsource.read_stream('order-1')").fetchall()) == 4
         expect_error(router, "ZA001", "SELECT allsource.append('order-1', 'Late', '{}', expected_version => 3)")
         expect_error(router, "ZA002", "SELECT allsource.append(%s, 'Again', '{}')", (erased,))
+        # Its tags moved with it: node2's queries and conditions find the event
+        # at its new position, node1's no longer do.
+        tagged_at = one(target, "SELECT position FROM allsource.events WHERE stream_id = %s", (tagged,))[0]
+        with connect(node_ports[1], "node") as node2, connect(node_ports[0], "node") as node1:
+            query = '[{"tags": ["moved:1"]}]'
+            assert [r[0] for r in node2.execute("SELECT position FROM allsource.read_query(%s)", (query,))] \
+                == [tagged_at]
+            assert node1.execute("SELECT * FROM allsource.read_query(%s)", (query,)).fetchall() == []
+            expect_error(node2, "ZA004", "SELECT * FROM allsource.append_if('[{\"type\": \"T\", \"payload\": {}}]', "
+                                         "%s, 0)", (query,))
     old_session.close()
 
     # A follower starting now reads every event once; positions unique per node.

@@ -136,6 +136,8 @@ SELECT count(*) FROM allsource.erased_events;
 \echo SQLSTATE :SQLSTATE
 SELECT count(*) FROM allsource.event_ids;
 \echo SQLSTATE :SQLSTATE
+SELECT count(*) FROM allsource.event_tags;
+\echo SQLSTATE :SQLSTATE
 RESET ROLE;
 
 -- allsource_writer: writes through the functions ...

@@ -49,6 +49,11 @@ INSERT INTO allsource.event_ids VALUES ('6e6e6e6e-0000-4000-8000-000000000002', 
 \echo SQLSTATE :SQLSTATE
 DELETE FROM allsource.event_ids;
 \echo SQLSTATE :SQLSTATE
+-- A forged or deleted tag row would change what append_if's conditions see.
+INSERT INTO allsource.event_tags VALUES ('course:7', '', 1000000, 0, '6e6e6e6e-0000-4000-8000-000000000003', 'Forged', '{course:7}');
+\echo SQLSTATE :SQLSTATE
+DELETE FROM allsource.event_tags;
+\echo SQLSTATE :SQLSTATE
 UPDATE allsource.snapshots SET state = '{"forged": true}';
 \echo SQLSTATE :SQLSTATE
 DELETE FROM allsource.snapshots WHERE stream_id = 'guard-1';
