@@ -397,8 +397,12 @@ fn stored_events<'e>(
     move |id| found.get(id).cloned()
 }
 
-/// `count` new positions, ascending.
+/// `count` new positions, consecutive: another append's never fall between
+/// them (readers of the global order see one append's events together).
 fn take_positions(client: &SpiClient, statements: &Statements, count: usize) -> Vec<i64> {
+    // One position is a range already; several are taken under a lock that
+    // is held only while they are taken, never until the commit.
+    let _range = (count > 1).then(PositionRangeLock::acquire);
     let table = spi(client.select(&statements.take_positions, None, &[(count as i32).into()]));
     let mut positions: Vec<i64> = table
         .into_iter()
@@ -406,6 +410,49 @@ fn take_positions(client: &SpiClient, statements: &Statements, count: usize) -> 
         .collect();
     positions.sort_unstable();
     positions
+}
+
+/// The database's lock on taking several positions: an advisory lock tag of
+/// AllSource's own class for it (no SQL role can take it), released on drop
+/// or, after an error, with the transaction.
+struct PositionRangeLock(pg_sys::LOCKTAG);
+
+/// The class (`objsubid` in `pg_locks`) of the position range lock; the
+/// boundaries' keys use 0x4153.
+const POSITION_RANGE_LOCK_CLASS: u16 = 0x4150;
+
+impl PositionRangeLock {
+    fn acquire() -> Self {
+        let tag = pg_sys::LOCKTAG {
+            // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
+            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+            locktag_field2: 0,
+            locktag_field3: 0,
+            locktag_field4: POSITION_RANGE_LOCK_CLASS,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        // SAFETY: a transaction lock on the tag above; errors are raised as
+        // PostgreSQL errors (the transaction then releases it).
+        unsafe {
+            pg_sys::LockAcquire(
+                &tag,
+                pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+                false,
+                false,
+            );
+        }
+        PositionRangeLock(tag)
+    }
+}
+
+impl Drop for PositionRangeLock {
+    fn drop(&mut self) {
+        // SAFETY: releases the lock `acquire` took in this transaction.
+        unsafe {
+            pg_sys::LockRelease(&self.0, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
+        }
+    }
 }
 
 /// One multi-row insert into events and event_ids; returns the ids registered.

@@ -164,6 +164,42 @@ fn batches_and_single_appends_interleave_without_gaps() {
     assert_gapless(&db, "mixed", total);
 }
 
+/// One append's events have consecutive positions, whatever runs beside it:
+/// batches into different streams (as the workers and `append_if` write
+/// them), at once, never interleave.
+#[test]
+fn a_batch_takes_consecutive_positions_beside_concurrent_batches() {
+    let db = Arc::new(TestDb::new("consecutive"));
+    let per_session = 20;
+    let ranges = in_sessions(&db, 16, move |client, session, _| {
+        (0..per_session)
+            .map(|n| {
+                let size = 2 + (session + n) % 9;
+                let row = client
+                    .query_one(
+                        "SELECT first_position, last_position, $2::int FROM allsource.append_batch($1,
+                             (SELECT jsonb_agg(jsonb_build_object('type', 'B', 'payload', i)) FROM generate_series(1, $2) i))",
+                        &[&format!("consecutive-{session}-{n}"), &(size as i32)],
+                    )
+                    .unwrap();
+                (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i32>(2))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut ranges: Vec<(i64, i64, i32)> = ranges.into_iter().flatten().collect();
+    ranges.sort();
+    for (first, last, size) in &ranges {
+        assert_eq!(
+            last - first + 1,
+            i64::from(*size),
+            "a batch's positions were split: {ranges:?}"
+        );
+    }
+    for pair in ranges.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "two batches overlap: {pair:?}");
+    }
+}
+
 #[test]
 fn concurrent_retries_of_one_event_store_it_once() {
     let db = Arc::new(TestDb::new("idempotent"));
