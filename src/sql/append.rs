@@ -412,9 +412,9 @@ fn take_positions(client: &SpiClient, statements: &Statements, count: usize) -> 
     positions
 }
 
-/// The database's lock on taking several positions: an advisory lock tag of
-/// AllSource's own class for it (no SQL role can take it), released on drop
-/// or, after an error, with the transaction.
+/// The database's lock on taking several positions: an advisory lock of
+/// AllSource's own class for it, released on drop or, after an error, with
+/// the transaction.
 struct PositionRangeLock(pg_sys::LOCKTAG);
 
 /// The class (`objsubid` in `pg_locks`) of the position range lock; the
@@ -423,15 +423,7 @@ const POSITION_RANGE_LOCK_CLASS: u16 = 0x4150;
 
 impl PositionRangeLock {
     fn acquire() -> Self {
-        let tag = pg_sys::LOCKTAG {
-            // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
-            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-            locktag_field2: 0,
-            locktag_field3: 0,
-            locktag_field4: POSITION_RANGE_LOCK_CLASS,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
+        let tag = crate::sql::boundary::advisory_lock_tag(POSITION_RANGE_LOCK_CLASS, 0);
         // SAFETY: a transaction lock on the tag above; errors are raised as
         // PostgreSQL errors (the transaction then releases it).
         unsafe {

@@ -246,7 +246,7 @@ impl Matching {
         selects.join(operator)
     }
 
-    /// Runs `sql` (which uses [`Matching::condition`]). With `new_snapshot`
+    /// Runs `sql` (built by [`Matching::union`]). With `new_snapshot`
     /// as a mutating statement, for which SPI takes a new snapshot (a
     /// read-only one reuses the caller's, taken before `append_if`'s locks);
     /// otherwise read-only: PostgreSQL assigns a mutating statement's
@@ -313,17 +313,8 @@ pub(crate) fn writer_locks(requests: &[Request]) -> Vec<(u64, Mode)> {
 /// transaction ends; waits as long as `lock_timeout` lets it, and joins
 /// PostgreSQL's deadlock detection like any lock.
 pub(crate) fn lock(locks: &[(u64, Mode)]) {
-    // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     for &(id, mode) in locks {
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: database,
-            locktag_field2: (id >> 32) as u32,
-            locktag_field3: id as u32,
-            locktag_field4: LOCK_CLASS,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
+        let tag = advisory_lock_tag(LOCK_CLASS, id);
         let mode = match mode {
             Mode::Share => pg_sys::ShareLock,
             Mode::Exclusive => pg_sys::ExclusiveLock,
@@ -333,6 +324,21 @@ pub(crate) fn lock(locks: &[(u64, Mode)]) {
         unsafe {
             pg_sys::LockAcquire(&tag, mode, false, false);
         }
+    }
+}
+
+/// The lock tag of AllSource's advisory lock `id` of `class` in this
+/// database: a class `pg_advisory_lock` and its kin never use (they use 1
+/// and 2), so no SQL role can take it.
+pub(crate) fn advisory_lock_tag(class: u16, id: u64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (id >> 32) as u32,
+        locktag_field3: id as u32,
+        locktag_field4: class,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     }
 }
 

@@ -333,13 +333,15 @@ fn verify_store(scope: Scope) -> Vec<Failure> {
                 "WITH stored AS ( \
                    SELECT e.stream_id, e.version, e.tenant_id, t.tag, coalesce(e.tenant_id, '') AS tenant, \
                           e.position, e.partition_id, e.event_id, e.event_type, e.tags \
-                   FROM allsource.events e, unnest(e.tags) AS t(tag) \
+                   FROM allsource.events e, pg_catalog.unnest(e.tags) AS t(tag) \
                    WHERE e.tags IS NOT NULL AND {}) \
                  SELECT s.stream_id, s.version, s.tenant_id \
                  FROM stored s FULL JOIN allsource.event_tags r \
-                   ON r.tag = s.tag AND r.tenant = s.tenant AND r.position = s.position \
-                 WHERE (s.tag IS NULL OR r.tag IS NULL OR r.partition_id <> s.partition_id \
-                        OR r.event_id <> s.event_id OR r.event_type <> s.event_type OR r.tags <> s.tags) \
+                   ON r.tag OPERATOR(pg_catalog.=) s.tag AND r.tenant OPERATOR(pg_catalog.=) s.tenant \
+                  AND r.position OPERATOR(pg_catalog.=) s.position \
+                 WHERE (s.tag IS NULL OR r.tag IS NULL OR r.partition_id OPERATOR(pg_catalog.<>) s.partition_id \
+                        OR r.event_id OPERATOR(pg_catalog.<>) s.event_id OR r.event_type OPERATOR(pg_catalog.<>) s.event_type \
+                        OR r.tags OPERATOR(pg_catalog.<>) s.tags) \
                    AND (s.tag IS NOT NULL OR {})",
                 scope.filter("e.tenant_id"),
                 scope.filter("nullif(r.tenant, '')")
