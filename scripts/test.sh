@@ -2,7 +2,7 @@
 # Sets up what is missing and runs every test: formatting and lints, the
 # pure-Rust unit tests of allsource-core, then on each PostgreSQL version the
 # #[pg_test]s (cargo pgrx's test cluster), the driver tests against a private cluster with the
-# extension preloaded, the client examples, a stress run with crash-restarts,
+# extension preloaded, the client examples, the eventsourcing persistence module's tests, a stress run with crash-restarts,
 # the tests without preloading and the independent audit; then the pg_regress
 # suite, the adversarial suite, the upgrade from the oldest release, a hot standby with failover and
 # a PL/Proxy router over three nodes. Works as root: PostgreSQL runs as the
@@ -98,6 +98,9 @@ fsync = off"
     log "PostgreSQL $PG_MAJOR: the client examples in Python, Node.js and Rust"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres clients
     DATABASE_URL="postgresql://postgres@localhost:$port/clients" scripts/test_clients.sh
+    log "PostgreSQL $PG_MAJOR: the eventsourcing persistence module (the library's own suites)"
+    as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres eventsourcing
+    POSTGRES_PORT=$port scripts/test_eventsourcing.sh
     if [[ " ${stress_versions[*]} " == *" $PG_MAJOR "* ]]; then
         local minutes=2 crashes=4
         [ "$PG_MAJOR" != "$soak_version" ] || minutes=60 crashes=12
