@@ -68,10 +68,13 @@ _retry_read = retry((InterfaceError, OperationalError), max_attempts=10, wait=0.
 # version without looking at the stream's first event.
 _APPEND = """
 WITH stream AS (
-    SELECT coalesce(
-        (SELECT coalesce((f.metadata ->> 'first_version')::bigint, 1)
-         FROM allsource.read_stream(%(stream_id)s, 1, 1) f),
-        %(first)s::bigint) AS first_version
+    SELECT s.first_version FROM (
+        SELECT coalesce(
+            (SELECT coalesce((f.metadata ->> 'first_version')::bigint, 1)
+             FROM allsource.read_stream(%(stream_id)s, 1, 1) f),
+            %(first)s::bigint) AS first_version) s
+    -- Below the stream's first version: no append, no row (refused).
+    WHERE %(first)s::bigint >= s.first_version
 )
 SELECT b.first_position, b.last_position
 FROM stream, LATERAL allsource.append_batch(
@@ -120,12 +123,14 @@ SELECT e.position, e.stream_id, e.event_type,
 FROM allsource.read_category(%(category)s, %(after)s, %(limit)s) e
 """
 
-# The category's highest position at or below the watermark (the category
-# index serves it).
+# The category's highest position at or below the watermark, the session's
+# tenant's (the category index serves it; row-level security does not bind
+# the table's owner or a superuser, so the tenant is compared here too).
 _MAX_NOTIFICATION_ID = """
 SELECT max(e.position) AS max FROM allsource.events e
 WHERE pg_catalog.split_part(e.stream_id, '-', 1) = %(category)s
   AND e.position <= (SELECT allsource.watermark())
+  AND e.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant())
 """
 
 
@@ -204,10 +209,9 @@ class AllSourceAggregateRecorder(PostgresRecorder, AggregateRecorder):
         with self.datastore.get_connection() as conn, allsource_errors():
             if len(appends) == 1 and tracking is None:
                 # One statement is its own transaction.
-                cursors = [_append(conn.cursor(), appends[0])]
+                results = [_positions(_append(conn.cursor(), appends[0]), appends[0])]
             else:
-                cursors = self._append_in_one_transaction(conn, appends, tracking)
-            results = [_positions(c) for c in cursors]
+                results = self._append_in_one_transaction(conn, appends, tracking)
         return _positions_in_order(stored_events, appends, results)
 
     def _append_in_one_transaction(
@@ -215,8 +219,9 @@ class AllSourceAggregateRecorder(PostgresRecorder, AggregateRecorder):
         conn: Connection[DictRow],
         appends: list[_Append],
         tracking: Tracking | None,
-    ) -> list[Cursor[DictRow]]:
-        """BEGIN, the statements and COMMIT in one round trip (a pipeline)."""
+    ) -> list[tuple[int, int]]:
+        """BEGIN, the statements and COMMIT in one round trip (a pipeline);
+        each append's first and last positions."""
         failure: Exception | None = None
         with conn.pipeline() as pipeline:
             try:
@@ -225,6 +230,7 @@ class AllSourceAggregateRecorder(PostgresRecorder, AggregateRecorder):
                         tracked = self._record_tracking(conn.cursor(), tracking)
                     cursors = [_append(conn.cursor(), a) for a in appends]
                     pipeline.sync()
+                    results = [_positions(c, a) for c, a in zip(cursors, appends, strict=True)]
                     # Single-row tracking (the library's default) returns the
                     # row it wrote; multi-row tracking fails on its key.
                     if (
@@ -242,7 +248,7 @@ class AllSourceAggregateRecorder(PostgresRecorder, AggregateRecorder):
                 failure = e
         if failure is not None:
             raise failure
-        return cursors
+        return results
 
     def _record_tracking(
         self, curs: Cursor[DictRow], tracking: Tracking
@@ -309,6 +315,9 @@ class _Append:
 def _appends_by_stream(
     recorder: AllSourceAggregateRecorder, stored_events: Sequence[StoredEvent]
 ) -> list[_Append]:
+    """One append per aggregate, in the order of their stream ids: each
+    append locks its stream's row until the commit, and two calls that save
+    the same aggregates then lock them in one order (no deadlock)."""
     appends: dict[str, _Append] = {}
     for index, event in enumerate(stored_events):
         stream_id = recorder.stream_id(event.originator_id)
@@ -316,7 +325,7 @@ def _appends_by_stream(
         if append is None:
             append = appends[stream_id] = _Append(stream_id, event.originator_version)
         append.add(index, event)
-    return list(appends.values())
+    return [appends[stream_id] for stream_id in sorted(appends)]
 
 
 def _append(curs: Cursor[DictRow], append: _Append) -> Cursor[DictRow]:
@@ -328,9 +337,14 @@ def _append(curs: Cursor[DictRow], append: _Append) -> Cursor[DictRow]:
     return curs.execute(_APPEND, params, prepare=True)
 
 
-def _positions(curs: Cursor[DictRow]) -> tuple[int, int]:
+def _positions(curs: Cursor[DictRow], append: _Append) -> tuple[int, int]:
     row = curs.fetchone()
-    assert row is not None
+    if row is None:
+        msg = (
+            f"Version {append.first_version} of stream {append.stream_id} is below "
+            "the stream's first version"
+        )
+        raise IntegrityError(msg)
     return row["first_position"], row["last_position"]
 
 
@@ -371,7 +385,7 @@ class AllSourceApplicationRecorder(AllSourceAggregateRecorder, ApplicationRecord
         params: dict[str, Any] = {
             "category": self.category,
             "topics": list(topics) if topics else None,
-            "limit": max(limit, 1) if not topics else max(limit, self.page_size),
+            "limit": min(max(limit, 1) if not topics else max(limit, self.page_size), _INT_MAX),
         }
         notifications: list[Notification] = []
         with self.datastore.get_connection() as conn, allsource_errors():

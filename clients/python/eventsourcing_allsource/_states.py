@@ -17,8 +17,10 @@ Anything else is stored as a base64 JSON string, marked `"state":
 whose text this cannot rebuild (other spacing, duplicate keys) or whose
 value jsonb would change (numbers in exponent notation, which jsonb writes
 out in full, -0, NaN and Infinity, the escapes jsonb refuses: \\u0000 and
-lone surrogates). An object is stored as JSON only if Python's `json.dumps`
-writes its parsed value back as exactly its bytes.
+surrogates, even paired), and objects nested over 120 levels (AllSource
+parses a batch of events to a depth of 128). An object is stored as JSON
+only if Python's `json.dumps` writes its parsed value back as exactly its
+bytes.
 """
 
 from __future__ import annotations
@@ -68,9 +70,16 @@ def _jsonb_key(key: str) -> tuple[int, bytes]:
     return len(encoded), encoded
 
 
-def _key_orders(value: Any, orders: list[list[int] | None]) -> None:
+# AllSource parses a batch of events with a nesting limit of 128 levels, two
+# of them the batch's own: deeper states are stored as base64.
+_MAX_DEPTH = 120
+
+
+def _key_orders(value: Any, orders: list[list[int] | None], depth: int = 1) -> None:
     """Appends, object by object (pre-order), where each key sits in jsonb's
     order, or None when jsonb keeps the object's order."""
+    if depth > _MAX_DEPTH:
+        raise _NotKeptByJsonb
     if isinstance(value, dict):
         keys = list(value)
         in_jsonb_order = sorted(keys, key=_jsonb_key)
@@ -80,10 +89,10 @@ def _key_orders(value: Any, orders: list[list[int] | None]) -> None:
             rank = {key: i for i, key in enumerate(in_jsonb_order)}
             orders.append([rank[key] for key in keys])
         for item in value.values():
-            _key_orders(item, orders)
+            _key_orders(item, orders, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _key_orders(item, orders)
+            _key_orders(item, orders, depth + 1)
 
 
 def _restore(value: Any, orders: list[list[int] | None], at: list[int]) -> Any:
@@ -123,7 +132,10 @@ def _as_json(state: bytes) -> tuple[str, dict[str, Any]] | None:
     else:
         return None
     orders: list[list[int] | None] = []
-    _key_orders(value, orders)
+    try:
+        _key_orders(value, orders)
+    except _NotKeptByJsonb:
+        return None
     while orders and orders[-1] is None:
         orders.pop()
     recipe: dict[str, Any] = {"layout": layout}

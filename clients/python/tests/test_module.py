@@ -4,6 +4,7 @@ AllSource, and the watermark under its notification log."""
 from __future__ import annotations
 
 import json
+from threading import Thread
 from unittest import TestCase
 from uuid import uuid4
 
@@ -36,6 +37,8 @@ STATES = [
     b'{\n  "indented": true\n}',
     b"[1, 2, 3]",
     b'"just a string"',
+    b'{"a":' * 126 + b"1" + b"}" * 126,  # deeper than AllSource parses a batch
+    b'{"a":' * 100 + b"1" + b"}" * 100,
 ]
 
 
@@ -122,6 +125,48 @@ class TestStorage(TestCase):
                 recorder.insert_events([StoredEvent(originator_id, version, "t", b"{}")])
         self.assertEqual(len(recorder.select_events(originator_id)), 3)
 
+    def test_versions_below_the_first_are_refused(self) -> None:
+        recorder = application_recorder()
+        originator_id, other = uuid4(), uuid4()
+        recorder.insert_events([StoredEvent(originator_id, v, "t", b"{}") for v in (1, 2, 3)])
+        for versions in ([0], [0, 1], [-1, 0, 1, 2]):
+            with self.assertRaises(IntegrityError):
+                recorder.insert_events(
+                    [StoredEvent(other, 1, "t", b"{}")]
+                    + [StoredEvent(originator_id, v, "t", b"{}") for v in versions]
+                )
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator_id)], [1, 2, 3])
+        self.assertEqual(recorder.select_events(other), [])
+
+    def test_saving_the_same_aggregates_in_either_order_never_deadlocks(self) -> None:
+        recorder = application_recorder()
+        a, b = uuid4(), uuid4()
+        recorder.insert_events([StoredEvent(a, 1, "t", b"{}"), StoredEvent(b, 1, "t", b"{}")])
+        errors: list[Exception] = []
+
+        def save(first: object, second: object, times: int) -> None:
+            saved = 0
+            while saved < times and not errors:
+                heads = {i: recorder.select_events(i, desc=True, limit=1)[0].originator_version for i in (a, b)}
+                try:
+                    recorder.insert_events(
+                        [StoredEvent(first, heads[first] + 1, "t", b"{}"),
+                         StoredEvent(second, heads[second] + 1, "t", b"{}")]
+                    )
+                    saved += 1
+                except IntegrityError:
+                    pass  # the other thread saved first: read again
+                except Exception as e:  # a deadlock would be 40P01, an OperationalError
+                    errors.append(e)
+
+        threads = [Thread(target=save, args=(a, b, 25)), Thread(target=save, args=(b, a, 25))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(len(recorder.select_events(a)), 51)
+
     def test_one_insert_is_all_or_nothing_across_aggregates(self) -> None:
         recorder = application_recorder()
         a, b = uuid4(), uuid4()
@@ -130,8 +175,12 @@ class TestStorage(TestCase):
             recorder.insert_events([StoredEvent(a, 1, "t", b"{}"), StoredEvent(b, 1, "t", b"{}")])
         self.assertEqual(recorder.select_events(a), [])
         ids = recorder.insert_events([StoredEvent(a, 1, "t", b"{}"), StoredEvent(b, 2, "t", b"{}")])
-        # The refused insert took a position and gave it back to no one.
-        self.assertEqual(ids, [3, 4])
+        # Positions follow the stream ids' order (the lock order); the ids
+        # come back in the order of the events given.
+        assert ids is not None
+        self.assertEqual(sorted(ids)[1], sorted(ids)[0] + 1)
+        by_id = {n.id: (n.originator_id, n.originator_version) for n in recorder.select_notifications(None, 10)}
+        self.assertEqual([by_id[i] for i in ids], [(a, 1), (b, 2)])
 
     def test_a_category_with_a_dash_is_refused(self) -> None:
         with self.assertRaises(ProgrammingError):
@@ -159,6 +208,14 @@ class TestWatermark(TestCase):
             slow.commit()
         self.assertEqual([n.topic for n in recorder.select_notifications(None, 10)], ["Slow", "Fast"])
         self.assertEqual(recorder.max_notification_id(), 2)
+
+    def test_other_tenants_events_are_not_counted(self) -> None:
+        recorder = application_recorder("Shop")
+        with connect() as other_tenant:
+            other_tenant.execute("SET allsource.tenant = 'globex'")
+            other_tenant.execute("SELECT allsource.append('shop-' || %s, 'Theirs', '{}')", (str(uuid4()),))
+        self.assertIsNone(recorder.max_notification_id())
+        self.assertEqual(recorder.select_notifications(None, 2**31), [])
 
     def test_the_store_must_have_the_extension(self) -> None:
         with connect() as conn:
