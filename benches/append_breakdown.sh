@@ -73,8 +73,10 @@ measure() {
     printf '\\set s random(1, %s)\n%s\n' "$streams" "$sql" > "$DATA/scripts/$name.sql"
     pgb=(pgbench --host=localhost --port="$port" --username=postgres --no-vacuum --jobs=2 --time="$seconds" --protocol=prepared
          --file="$DATA/scripts/$name.sql")
-    # Warm up: the statements prepared, the streams created.
+    # Warm up: the streams created; then the statistics autovacuum would
+    # gather, so every run plans as a store in service does.
     "${pgb[@]}" --client=8 "$db" >/dev/null 2>&1
+    "${psql[@]/--dbname=postgres/--dbname=$db}" -c "ANALYZE" >/dev/null
     before=$("${psql[@]}" -c "SELECT pg_current_wal_lsn()")
     out_1=$(PGOPTIONS="-c synchronous_commit=off" "${pgb[@]}" --client=1 "$db" 2>&1)
     after=$("${psql[@]}" -c "SELECT pg_current_wal_lsn()")
