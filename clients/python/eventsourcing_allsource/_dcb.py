@@ -11,8 +11,7 @@ sees: give each DCB application its own database or tenant
 from __future__ import annotations
 
 import json
-from threading import Thread
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eventsourcing.dcb.api import (
     DCBAppendCondition,
@@ -28,7 +27,7 @@ from eventsourcing.dcb.popo import SimpleDCBReadResponse
 from eventsourcing.postgres import PostgresRecorder
 
 from eventsourcing_allsource._errors import allsource_errors
-from eventsourcing_allsource._recorders import listen, require_extension
+from eventsourcing_allsource._recorders import ListensToAllSource, require_extension
 from eventsourcing_allsource._states import decode_state, encode_state
 
 if TYPE_CHECKING:
@@ -132,27 +131,7 @@ class AllSourceDCBRecorder(DCBRecorder, PostgresRecorder):
         return AllSourceDCBSubscription(recorder=self, query=query, after=after)
 
 
-class AllSourceDCBSubscription(DCBListenNotifySubscription[AllSourceDCBRecorder]):
-    def __init__(
-        self,
-        recorder: AllSourceDCBRecorder,
-        query: DCBQuery | None = None,
-        after: int | None = None,
-    ) -> None:
-        super().__init__(recorder=recorder, query=query, after=after)
-        self._listen_thread = Thread(target=self._listen, daemon=True)
-        self._listen_thread.start()
-
-    def __exit__(self, *args: object, **kwargs: Any) -> None:
-        try:
-            super().__exit__(*args, **kwargs)
-        finally:
-            self._listen_thread.join()
-
-    def _listen(self) -> None:
-        try:
-            listen(self._recorder.datastore, self, self._has_been_notified)
-        except BaseException as e:
-            if self._thread_error is None:
-                self._thread_error = e
-            self.stop()
+class AllSourceDCBSubscription(
+    ListensToAllSource, DCBListenNotifySubscription[AllSourceDCBRecorder]
+):
+    """Pulls the query's events whenever AllSource notifies."""

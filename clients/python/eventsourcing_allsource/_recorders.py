@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from threading import Thread
+from threading import Event, Thread
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -127,7 +127,7 @@ FROM allsource.read_category(%(category)s, %(after)s, %(limit)s) e
 # tenant's (the category index serves it; row-level security does not bind
 # the table's owner or a superuser, so the tenant is compared here too).
 _MAX_NOTIFICATION_ID = """
-SELECT max(e.position) AS max FROM allsource.events e
+SELECT pg_catalog.max(e.position) AS max FROM allsource.events e
 WHERE pg_catalog.split_part(e.stream_id, '-', 1) = %(category)s
   AND e.position <= (SELECT allsource.watermark())
   AND e.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant())
@@ -428,43 +428,45 @@ class AllSourceApplicationRecorder(AllSourceAggregateRecorder, ApplicationRecord
         return AllSourceSubscription(recorder=self, gt=gt, topics=topics)
 
 
-class AllSourceSubscription(ListenNotifySubscription[AllSourceApplicationRecorder]):
-    """Pulls pages of the notification log whenever AllSource notifies."""
+class ListensToAllSource:
+    """For the library's listen-notify subscriptions: a thread that wakes the
+    subscription on every NOTIFY of AllSource's channel, checking at least
+    every 0.1 s whether it has stopped."""
 
-    def __init__(
-        self,
-        recorder: AllSourceApplicationRecorder,
-        gt: int | None = None,
-        topics: Sequence[str] = (),
-    ) -> None:
-        super().__init__(recorder=recorder, gt=gt, topics=topics)
+    _recorder: PostgresRecorder
+    _has_been_stopped: bool
+    _thread_error: BaseException | None
+    _has_been_notified: Event
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._listen_thread = Thread(target=self._listen, daemon=True)
         self._listen_thread.start()
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
         try:
-            super().__exit__(*args, **kwargs)
+            super().__exit__(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._listen_thread.join()
 
     def _listen(self) -> None:
         try:
-            listen(self._recorder.datastore, self, self._has_been_notified)
+            with self._recorder.datastore.get_connection() as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                while not self._has_been_stopped and not self._thread_error:
+                    for _ in conn.notifies(timeout=0.1, stop_after=1):
+                        self._has_been_notified.set()
+                conn.execute(f"UNLISTEN {CHANNEL}")
         except BaseException as e:
             if self._thread_error is None:
                 self._thread_error = e
-            self.stop()
+            self.stop()  # type: ignore[attr-defined]
 
 
-def listen(datastore: PostgresDatastore, subscription: Any, notified: Any) -> None:
-    """Sets `notified` on every NOTIFY of AllSource's channel until the
-    subscription stops (checked at least every 0.1 s)."""
-    with datastore.get_connection() as conn:
-        conn.execute(f"LISTEN {CHANNEL}")
-        while not subscription._has_been_stopped and not subscription._thread_error:  # noqa: SLF001
-            for _ in conn.notifies(timeout=0.1, stop_after=1):
-                notified.set()
-        conn.execute(f"UNLISTEN {CHANNEL}")
+class AllSourceSubscription(
+    ListensToAllSource, ListenNotifySubscription[AllSourceApplicationRecorder]
+):
+    """Pulls pages of the notification log whenever AllSource notifies."""
 
 
 class AllSourceProcessRecorder(
