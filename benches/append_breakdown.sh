@@ -42,27 +42,6 @@ variants=(
     "no_category_index|DROP INDEX allsource.events_category_position;|the category index (read_category)"
     "no_type_index|DROP INDEX allsource.events_type_position;|the event type index (read_query, append_if)"
 )
-# Plain references, in a database of their own.
-references_sql="
-CREATE TABLE plain_events (LIKE allsource.events INCLUDING DEFAULTS INCLUDING INDEXES);
-ALTER TABLE plain_events ADD UNIQUE (event_id);
-CREATE SEQUENCE plain_position;
-CREATE TABLE plpgsql_events (LIKE plain_events INCLUDING ALL);
-CREATE TABLE plain_streams (stream_id text COLLATE \"C\" PRIMARY KEY, version bigint NOT NULL);
-CREATE FUNCTION plain_append(stream text, event_type text, payload jsonb, expected bigint)
-RETURNS bigint LANGUAGE plpgsql AS \$\$
-DECLARE current bigint;
-BEGIN
-    INSERT INTO plain_streams VALUES (stream, 0) ON CONFLICT DO NOTHING;
-    SELECT version INTO current FROM plain_streams WHERE stream_id = stream FOR UPDATE;
-    IF expected IS NOT NULL AND expected <> current THEN
-        RAISE EXCEPTION 'wrong expected version' USING ERRCODE = 'ZA001';
-    END IF;
-    INSERT INTO plpgsql_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
-    VALUES (nextval('plain_position'), 0, stream, current + 1, gen_random_uuid(), event_type, payload, now(), '\x00');
-    UPDATE plain_streams SET version = current + 1 WHERE stream_id = stream;
-    RETURN current + 1;
-END \$\$;"
 insert_sql="INSERT INTO plain_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
 VALUES (nextval('plain_position'), 0, 's-' || :s, currval('plain_position'), gen_random_uuid(), 'Bench', '$payload', now(), '\\\\x00');"
 plpgsql_sql="SELECT plain_append('s-' || :s, 'Bench', '$payload', NULL);"
@@ -103,7 +82,7 @@ done
 "${psql[@]}" -c "CREATE DATABASE reference" >/dev/null
 psql_ref=("${psql[@]/--dbname=postgres/--dbname=reference}")
 "${psql_ref[@]}" -c "CREATE EXTENSION allsource" >/dev/null
-"${psql_ref[@]}" -c "$references_sql" >/dev/null
+"${psql_ref[@]}" -v ON_ERROR_STOP=1 -f benches/plain_tables.sql >/dev/null
 measure plain_insert reference "$insert_sql"
 measure plpgsql_append reference "$plpgsql_sql"
 for variant in "${variants[@]}"; do

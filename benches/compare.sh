@@ -23,29 +23,8 @@ allsource.ingest_workers = ${ALLSOURCE_BENCH_WORKERS:-$(nproc)}"
 command -v gnuplot >/dev/null || { log "installing gnuplot (for the chart)"; quietly apt-get install -y gnuplot-nox; }
 payload=$BENCH_PAYLOAD
 
-"${psql[@]}" <<SQL
-CREATE EXTENSION allsource;
-CREATE TABLE plain_events (LIKE allsource.events INCLUDING DEFAULTS INCLUDING INDEXES);
-ALTER TABLE plain_events ADD UNIQUE (event_id);
-CREATE SEQUENCE plain_position;
-CREATE TABLE plpgsql_events (LIKE plain_events INCLUDING ALL);
-CREATE TABLE plain_streams (stream_id text COLLATE "C" PRIMARY KEY, version bigint NOT NULL);
--- What a user would write without AllSource: lock the stream, check, insert, bump.
-CREATE FUNCTION plain_append(stream text, event_type text, payload jsonb, expected bigint)
-RETURNS bigint LANGUAGE plpgsql AS \$\$
-DECLARE current bigint;
-BEGIN
-    INSERT INTO plain_streams VALUES (stream, 0) ON CONFLICT DO NOTHING;
-    SELECT version INTO current FROM plain_streams WHERE stream_id = stream FOR UPDATE;
-    IF expected IS NOT NULL AND expected <> current THEN
-        RAISE EXCEPTION 'wrong expected version' USING ERRCODE = 'ZA001';
-    END IF;
-    INSERT INTO plpgsql_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
-    VALUES (nextval('plain_position'), 0, stream, current + 1, gen_random_uuid(), event_type, payload, now(), '\x00');
-    UPDATE plain_streams SET version = current + 1 WHERE stream_id = stream;
-    RETURN current + 1;
-END \$\$;
-SQL
+"${psql[@]}" -c "CREATE EXTENSION allsource"
+"${psql[@]}" -v ON_ERROR_STOP=1 -f benches/plain_tables.sql
 
 mkdir -p "$DATA/scripts" "$OUT"
 script() { cat > "$DATA/scripts/$1.sql"; }
