@@ -89,7 +89,7 @@ fn live_slots() -> &'static [ClaimSlot] {
 }
 
 /// `allsource.event_position`, found by name: no SPI, no plan.
-fn position_sequence() -> pg_sys::Oid {
+pub(crate) fn position_sequence() -> pg_sys::Oid {
     // SAFETY: catalog lookups by NUL-terminated names, in the caller's
     // transaction; a missing schema raises.
     let sequence = unsafe {
