@@ -10,7 +10,7 @@
 # over 2,000 is the cost of one execution with the session's start-up removed.
 # Then the inclusive cost of the parts of an append, per append.
 #
-#   benches/append_instructions.sh          about 8 minutes after the build
+#   benches/append_instructions.sh          about 5 minutes after the build
 #   ALLSOURCE_BENCH_INSTALLED=1 …           the release build is installed already
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,7 +98,7 @@ measure() {
 
 batch="{\"type\": \"Bench\", \"payload\": $payload}"
 for _ in $(seq 2 10); do batch+=", {\"type\": \"Bench\", \"payload\": $payload}"; done
-log "counting instructions (about 8 minutes)"
+log "counting instructions (about 5 minutes)"
 echo "| statement (prepared, one per transaction) | instructions |"
 echo "|---|---|"
 measure append "\`allsource.append\` of one event" \
@@ -141,4 +141,37 @@ parts=(
 for part in "${parts[@]}"; do
     IFS='|' read -r function what <<<"$part"
     printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run append "$function")"
+done
+
+# The parts of a read_stream of 10 events.
+echo
+echo "| part of \`allsource.read_stream\` of 10 events (inclusive) | instructions per read |"
+echo "|---|---|"
+parts=(
+    "plpgsql_call_handler|the PL/pgSQL function, from its arguments to its rows"
+    "_check_read_stream_wrapper|the argument check (a Rust function)"
+    "current_tenant_wrapper|the session's tenant (a Rust function)"
+    "ProcessGUCArray|\`SET search_path\` on entry to read_stream and the two helpers"
+    "AtEOXact_GUC|… and its reset on exit"
+    "SPI_execute_plan_extended|its SQL statements (the stream row, \`RETURN QUERY\`)"
+    "GetCachedPlan|the cached plans checked, their relations locked (every partition of events)"
+    "LockRelationOid|relation locks taken"
+    "LockReleaseAll|… and released at commit"
+    "standard_ExecutorStart|executor start-up of every statement"
+    "ExecInitAppend|of which the 32 partitions' append node and its pruning"
+    "index_getnext_slot|index scans (the stream row, the events)"
+    "tuplestore_puttupleslot|\`RETURN QUERY\` storing the rows"
+    "tuplestore_gettupleslot|… and the caller reading them back"
+)
+for part in "${parts[@]}"; do
+    IFS='|' read -r function what <<<"$part"
+    printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run read "$function")"
+done
+echo
+echo "| part of the plain \`SELECT\` of 10 rows (inclusive) | instructions per read |"
+echo "|---|---|"
+for part in "GetCachedPlan|the cached plan checked, its table locked" "LockReleaseAll|locks released at commit" \
+    "standard_ExecutorStart|executor start-up" "index_getnext_slot|the index scan"; do
+    IFS='|' read -r function what <<<"$part"
+    printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run select "$function")"
 done

@@ -107,7 +107,7 @@ run() {
 seconds_since() { awk -v start="$1" -v now="$(date +%s.%N)" 'BEGIN { print now - start }'; }
 
 log "COPY source: 1,000,000 rows"
-"${psql[@]}" -c "COPY (SELECT g, 0, 's-' || (g % 10000), g, gen_random_uuid(), 'Bench', NULL, '$payload'::jsonb, NULL, now(), '\\x00'::bytea
+"${psql[@]}" -c "COPY (SELECT g, 0, 's-' || (g % 10000), g, gen_random_uuid(), 'Bench', NULL, '$payload'::jsonb, NULL, now(), '\\x00'::bytea, NULL::text[]
                        FROM generate_series(1, 1000000) g) TO '$DATA/copy.tsv'"
 "${psql[@]}" -c "CREATE TABLE copy_events (LIKE plain_events INCLUDING ALL)"
 
