@@ -199,21 +199,13 @@ pub(crate) fn append_requests(
         // Ids we generated are new by construction: only a caller's id can
         // meet a concurrent transaction's, which ON CONFLICT detects.
         let callers_ids = plan.rows.iter().any(|row| row.event.event_id.is_some());
-        let registered = if let [_] = plan.rows.as_slice() {
-            let insert = if callers_ids {
-                &statements.insert_event
-            } else {
-                &statements.insert_event_with_new_id
-            };
-            spi(client.update(insert, None, &rows.first_row())).len()
-        } else {
-            let insert = if callers_ids {
-                &statements.insert_events
-            } else {
-                &statements.insert_events_with_new_ids
-            };
-            spi(client.update(insert, None, &rows.columns())).len()
+        let (insert, args) = match (plan.rows.len(), callers_ids) {
+            (1, true) => (&statements.insert_event, rows.first_row()),
+            (1, false) => (&statements.insert_event_with_new_id, rows.first_row()),
+            (_, true) => (&statements.insert_events, rows.columns()),
+            (_, false) => (&statements.insert_events_with_new_ids, rows.columns()),
         };
+        let registered = spi(client.update(insert, None, &args)).len();
         if registered != plan.rows.len() {
             return Err(Error::event_id_reused(
                 "of this append",
