@@ -117,61 +117,53 @@ measure select "plain \`SELECT\` of the same 10 rows" \
     "PREPARE a(text) AS SELECT * FROM plain_events WHERE stream_id = \$1 ORDER BY version;" "EXECUTE a('r-%d');" 1000
 measure select1 "\`SELECT 1\` (the round trip and transaction alone)" "PREPARE a AS SELECT 1;" "EXECUTE a;" 1
 
-# The parts of an append, inclusive (a part's callees are in it).
-echo
-echo "| part of \`allsource.append\` (inclusive) | instructions per append |"
-echo "|---|---|"
-parts=(
-    "allsource::sql::append::append|the function, from its arguments to its result"
-    "SPI_execute_plan|its SQL statements (stream row lock, insert, stream row update)"
-    "allsource::sql::append::lock_streams|the stream row's lock (\`SELECT … FOR UPDATE\`)"
-    "standard_ExecutorStart|executor start-up of every statement (the query's and the function's)"
-    "ExecInsertIndexTuples|index inserts (events' partition and event_ids)"
-    "ExecBSInsertTriggers|the write guard's statement triggers on the inserts"
-    "ExecBSUpdateTriggers|the write guard's statement trigger on the stream row's update"
-    "ProcessGUCArray|\`SET search_path\` of \`SECURITY DEFINER\` on entry"
-    "AtEOXact_GUC|… and its reset on exit"
-    "jsonb_in|the payload parsed into jsonb by the insert"
-    "jsonb_out|the payload turned into text for the checksum"
-    "allsource_core::checksum::checksum|the SHA-256 chain link"
-    "allsource_core::plan::plan_requests|the decision: expected version, idempotency, versions"
-    "XLogInsert|WAL records"
-    "CommitTransactionCommand|the commit"
-)
-for part in "${parts[@]}"; do
-    IFS='|' read -r function what <<<"$part"
-    printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run append "$function")"
-done
+# parts_table NAME HEADING UNIT PART...: one table of the inclusive cost (a
+# part's callees are in it) per execution of NAME, a PART being FUNCTION|WHAT.
+parts_table() {
+    local name=$1 heading=$2 unit=$3 part function what
+    shift 3
+    echo
+    echo "| $heading (inclusive) | instructions per $unit |"
+    echo "|---|---|"
+    for part in "$@"; do
+        IFS='|' read -r function what <<<"$part"
+        printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run "$name" "$function")"
+    done
+}
 
-# The parts of a read_stream of 10 events.
-echo
-echo "| part of \`allsource.read_stream\` of 10 events (inclusive) | instructions per read |"
-echo "|---|---|"
-parts=(
-    "plpgsql_call_handler|the PL/pgSQL function, from its arguments to its rows"
-    "_check_read_stream_wrapper|the argument check (a Rust function)"
-    "current_tenant_wrapper|the session's tenant (a Rust function)"
-    "ProcessGUCArray|\`SET search_path\` on entry to read_stream and the two helpers"
-    "AtEOXact_GUC|… and its reset on exit"
-    "SPI_execute_plan_extended|its SQL statements (the stream row, \`RETURN QUERY\`)"
-    "GetCachedPlan|the cached plans checked, their relations locked (every partition of events)"
-    "LockRelationOid|relation locks taken"
-    "LockReleaseAll|… and released at commit"
-    "standard_ExecutorStart|executor start-up of every statement"
-    "ExecInitAppend|of which the 32 partitions' append node and its pruning"
-    "index_getnext_slot|index scans (the stream row, the events)"
-    "tuplestore_puttupleslot|\`RETURN QUERY\` storing the rows"
+parts_table append "part of \`allsource.append\`" append \
+    "allsource::sql::append::append|the function, from its arguments to its result" \
+    "SPI_execute_plan|its SQL statements (stream row lock, insert, stream row update)" \
+    "allsource::sql::append::lock_streams|the stream row's lock (\`SELECT … FOR UPDATE\`)" \
+    "standard_ExecutorStart|executor start-up of every statement (the query's and the function's)" \
+    "ExecInsertIndexTuples|index inserts (events' partition and event_ids)" \
+    "ExecBSInsertTriggers|the write guard's statement triggers on the inserts" \
+    "ExecBSUpdateTriggers|the write guard's statement trigger on the stream row's update" \
+    "ProcessGUCArray|\`SET search_path\` of \`SECURITY DEFINER\` on entry" \
+    "AtEOXact_GUC|… and its reset on exit" \
+    "jsonb_in|the payload parsed into jsonb by the insert" \
+    "jsonb_out|the payload turned into text for the checksum" \
+    "allsource_core::checksum::checksum|the SHA-256 chain link" \
+    "allsource_core::plan::plan_requests|the decision: expected version, idempotency, versions" \
+    "XLogInsert|WAL records" \
+    "CommitTransactionCommand|the commit"
+parts_table read "part of \`allsource.read_stream\` of 10 events" read \
+    "plpgsql_call_handler|the PL/pgSQL function, from its arguments to its rows" \
+    "_check_read_stream_wrapper|the argument check (a Rust function)" \
+    "current_tenant_wrapper|the session's tenant (a Rust function)" \
+    "ProcessGUCArray|\`SET search_path\` on entry to read_stream and the two helpers" \
+    "AtEOXact_GUC|… and its reset on exit" \
+    "SPI_execute_plan_extended|its SQL statements (the stream row, \`RETURN QUERY\`)" \
+    "GetCachedPlan|the cached plans checked, their relations locked (every partition of events)" \
+    "LockRelationOid|relation locks taken" \
+    "LockReleaseAll|… and released at commit" \
+    "standard_ExecutorStart|executor start-up of every statement" \
+    "ExecInitAppend|of which the 32 partitions' append node and its pruning" \
+    "index_getnext_slot|index scans (the stream row, the events)" \
+    "tuplestore_puttupleslot|\`RETURN QUERY\` storing the rows" \
     "tuplestore_gettupleslot|… and the caller reading them back"
-)
-for part in "${parts[@]}"; do
-    IFS='|' read -r function what <<<"$part"
-    printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run read "$function")"
-done
-echo
-echo "| part of the plain \`SELECT\` of 10 rows (inclusive) | instructions per read |"
-echo "|---|---|"
-for part in "GetCachedPlan|the cached plan checked, its table locked" "LockReleaseAll|locks released at commit" \
-    "standard_ExecutorStart|executor start-up" "index_getnext_slot|the index scan"; do
-    IFS='|' read -r function what <<<"$part"
-    printf '| %s (`%s`) | %s |\n' "$what" "$function" "$(per_run select "$function")"
-done
+parts_table select "part of the plain \`SELECT\` of 10 rows" read \
+    "GetCachedPlan|the cached plan checked, its table locked" \
+    "LockReleaseAll|locks released at commit" \
+    "standard_ExecutorStart|executor start-up" \
+    "index_getnext_slot|the index scan"
