@@ -9,7 +9,6 @@
 -- workers write as the role allsource_worker; stats_reset() is the owner's.
 
 ALTER FUNCTION allsource._check_stream_id(text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION allsource._check_read_stream(text, bigint, int, boolean) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource._check_read_all(bigint, int, int, int) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource._check_read_category(text, bigint, int, int, int) SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION allsource.enqueue(text, text, jsonb, jsonb, bigint, uuid) SET search_path TO pg_catalog, pg_temp;
@@ -53,36 +52,13 @@ CREATE OR REPLACE FUNCTION allsource.read_stream(
     max_count int DEFAULT 1000,
     backward boolean DEFAULT false
 ) RETURNS SETOF allsource.events
-LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+-- Rust (src/sql/read.rs): it reads the stream's own partition with a
+-- statement prepared once per backend, where a statement on
+-- allsource.events locks all its partitions on every call.
+LANGUAGE c STABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    stream_partition int;
-BEGIN
-    PERFORM allsource._check_read_stream(read_stream.stream_id, read_stream.from_version, read_stream.max_count, read_stream.backward);
-    SELECT s.partition_id INTO stream_partition
-    FROM allsource.streams s
-    WHERE s.stream_id = read_stream.stream_id AND s.deleted_at IS NULL
-      AND s.tenant_id IS NOT DISTINCT FROM allsource.current_tenant();
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    -- partition_id first: the scan touches one partition's index only.
-    IF read_stream.backward THEN
-        RETURN QUERY
-            SELECT e.* FROM allsource.events e
-            WHERE e.partition_id = stream_partition AND e.stream_id = read_stream.stream_id
-              AND e.version <= read_stream.from_version
-            ORDER BY e.version DESC LIMIT read_stream.max_count;
-    ELSE
-        RETURN QUERY
-            SELECT e.* FROM allsource.events e
-            WHERE e.partition_id = stream_partition AND e.stream_id = read_stream.stream_id
-              AND e.version >= read_stream.from_version
-            ORDER BY e.version LIMIT read_stream.max_count;
-    END IF;
-END
-$$;
+AS 'MODULE_PATHNAME', 'read_stream_rows';
+DROP FUNCTION allsource._check_read_stream(text, bigint, int, boolean);
 
 CREATE OR REPLACE FUNCTION allsource.partition_stats() RETURNS TABLE (
     partition_id int,

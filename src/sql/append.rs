@@ -16,7 +16,7 @@ use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
 use crate::sql::tenant;
 use crate::sql::{notify, watermark};
-use crate::sql::{oid, spi};
+use crate::sql::{oid, spi, GenericPlans};
 use allsource_core::batch::{parse_batch_text, Appended, NewEvent};
 use allsource_core::boundary::{self, array_literal};
 use allsource_core::checksum::{self, GENESIS};
@@ -544,33 +544,6 @@ fn insert_events_args() -> [PgOid; 11] {
         oid::<Vec<Vec<u8>>>(),
         oid::<Vec<Option<String>>>(),
     ]
-}
-
-/// Makes the statements below run their generic statements while alive. With
-/// array parameters the plan cache's cost model keeps choosing a custom
-/// plan, i.e. planning again on every call (about a fifth of an append's
-/// time); the generic statements are the same index and ctid scans. The mode is
-/// restored on return and on unwinding, so the caller's queries keep theirs.
-pub(crate) struct GenericPlans(i32);
-
-impl GenericPlans {
-    pub(crate) fn new() -> Self {
-        // SAFETY: a backend-local GUC variable, read when a cached plan is
-        // chosen; this backend runs one thread.
-        unsafe {
-            let previous = pg_sys::plan_cache_mode;
-            pg_sys::plan_cache_mode =
-                pg_sys::PlanCacheMode::PLAN_CACHE_MODE_FORCE_GENERIC_PLAN as i32;
-            GenericPlans(previous)
-        }
-    }
-}
-
-impl Drop for GenericPlans {
-    fn drop(&mut self) {
-        // SAFETY: as in `new`.
-        unsafe { pg_sys::plan_cache_mode = self.0 }
-    }
 }
 
 /// SPI statements, prepared once per backend.

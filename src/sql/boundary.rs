@@ -3,11 +3,12 @@
 //! ([`allsource_core::boundary`] decides which, and argues why they suffice).
 
 use crate::settings;
-use crate::sql::append::{append_one, GenericPlans};
+use crate::sql::append::append_one;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
+use crate::sql::GenericPlans;
 use crate::sql::{spi, tenant};
 use allsource_core::batch::{parse_batch_text, NewEvent};
 use allsource_core::boundary::{self, Mode, Query};

@@ -3,7 +3,8 @@
 //! SQLSTATEs; shared memory, transaction callbacks and background workers.
 //!
 //! - [`append`]: `append`, `append_batch`, and the one append path the ingest workers share.
-//! - `checks`: argument checks of the reads written in SQL (`read_stream`, `read_all`, `read_category`).
+//! - `checks`: argument checks of the reads written in SQL (`read_all`, `read_category`, …).
+//! - `read`: `read_stream`, from the stream's own partition.
 //! - `delete`: `delete_stream` (tombstones, erasure).
 //! - `snapshot`: `save_snapshot`.
 //! - `stream_row`: a stream's row, locked for a change that is not an append.
@@ -39,6 +40,7 @@ mod partition;
 pub mod preload;
 mod queue;
 mod raise;
+mod read;
 mod snapshot;
 pub mod standby;
 pub mod stats;
@@ -123,5 +125,33 @@ fn end_of_subtransaction<T: Clone + Default>(
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => state.borrow_mut().abort_sub(sub),
         _ => {}
+    }
+}
+
+/// Makes the extension's prepared statements run their generic plans while
+/// alive. With array parameters the plan cache's cost model keeps choosing a
+/// custom plan, i.e. planning again on every call (about a fifth of an
+/// append's time); the generic plans are the same index and ctid scans. The
+/// mode is restored on return and on unwinding, so the caller's queries keep
+/// theirs.
+pub(crate) struct GenericPlans(i32);
+
+impl GenericPlans {
+    pub(crate) fn new() -> Self {
+        // SAFETY: a backend-local GUC variable, read when a cached plan is
+        // chosen; this backend runs one thread.
+        unsafe {
+            let previous = pg_sys::plan_cache_mode;
+            pg_sys::plan_cache_mode =
+                pg_sys::PlanCacheMode::PLAN_CACHE_MODE_FORCE_GENERIC_PLAN as i32;
+            GenericPlans(previous)
+        }
+    }
+}
+
+impl Drop for GenericPlans {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { pg_sys::plan_cache_mode = self.0 }
     }
 }
