@@ -148,20 +148,20 @@ parts_table append "part of \`allsource.append\`" append \
     "XLogInsert|WAL records" \
     "CommitTransactionCommand|the commit"
 parts_table read "part of \`allsource.read_stream\` of 10 events" read \
-    "plpgsql_call_handler|the PL/pgSQL function, from its arguments to its rows" \
-    "_check_read_stream_wrapper|the argument check (a Rust function)" \
-    "current_tenant_wrapper|the session's tenant (a Rust function)" \
-    "ProcessGUCArray|\`SET search_path\` on entry to read_stream and the two helpers" \
+    "fmgr_security_definer|the function with its \`SECURITY DEFINER\` and \`SET search_path\`" \
+    "ProcessGUCArray|\`SET search_path\` on entry" \
     "AtEOXact_GUC|… and its reset on exit" \
-    "SPI_execute_plan_extended|its SQL statements (the stream row, \`RETURN QUERY\`)" \
-    "GetCachedPlan|the cached plans checked, their relations locked (every partition of events)" \
-    "LockRelationOid|relation locks taken" \
+    "read_stream_rows|the function itself, from its arguments to its rows" \
+    "allsource::sql::tenant::session_tenant|the session's tenant" \
+    "allsource::sql::read::Read::stream_is_readable|the stream row: deleted? the tenant's?" \
+    "allsource::sql::read::Read::scan|the events' scan (the stream row's inside)" \
+    "get_relname_relid|the tables found by name" \
+    "LockRelationOid|relation locks taken (streams, the partition, an index each)" \
     "LockReleaseAll|… and released at commit" \
-    "standard_ExecutorStart|executor start-up of every statement" \
-    "ExecInitAppend|of which the 32 partitions' append node and its pruning" \
     "index_getnext_slot|index scans (the stream row, the events)" \
-    "tuplestore_puttupleslot|\`RETURN QUERY\` storing the rows" \
-    "tuplestore_gettupleslot|… and the caller reading them back"
+    "tuplestore_puttuple|the rows stored" \
+    "tuplestore_gettupleslot|… and the caller reading them back" \
+    "standard_ExecutorStart|executor start-up (the caller's query)"
 parts_table select "part of the plain \`SELECT\` of 10 rows" read \
     "GetCachedPlan|the cached plan checked, its table locked" \
     "LockReleaseAll|locks released at commit" \

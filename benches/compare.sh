@@ -8,7 +8,10 @@
 #   ALLSOURCE_BENCH_WORKERS=1 benches/compare.sh      one ingest worker (default: one per core)
 #
 # Ceilings go into plain_events, created LIKE allsource.events (same columns
-# and indexes) with event_id unique. Prints one table of medians with the
+# and indexes) with event_id unique. Reads: read_stream of 10-event streams
+# beside a plain SELECT of the same rows from plain_events (prepared, as a
+# driver runs them), at 1, 4 and 16 readers and with 8 writers beside 8
+# readers; verify_all over 40,000 streams of 7 events in a database of its own. Prints one table of medians with the
 # ratios, and writes benches/results/{runs.csv,summary.csv,summary.txt,chart.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +70,14 @@ script read_stream_100 <<SQL
 \\set s random(1, 100)
 SELECT count(*) FROM allsource.read_stream('s-' || :s, max_count => 100);
 SQL
+script read_stream_10 <<SQL
+\\set s random(1, :streams)
+SELECT * FROM allsource.read_stream('r-' || :s);
+SQL
+script select_10 <<SQL
+\\set s random(1, :streams)
+SELECT * FROM plain_events WHERE stream_id = 'r-' || :s ORDER BY version;
+SQL
 
 # name  events-per-transaction  stream sets
 writes=(
@@ -83,14 +94,16 @@ clients_list=(1 8 64)
 runs=$OUT/runs.csv
 echo "round,mode,streams,clients,events_per_s,p50_ms,p99_ms" > "$runs"
 
-# run SCRIPT STREAMS CLIENTS EVENTS_PER_TXN ROUND: one pgbench run, one CSV line.
+# run SCRIPT STREAMS CLIENTS EVENTS_PER_TXN ROUND [MODE]: one pgbench run, one
+# CSV line (under MODE, default the script's name); $protocol: pgbench's.
+protocol=simple
 run() {
-    local name=$1 streams=$2 clients=$3 per=$4 round=$5 logs output tps
+    local name=$1 streams=$2 clients=$3 per=$4 round=$5 mode=${6:-$1} logs output tps
     logs=$(mktemp -d)
     chmod 777 "$logs"
     output=$(cd "$logs" && pgbench --host=localhost --port="$port" --username=postgres --no-vacuum \
         --jobs=2 --client="$clients" --time="$seconds" --define=streams="$streams" --log \
-        --file="$DATA/scripts/$name.sql" postgres 2>&1) ||
+        --protocol="$protocol" --file="$DATA/scripts/$name.sql" postgres 2>&1) ||
         { echo "pgbench $name ($streams streams, $clients clients) failed:" >&2; echo "$output" | tail -20 >&2; return 1; }
     tps=$(echo "$output" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
     # Per-transaction latencies (µs, third column of pgbench's logs): p50 and p99.
@@ -99,9 +112,9 @@ run() {
     rm -rf "$logs"
     local events
     events=$(awk -v t="$tps" -v n="$per" 'BEGIN { printf "%.0f", t * n }')
-    echo "$round,$name,$streams,$clients,$events,$p50,$p99" >> "$runs"
+    echo "$round,$mode,$streams,$clients,$events,$p50,$p99" >> "$runs"
     printf 'round %d  %-18s %5s streams %2s clients %9s events/s  p50 %7.2f ms  p99 %7.2f ms\n' \
-        "$round" "$name" "$streams" "$clients" "$events" "$p50" "$p99"
+        "$round" "$mode" "$streams" "$clients" "$events" "$p50" "$p99"
 }
 
 seconds_since() { awk -v start="$1" -v now="$(date +%s.%N)" 'BEGIN { print now - start }'; }
@@ -146,6 +159,38 @@ for round in $(seq 1 "$rounds"); do
     printf 'round %d  %-18s %9s events/s\n' "$round" "copy_1m" "$events"
     run read_stream_100 100 1 100 "$round"
 done
+
+log "stream reads: 10,000 streams of 10 events, in AllSource and in plain_events"
+"${psql[@]}" -v ON_ERROR_STOP=1 <<SQL
+SELECT count(allsource.append_batch('r-' || g,
+    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 10))))
+FROM generate_series(1, 10000) g;
+INSERT INTO plain_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
+SELECT nextval('plain_position'), 0, stream_id, version, event_id, event_type, payload, created_at, checksum
+FROM allsource.events WHERE stream_id LIKE 'r-%' ORDER BY position;
+ANALYZE;
+SQL
+# A writer beside the readers: 8 clients appending (or inserting) for the
+# readers' run, started a second before it.
+beside() {
+    pgbench --host=localhost --port="$port" --username=postgres --no-vacuum --jobs=1 --client=8 \
+        --time=$((seconds + 2)) --define=streams=10000 --file="$DATA/scripts/$1.sql" postgres >/dev/null 2>&1 &
+    sleep 1
+}
+protocol=prepared
+for round in $(seq 1 "$rounds"); do
+    for clients in 1 4 16; do
+        run read_stream_10 10000 "$clients" 10 "$round"
+        run select_10 10000 "$clients" 10 "$round"
+    done
+    beside append
+    run read_stream_10 10000 8 10 "$round" read_stream_10_writes
+    wait
+    beside insert_1
+    run select_10 10000 8 10 "$round" select_10_writes
+    wait
+done
+protocol=simple
 
 log "global reads over the store, 1,000,000 events each"
 # Follows a global read from position 0, 1,000 events per call, for 1,000,000 events.
@@ -202,6 +247,25 @@ problems=$("${psql[@]}" -c "SELECT count(*) FROM allsource.verify_all()" 2>/dev/
 events=$(awk -v n="$total" -v s="$(seconds_since "$start")" 'BEGIN { printf "%.0f", n / s }')
 echo "1,verify_all,,1,$events,," >> "$runs"
 
+log "verify_all over 40,000 streams of 7 events (a database of its own)"
+"${psql[@]}" -c "CREATE DATABASE verify_small"
+psql_small=("${psql[@]/--dbname=postgres/--dbname=verify_small}")
+"${psql_small[@]}" -v ON_ERROR_STOP=1 <<SQL
+CREATE EXTENSION allsource;
+SELECT count(allsource.append_batch('v-' || g,
+    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 7))))
+FROM generate_series(1, 40000) g;
+CHECKPOINT;
+SQL
+small_total=$("${psql_small[@]}" -c "SELECT count(*) FROM allsource.events")
+for round in $(seq 1 "$rounds"); do
+    start=$(date +%s.%N)
+    small_problems=$("${psql_small[@]}" -c "SELECT count(*) FROM allsource.verify_all()" 2>/dev/null)
+    events=$(awk -v n="$small_total" -v s="$(seconds_since "$start")" 'BEGIN { printf "%.0f", n / s }')
+    echo "$round,verify_all_small,,1,$events,," >> "$runs"
+    printf 'round %d  verify_all, 40,000 streams of 7: %s events/s, %s problems\n' "$round" "$events" "$small_problems"
+done
+
 # Medians per (mode, streams, clients) over the rounds.
 summary=$OUT/summary.csv
 echo "mode,streams,clients,events_per_s,p50_ms,p99_ms" > "$summary"
@@ -238,9 +302,16 @@ ratio() { awk -v a="$(value "$1" "$2" "$3" 4)" -v b="$(value "$4" "$5" "$6" 4)" 
         echo "  PL/pgSQL append / single-row INSERT, $c:       $(ratio plpgsql_append 10000 "$c" insert_1 10000 "$c")"
         echo "  append / PL/pgSQL append, $c clients:          $(ratio append 10000 "$c" plpgsql_append 10000 "$c")"
     done
+    for c in 1 4 16; do
+        echo "  read_stream / plain SELECT, 10 events, $c readers: $(ratio read_stream_10 10000 "$c" select_10 10000 "$c")   >= 0.8"
+    done
+    echo "  the same, 8 readers beside 8 writers:          $(ratio read_stream_10_writes 10000 8 select_10_writes 10000 8)   >= 0.8"
+    echo "  read_stream of 10, 1 client: p50 $(value read_stream_10 10000 1 5) ms, p99 $(value read_stream_10 10000 1 6) ms   p99 < 0.5 ms"
+    echo "  (plain SELECT of 10, 1 client: p50 $(value select_10 10000 1 5) ms, p99 $(value select_10 10000 1 6) ms)"
     echo "  read_stream of 100, 1 client: p50 $(value read_stream_100 100 1 5) ms, p99 $(value read_stream_100 100 1 6) ms   p99 < 1.5 ms"
     echo "  watermark() with 201 connections: $(value watermark_us '' 201 5) µs   < 10 µs"
     echo "  verify_all: $(value verify_all '' 1 4) events/s over $total events, $problems problems"
+    echo "  verify_all, 40,000 streams of 7: $(value verify_all_small '' 1 4) events/s over $small_total events   >= 100,000"
 } | tee "$OUT/summary.txt"
 
 # The chart: events/s of every write mode at 1, 8 and 64 clients, random streams.

@@ -1,51 +1,37 @@
-//! `allsource.read_stream`: a stream's events, read from its own partition.
+//! `allsource.read_stream`: a stream's events, read straight from the index
+//! of its own partition.
 //!
-//! A stream lives in one partition, `partition_for(stream_id)`, so the read
-//! goes to `allsource.events_p<N>` by a statement prepared once per backend
-//! for that partition. A statement on the partitioned `allsource.events`
-//! (what the function ran when it was PL/pgSQL) locks all the partitions
-//! and prunes an append node over them on every call: about half of its
-//! cost over a plain `SELECT`, per `benches/append_instructions.sh`.
+//! A stream lives in one partition, `partition_for(stream_id)`. The read
+//! opens `allsource.events_p<N>` and its `(stream_id, version)` index and
+//! scans them the way PostgreSQL's catalog code scans its catalogs
+//! (`systable_beginscan_ordered`), in the caller's snapshot, after a look at
+//! the stream row in `allsource.streams` (deleted, tenant) the same way. A
+//! statement on the partitioned `allsource.events`, what the function ran as
+//! PL/pgSQL, locked all the partitions and pruned an append node over them
+//! on every call; a statement on the partition through SPI still paid the
+//! executor's start-up of four plan nodes and two copies of every row. The
+//! numbers are in benches/README.md ("Instructions per append and per read").
 //!
-//! The function is a plain V1 C function returning its rows in a
-//! tuplestore (materialize mode): pgrx's set-returning wrappers build each
-//! row as a Rust value, where the rows here are already tuples.
+//! The function is a plain V1 C function returning its rows in a tuplestore
+//! (materialize mode): the heap tuples go in as they are.
 
 use crate::sql::raise::or_raise;
+use crate::sql::select_one;
 use crate::sql::tenant::session_tenant;
-use crate::sql::GenericPlans;
-use crate::sql::{oid, spi};
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::partition_for;
 use allsource_core::validate;
-use pgrx::datum::DatumWithOid;
-use pgrx::fcinfo::pg_getarg;
+use pgrx::fcinfo::{pg_get_nullable_datum, pg_getarg};
+use pgrx::pg_sys::{AccessShareLock, NoLock, Oid};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
 use pgrx::{PgMemoryContexts, PgTupleDesc};
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::ffi::CStr;
-
-/// At most this many statements are kept per backend (two per partition
-/// read, one per direction): the default 32 partitions fit; a store of
-/// 1,024 partitions read all over starts again when it is full rather than
-/// keeping 2,048 plans in every backend.
-const MAX_KEPT_STATEMENTS: usize = 128;
-
-/// What a backend keeps to read streams, for the events' row type as it
-/// was when they were prepared.
-struct Reader {
-    /// A copy of that row type, in TopMemoryContext.
-    row_type: pg_sys::TupleDesc,
-    partition_count: u32,
-    /// The live columns of `allsource.events`, in order, as `e.<name>`.
-    columns: String,
-    statements: HashMap<(u32, bool), OwnedPreparedStatement>,
-}
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
 
 thread_local! {
-    static READER: RefCell<Option<Reader>> = const { RefCell::new(None) };
+    /// The partition count of the `allsource.events` this backend last
+    /// read, by that table's OID: fixed for as long as the table exists.
+    static PARTITION_COUNT: Cell<Option<(Oid, u32)>> = const { Cell::new(None) };
 }
 
 #[no_mangle]
@@ -79,6 +65,8 @@ pub unsafe extern "C-unwind" fn read_stream_rows(
     let request = (|| {
         Ok(Read {
             stream_id: validate::name("stream_id", stream_id)?,
+            // SAFETY: argument 0 is there, and not NULL (validated).
+            stream_id_text: unsafe { pg_get_nullable_datum(fcinfo, 0).value },
             from_version: validate::non_negative("from_version", from_version)?,
             max_count: validate::non_negative("max_count", max_count)?,
             backward: validate::required("backward", backward)?,
@@ -100,7 +88,9 @@ pub unsafe extern "C-unwind" fn read_stream_rows(
                 pg_sys::CreateTupleDescCopy(result_desc),
             )
         });
-        spi(Spi::connect(|client| read.run(client, desc, store)));
+        if read.max_count > 0 {
+            read.scan(store, desc);
+        }
         (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
         (*rsinfo).setResult = store;
         (*rsinfo).setDesc = desc;
@@ -111,6 +101,8 @@ pub unsafe extern "C-unwind" fn read_stream_rows(
 /// One call's checked arguments.
 struct Read<'a> {
     stream_id: &'a str,
+    /// The same, as the text datum it was passed as, for the scan keys.
+    stream_id_text: pg_sys::Datum,
     from_version: i64,
     max_count: i32,
     backward: bool,
@@ -118,54 +110,260 @@ struct Read<'a> {
 }
 
 impl Read<'_> {
-    /// Runs the partition's statement and puts its rows in `store`.
-    fn run(
-        &self,
-        client: &SpiClient,
-        desc: pg_sys::TupleDesc,
-        store: *mut pg_sys::Tuplestorestate,
-    ) -> SpiResult<()> {
-        READER.with(|cell| {
-            let mut reader = cell.borrow_mut();
-            // Another row type: the extension was created again (perhaps
-            // with another partition count), or an upgrade changed the
-            // columns, since this backend prepared its statements.
-            let same_columns = |r: &Reader| {
-                // SAFETY: both are valid tuple descriptors.
-                unsafe { pg_sys::equalTupleDescs(r.row_type, desc) }
+    /// Puts the stream's events in `store`, laid out as `desc`.
+    ///
+    /// # Safety
+    /// `store` and `desc` are valid, in memory that outlives the call; in a
+    /// transaction with an active snapshot (a query is running).
+    unsafe fn scan(&self, store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) {
+        // SAFETY: as the caller's; every relation opened here is closed
+        // here, its lock kept to the end of the transaction as the
+        // executor's are.
+        unsafe {
+            let schema = pg_sys::get_namespace_oid(c"allsource".as_ptr(), false);
+            let Some(count) = partition_count(schema) else {
+                return;
             };
-            if !reader.as_ref().is_some_and(same_columns) {
-                *reader = Some(Reader::new(client, desc));
+            if !self.stream_is_readable(schema) {
+                return;
             }
-            let reader = reader.as_mut().expect("set above");
-            let key = (
-                partition_for(self.stream_id, reader.partition_count),
-                self.backward,
-            );
-            if reader.statements.len() >= MAX_KEPT_STATEMENTS
-                && !reader.statements.contains_key(&key)
-            {
-                reader.statements.clear();
+            let name = CString::new(format!("events_p{}", partition_for(self.stream_id, count)))
+                .expect("no NUL");
+            let relid = pg_sys::get_relname_relid(name.as_ptr(), schema);
+            if relid == pg_sys::InvalidOid {
+                return;
             }
-            let columns = &reader.columns;
-            let statement = reader
-                .statements
-                .entry(key)
-                .or_insert_with(|| prepare(client, columns, key.0, key.1));
-            let _generic = GenericPlans::new();
-            // '' is no tenant's name: the statement compares COALESCE(tenant_id, '').
-            let args: [DatumWithOid; 4] = [
-                self.stream_id.into(),
-                self.from_version.into(),
-                self.max_count.into(),
-                self.tenant.as_deref().unwrap_or("").into(),
+            let events = pg_sys::table_open(relid, AccessShareLock as i32);
+            // A partition detached from allsource.events is no longer the
+            // store's (verify_all reports it): its events are not read.
+            if !(*(*events).rd_rel).relispartition {
+                pg_sys::table_close(events, NoLock as i32);
+                return;
+            }
+            let stream_id = attribute_number(events, c"stream_id");
+            let version = attribute_number(events, c"version");
+            let index_oid = index_on(events, stream_id, version);
+            let index = pg_sys::index_open(index_oid, AccessShareLock as i32);
+            let (strategy, procedure) = if self.backward {
+                (pg_sys::BTLessEqualStrategyNumber, pg_sys::F_INT8LE)
+            } else {
+                (pg_sys::BTGreaterEqualStrategyNumber, pg_sys::F_INT8GE)
+            };
+            let mut keys = [
+                pg_sys::ScanKeyData::default(),
+                pg_sys::ScanKeyData::default(),
             ];
-            client.select(&*statement, None, &args)?;
-            // SAFETY: the rows of the statement just run.
-            unsafe { store_rows(store, desc) };
-            Ok(())
-        })
+            pg_sys::ScanKeyInit(
+                &mut keys[0],
+                stream_id,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::F_TEXTEQ.into(),
+                self.stream_id_text,
+            );
+            pg_sys::ScanKeyInit(
+                &mut keys[1],
+                version,
+                strategy as u16,
+                procedure.into(),
+                self.from_version.into(),
+            );
+            // The partition's columns in another order or with other dropped
+            // ones than allsource.events' (a table attached by hand, an
+            // upgrade): each row is converted.
+            let conversion = if same_layout((*events).rd_att, desc) {
+                std::ptr::null_mut()
+            } else {
+                pg_sys::convert_tuples_by_name((*events).rd_att, desc)
+            };
+            let direction = if self.backward {
+                pg_sys::ScanDirection::BackwardScanDirection
+            } else {
+                pg_sys::ScanDirection::ForwardScanDirection
+            };
+            let scan = pg_sys::systable_beginscan_ordered(
+                events,
+                index,
+                pg_sys::GetActiveSnapshot(),
+                2,
+                keys.as_mut_ptr(),
+            );
+            for _ in 0..self.max_count {
+                let mut tuple = pg_sys::systable_getnext_ordered(scan, direction);
+                if tuple.is_null() {
+                    break;
+                }
+                if !conversion.is_null() {
+                    tuple = pg_sys::execute_attr_map_tuple(tuple, conversion);
+                } else if stored_columns(tuple) < (*(*events).rd_att).natts {
+                    // Written before a column was added: the added one's
+                    // default lives in the table's descriptor, not the row.
+                    tuple = pg_sys::heap_expand_tuple(tuple, (*events).rd_att);
+                }
+                pg_sys::tuplestore_puttuple(store, tuple);
+            }
+            pg_sys::systable_endscan_ordered(scan);
+            pg_sys::index_close(index, NoLock as i32);
+            pg_sys::table_close(events, NoLock as i32);
+        }
     }
+
+    /// Whether the stream has a row that is not deleted and is the
+    /// session's tenant's.
+    ///
+    /// # Safety
+    /// As [`Read::scan`]'s.
+    unsafe fn stream_is_readable(&self, schema: Oid) -> bool {
+        // SAFETY: as the caller's.
+        unsafe {
+            let relid = pg_sys::get_relname_relid(c"streams".as_ptr(), schema);
+            let streams = pg_sys::table_open(relid, AccessShareLock as i32);
+            let stream_id = attribute_number(streams, c"stream_id");
+            let deleted_at = attribute_number(streams, c"deleted_at");
+            let tenant_id = attribute_number(streams, c"tenant_id");
+            // The list fills rd_pkindex, the index on stream_id.
+            pg_sys::RelationGetIndexList(streams);
+            let index = pg_sys::index_open((*streams).rd_pkindex, AccessShareLock as i32);
+            let mut key = pg_sys::ScanKeyData::default();
+            pg_sys::ScanKeyInit(
+                &mut key,
+                stream_id,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::F_TEXTEQ.into(),
+                self.stream_id_text,
+            );
+            let scan = pg_sys::systable_beginscan_ordered(
+                streams,
+                index,
+                pg_sys::GetActiveSnapshot(),
+                1,
+                &mut key,
+            );
+            let row =
+                pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            let readable = !row.is_null() && {
+                let desc = (*streams).rd_att;
+                let mut null = false;
+                pg_sys::heap_getattr(row, deleted_at as i32, desc, &mut null);
+                let deleted = !null;
+                let tenant = pg_sys::heap_getattr(row, tenant_id as i32, desc, &mut null);
+                !deleted && <&str>::from_datum(tenant, null) == self.tenant.as_deref()
+            };
+            pg_sys::systable_endscan_ordered(scan);
+            pg_sys::index_close(index, NoLock as i32);
+            pg_sys::table_close(streams, NoLock as i32);
+            readable
+        }
+    }
+}
+
+/// The number of partitions of `allsource.events` in `schema`, `None`
+/// without the table.
+fn partition_count(schema: Oid) -> Option<u32> {
+    // SAFETY: a name lookup in the catalog cache.
+    let events = unsafe { pg_sys::get_relname_relid(c"events".as_ptr(), schema) };
+    if events == pg_sys::InvalidOid {
+        return None;
+    }
+    PARTITION_COUNT.with(|cached| match cached.get() {
+        Some((oid, count)) if oid == events => Some(count),
+        _ => {
+            let count = select_one::<i32>("SELECT allsource.partition_count()")? as u32;
+            cached.set(Some((events, count)));
+            Some(count)
+        }
+    })
+}
+
+/// The number of the column `name` of `relation`; an error without it.
+///
+/// # Safety
+/// `relation` is open.
+unsafe fn attribute_number(relation: pg_sys::Relation, name: &CStr) -> i16 {
+    // SAFETY: an open relation's descriptor; from_pg_unchecked neither
+    // frees nor releases it.
+    let found = unsafe {
+        PgTupleDesc::from_pg_unchecked((*relation).rd_att)
+            .iter()
+            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+            .map(|a| a.attnum)
+    };
+    found.unwrap_or_else(|| {
+        or_raise(Err(Error::new(
+            sqlstate::DATA_CORRUPTED,
+            format!("an AllSource table has no column {}", name.to_string_lossy()),
+        )
+        .with_hint("Run allsource.verify_all(); reinstall the extension from a backup if its tables were altered.")))
+    })
+}
+
+/// The valid index of `relation` whose first columns are `first` and
+/// `second`; an error without one.
+///
+/// # Safety
+/// `relation` is open.
+unsafe fn index_on(relation: pg_sys::Relation, first: i16, second: i16) -> Oid {
+    // SAFETY: the relation's index list (a copy) and each index's pg_index
+    // row from the catalog cache, released at once.
+    let found = unsafe {
+        let list = pg_sys::RelationGetIndexList(relation);
+        let length = if list.is_null() {
+            0
+        } else {
+            (*list).length as usize
+        };
+        (0..length)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .find(|&oid| {
+                let row = pg_sys::SearchSysCache1(
+                    pg_sys::SysCacheIdentifier::INDEXRELID as i32,
+                    oid.into(),
+                );
+                if row.is_null() {
+                    return false;
+                }
+                let index = pg_sys::GETSTRUCT(row) as *const pg_sys::FormData_pg_index;
+                let keys = (*index)
+                    .indkey
+                    .values
+                    .as_slice((*index).indnkeyatts as usize);
+                let matches =
+                    (*index).indisvalid && keys.len() >= 2 && keys[0] == first && keys[1] == second;
+                pg_sys::ReleaseSysCache(row);
+                matches
+            })
+    };
+    found.unwrap_or_else(|| {
+        or_raise(Err(Error::new(
+            sqlstate::DATA_CORRUPTED,
+            "a partition of allsource.events has no index on (stream_id, version)",
+        )
+        .with_hint("Run allsource.verify_all(); reinstall the extension from a backup if its tables were altered.")))
+    })
+}
+
+/// How many columns a heap tuple holds (`HeapTupleHeaderGetNatts`).
+///
+/// # Safety
+/// `tuple` is a valid heap tuple.
+unsafe fn stored_columns(tuple: pg_sys::HeapTuple) -> i32 {
+    // SAFETY: as the caller's.
+    unsafe { i32::from((*(*tuple).t_data).t_infomask2 & pg_sys::HEAP_NATTS_MASK as u16) }
+}
+
+/// Whether rows of `a` are laid out as rows of `b`: the same column types in
+/// the same places, dropped ones too.
+fn same_layout(a: pg_sys::TupleDesc, b: pg_sys::TupleDesc) -> bool {
+    // SAFETY: two valid descriptors, neither freed nor released here.
+    let (a, b) = unsafe {
+        (
+            PgTupleDesc::from_pg_unchecked(a),
+            PgTupleDesc::from_pg_unchecked(b),
+        )
+    };
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|(x, y)| {
+            x.attisdropped == y.attisdropped && (x.attisdropped || x.atttypid == y.atttypid)
+        })
 }
 
 /// The caller's result set info and the row type it expects, or the error
@@ -194,107 +392,6 @@ unsafe fn materialize_mode(
             "read_stream returns SETOF allsource.events"
         );
         (rsinfo, desc)
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        // SAFETY: the copy made in `new`, used by nothing else.
-        unsafe { pg_sys::FreeTupleDesc(self.row_type) }
-    }
-}
-
-impl Reader {
-    fn new(client: &SpiClient, desc: pg_sys::TupleDesc) -> Reader {
-        let partition_count = spi(client
-            .select("SELECT allsource.partition_count()", Some(1), &[])
-            .and_then(|rows| rows.first().get_one::<i32>()))
-        .expect("partition_count() is a count");
-        Reader {
-            // SAFETY: a copy of a valid descriptor, kept for the session.
-            row_type: unsafe {
-                PgMemoryContexts::TopMemoryContext.switch_to(|_| pg_sys::CreateTupleDescCopy(desc))
-            },
-            partition_count: partition_count as u32,
-            columns: live_columns(desc),
-            statements: HashMap::new(),
-        }
-    }
-}
-
-/// `e.position, e.partition_id, …`: the row type's columns that are not
-/// dropped, quoted.
-fn live_columns(desc: pg_sys::TupleDesc) -> String {
-    // SAFETY: desc is a valid tuple descriptor, not reference counted (a
-    // copy); quote_identifier returns its argument or a palloc'd copy.
-    unsafe {
-        PgTupleDesc::from_pg_unchecked(desc)
-            .iter()
-            .filter(|a| !a.attisdropped)
-            .map(|a| {
-                let quoted = CStr::from_ptr(pg_sys::quote_identifier(a.attname.data.as_ptr()));
-                format!("e.{}", quoted.to_str().expect("column names are UTF-8"))
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// The read of one partition in one direction. The stream row gates it (an
-/// `EXISTS` without a reference to the events is a one-time filter): no
-/// rows for a deleted stream or another tenant's.
-fn prepare(
-    client: &SpiClient,
-    columns: &str,
-    partition: u32,
-    backward: bool,
-) -> OwnedPreparedStatement {
-    let (compare, order) = if backward { ("<=", "DESC") } else { (">=", "") };
-    let sql = format!(
-        "SELECT {columns} FROM allsource.events_p{partition} e \
-         WHERE e.stream_id OPERATOR(pg_catalog.=) $1 AND e.version OPERATOR(pg_catalog.{compare}) $2 \
-           AND EXISTS (SELECT FROM allsource.streams s \
-                       WHERE s.stream_id OPERATOR(pg_catalog.=) $1 AND s.deleted_at IS NULL \
-                         AND COALESCE(s.tenant_id, '') OPERATOR(pg_catalog.=) $4) \
-         ORDER BY e.version {order} LIMIT $3"
-    );
-    let args = [oid::<String>(), oid::<i64>(), oid::<i32>(), oid::<String>()];
-    spi(client.prepare(sql.as_str(), &args)).keep()
-}
-
-/// Copies the rows of the last SPI statement into `store`, laid out as
-/// `desc` (whose dropped columns, if any, are NULL).
-unsafe fn store_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) {
-    // SAFETY: SPI_tuptable holds the statement's SPI_processed rows until
-    // SPI_finish; the tuplestore copies each row into its own memory.
-    unsafe {
-        let table = pg_sys::SPI_tuptable;
-        let desc_attributes = PgTupleDesc::from_pg_unchecked(desc);
-        let dropped: Vec<bool> = desc_attributes.iter().map(|a| a.attisdropped).collect();
-        let natts = dropped.len();
-        let live = (*(*table).tupdesc).natts as usize;
-        let mut row_values = vec![pg_sys::Datum::from(0); live];
-        let mut row_nulls = vec![false; live];
-        let mut values = vec![pg_sys::Datum::from(0); natts];
-        let mut nulls = vec![true; natts];
-        for i in 0..pg_sys::SPI_processed as usize {
-            let tuple = *(*table).vals.add(i);
-            pg_sys::heap_deform_tuple(
-                tuple,
-                (*table).tupdesc,
-                row_values.as_mut_ptr(),
-                row_nulls.as_mut_ptr(),
-            );
-            let mut column = 0;
-            for (slot, &is_dropped) in dropped.iter().enumerate() {
-                if !is_dropped {
-                    values[slot] = row_values[column];
-                    nulls[slot] = row_nulls[column];
-                    column += 1;
-                }
-            }
-            pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        }
     }
 }
 
@@ -412,6 +509,43 @@ mod tests {
         assert_eq!(
             one::<String>("SELECT string_agg(event_type || note, ',' ORDER BY version) FROM allsource.read_stream('columns-1')"),
             "Aadded,Badded"
+        );
+    }
+
+    /// A partition whose columns are in another order than the parent's
+    /// (attached by hand): its rows are converted to `allsource.events`' layout.
+    #[pg_test]
+    fn read_stream_converts_a_partition_of_another_layout() {
+        // First, so that the other tests' backends wait for this one rather
+        // than deadlock with the DETACH below.
+        Spi::run("LOCK TABLE allsource.events, allsource.streams IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        Spi::run("SELECT allsource.append_batch('layout-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1}}, {\"type\": \"B\", \"payload\": {\"n\": 2}}]')").unwrap();
+        Spi::run(
+            "DO $$
+             DECLARE p int := allsource.partition_for('layout-1');
+             BEGIN
+                 EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s', p);
+                 EXECUTE format('ALTER TABLE allsource.events_p%s RENAME TO events_moved', p);
+                 EXECUTE format('CREATE TABLE allsource.events_p%s (tags text[], checksum bytea NOT NULL,
+                     created_at timestamptz NOT NULL, metadata jsonb, payload jsonb NOT NULL, tenant_id text,
+                     event_type text NOT NULL, event_id uuid NOT NULL, version bigint NOT NULL,
+                     stream_id text COLLATE \"C\" NOT NULL, partition_id int NOT NULL, position bigint NOT NULL)', p);
+                 EXECUTE format('INSERT INTO allsource.events_p%s (position, partition_id, stream_id, version, event_id,
+                     event_type, tenant_id, payload, metadata, created_at, checksum, tags)
+                     SELECT position, partition_id, stream_id, version, event_id, event_type, tenant_id, payload,
+                            metadata, created_at, checksum, tags FROM allsource.events_moved', p);
+                 EXECUTE format('ALTER TABLE allsource.events ATTACH PARTITION allsource.events_p%s FOR VALUES IN (%s)', p, p);
+             END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<String>("SELECT string_agg(format('%s:%s:%s', version, event_type, payload->>'n'), ',' ORDER BY version) FROM allsource.read_stream('layout-1')"),
+            "1:A:1,2:B:2"
+        );
+        assert_eq!(
+            one::<String>("SELECT string_agg(version::text, ',') FROM allsource.read_stream('layout-1', 5, backward => true)"),
+            "2,1"
         );
     }
 }
