@@ -162,9 +162,8 @@ done
 
 log "stream reads: 10,000 streams of 10 events, in AllSource and in plain_events"
 "${psql[@]}" -v ON_ERROR_STOP=1 <<SQL
-SELECT count(allsource.append_batch('r-' || g,
-    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 10))))
-FROM generate_series(1, 10000) g;
+SELECT count(*) FROM generate_series(1, 10000) g, LATERAL allsource.append_batch('r-' || g,
+    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 10)));
 INSERT INTO plain_events (position, partition_id, stream_id, version, event_id, event_type, payload, created_at, checksum)
 SELECT nextval('plain_position'), 0, stream_id, version, event_id, event_type, payload, created_at, checksum
 FROM allsource.events WHERE stream_id LIKE 'r-%' ORDER BY position;
@@ -252,9 +251,8 @@ log "verify_all over 40,000 streams of 7 events (a database of its own)"
 psql_small=("${psql[@]/--dbname=postgres/--dbname=verify_small}")
 "${psql_small[@]}" -v ON_ERROR_STOP=1 <<SQL
 CREATE EXTENSION allsource;
-SELECT count(allsource.append_batch('v-' || g,
-    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 7))))
-FROM generate_series(1, 40000) g;
+SELECT count(*) FROM generate_series(1, 40000) g, LATERAL allsource.append_batch('v-' || g,
+    (SELECT jsonb_agg(jsonb_build_object('type', 'Bench', 'payload', '$payload'::jsonb)) FROM generate_series(1, 7)));
 CHECKPOINT;
 SQL
 small_total=$("${psql_small[@]}" -c "SELECT count(*) FROM allsource.events")
