@@ -512,13 +512,29 @@ mod tests {
         );
     }
 
+    /// A table altered by hand: a clear error naming what is missing.
+    #[pg_test]
+    fn read_stream_refuses_a_table_altered_by_hand() {
+        // First, as below: other tests' backends wait rather than deadlock.
+        Spi::run("LOCK TABLE allsource.streams, allsource.events IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        Spi::run("SELECT allsource.append('altered-1', 'A', '{}')").unwrap();
+        Spi::run("ALTER TABLE allsource.events RENAME COLUMN version TO v").unwrap();
+        assert_fails(
+            "SELECT * FROM allsource.read_stream('altered-1')",
+            "XX001",
+            "has no column version",
+        );
+    }
+
     /// A partition whose columns are in another order than the parent's
     /// (attached by hand): its rows are converted to `allsource.events`' layout.
     #[pg_test]
     fn read_stream_converts_a_partition_of_another_layout() {
-        // First, so that the other tests' backends wait for this one rather
-        // than deadlock with the DETACH below.
-        Spi::run("LOCK TABLE allsource.events, allsource.streams IN ACCESS EXCLUSIVE MODE")
+        // First, streams before events as appends and reads take them, so
+        // that the other tests' backends wait for this one rather than
+        // deadlock with the DETACH below.
+        Spi::run("LOCK TABLE allsource.streams, allsource.events IN ACCESS EXCLUSIVE MODE")
             .unwrap();
         Spi::run("SELECT allsource.append_batch('layout-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1}}, {\"type\": \"B\", \"payload\": {\"n\": 2}}]')").unwrap();
         Spi::run(
