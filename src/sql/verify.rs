@@ -213,26 +213,17 @@ fn verify_store(scope: Scope) -> Vec<Failure> {
         // would be planned 40,000 times for 40,000 small streams.
         let mut attached: Vec<i32> = partitions.attached.iter().copied().collect();
         attached.sort_unstable();
-        for partition_id in attached {
+        for &partition_id in &attached {
             let mut rows = PartitionRows::open(client, partition_id, scope);
             while let Some((stream_id, head, first_event)) = rows.next_stream() {
                 check_for_interrupts!();
-                let mut events = first_event
+                let events = first_event
                     .into_iter()
                     .chain(std::iter::from_fn(|| rows.next_event()));
                 let verdict = match partitions.problem(&stream_id, partition_id) {
                     Some(problem) => Verdict::bad(0, None, problem),
-                    None => {
-                        let mut verifier = StreamVerifier::new(&stream_id, Some(&head.row));
-                        for event in events.by_ref() {
-                            if !verifier.push(event) {
-                                break;
-                            }
-                        }
-                        finish(client, &stream_id, Some(&head), verifier, None)
-                    }
+                    None => verify_events(client, &stream_id, Some(&head), None, events),
                 };
-                events.for_each(drop);
                 streams += 1;
                 events_checked += verdict.events_checked as u64;
                 if !verdict.ok {
@@ -256,16 +247,11 @@ fn verify_store(scope: Scope) -> Vec<Failure> {
         let elsewhere = spi(client.select(
             &format!(
                 "SELECT s.stream_id, s.partition_id, s.tenant_id FROM allsource.streams s \
-                 WHERE NOT (s.partition_id = ANY ($1)) AND {}",
+                 WHERE NOT (s.partition_id OPERATOR(pg_catalog.=) ANY ($1)) AND {}",
                 scope.filter("s.tenant_id")
             ),
             None,
-            &[partitions
-                .attached
-                .iter()
-                .copied()
-                .collect::<Vec<i32>>()
-                .into()],
+            &[attached.into()],
         ));
         for (stream_id, partition_id, tenant) in consume(elsewhere, |row| {
             (
@@ -615,34 +601,34 @@ fn verify_one(
              WHERE e.stream_id = $1 AND e.tenant_id IS NOT DISTINCT FROM (SELECT allsource.current_tenant()) ORDER BY e.version"
         ),
     };
+    let mut cursor = spi(client.try_open_cursor(&query, &[stream_id.into()]));
+    // Chunk by chunk, fetched only while the verifier wants more.
+    let events = std::iter::from_fn(move || {
+        let rows = consume(spi(cursor.fetch(CHUNK)), |row| event_row(&row, 1));
+        (!rows.is_empty()).then_some(rows)
+    })
+    .flatten();
+    verify_events(client, stream_id, head, anchor, events)
+}
+
+/// The verdict on a stream's events, in version order, until the first
+/// that does not verify.
+fn verify_events(
+    client: &SpiClient,
+    stream_id: &str,
+    head: Option<&StreamToVerify>,
+    anchor: Option<(i64, &[u8])>,
+    events: impl Iterator<Item = EventRow>,
+) -> Verdict {
     let mut verifier = StreamVerifier::new(stream_id, head.map(|h| &h.row));
     if let Some((version, _)) = anchor {
         verifier.watch(version);
     }
-    let mut cursor = spi(client.try_open_cursor(&query, &[stream_id.into()]));
-    'rows: loop {
-        let rows = consume(spi(cursor.fetch(CHUNK)), |row| event_row(&row, 1));
-        if rows.is_empty() {
+    for event in events {
+        if !verifier.push(event) {
             break;
         }
-        for row in rows {
-            if !verifier.push(row) {
-                break 'rows;
-            }
-        }
     }
-    drop(cursor);
-    finish(client, stream_id, head, verifier, anchor)
-}
-
-/// The verdict on a stream whose events went through `verifier`.
-fn finish(
-    client: &SpiClient,
-    stream_id: &str,
-    head: Option<&StreamToVerify>,
-    mut verifier: StreamVerifier,
-    anchor: Option<(i64, &[u8])>,
-) -> Verdict {
     if let Some((version, checksum)) = verifier.mismatched_checksum() {
         let source = spi(client.select(
             "SELECT version FROM allsource.events WHERE stream_id = $1 AND checksum = $2 AND version <> $3 LIMIT 1",
@@ -675,6 +661,7 @@ struct PartitionRows<'conn> {
     cursor: pgrx::spi::SpiCursor<'conn>,
     buffered: std::collections::VecDeque<MergedRow>,
     last_stream: Option<String>,
+    exhausted: bool,
 }
 
 /// A row of [`PartitionRows`]: the stream row where a stream starts, and
@@ -689,14 +676,16 @@ impl<'conn> PartitionRows<'conn> {
     fn open(client: &SpiClient<'conn>, partition_id: i32, scope: Scope) -> Self {
         let query = format!(
             "SELECT s.stream_id, {HEAD_COLUMNS}, {EVENT_COLUMNS}, 1 \
-             FROM allsource.streams s LEFT JOIN allsource.events_p{partition_id} e ON e.stream_id = s.stream_id {EVENT_JOINS} \
-             WHERE s.partition_id = {partition_id} AND {} ORDER BY s.stream_id, e.version",
+             FROM allsource.streams s LEFT JOIN allsource.events_p{partition_id} e \
+               ON e.stream_id OPERATOR(pg_catalog.=) s.stream_id {EVENT_JOINS} \
+             WHERE s.partition_id OPERATOR(pg_catalog.=) {partition_id} AND {} ORDER BY s.stream_id, e.version",
             scope.filter("s.tenant_id")
         );
         PartitionRows {
             cursor: spi(client.try_open_cursor(&query, &[])),
             buffered: Default::default(),
             last_stream: None,
+            exhausted: false,
         }
     }
 
@@ -704,7 +693,8 @@ impl<'conn> PartitionRows<'conn> {
     fn next_stream(&mut self) -> Option<(String, StreamToVerify, Option<EventRow>)> {
         // The rest of the previous stream, if its verifier stopped early.
         while self.next_event().is_some() {}
-        let row = self.next_row()?;
+        self.fill_if_empty();
+        let row = self.buffered.pop_front()?;
         Some((
             row.stream_id,
             row.head.expect("a stream starts with its row"),
@@ -712,31 +702,20 @@ impl<'conn> PartitionRows<'conn> {
         ))
     }
 
-    /// The current stream's next event.
+    /// The current stream's next event: none once the next row starts
+    /// another stream.
     fn next_event(&mut self) -> Option<EventRow> {
-        self.peek_same_stream()?;
-        self.next_row().and_then(|row| row.event)
-    }
-
-    /// Whether the next row continues the current stream.
-    fn peek_same_stream(&mut self) -> Option<()> {
-        if self.buffered.is_empty() {
-            self.fill();
+        self.fill_if_empty();
+        if self.buffered.front()?.head.is_some() {
+            return None;
         }
-        self.buffered
-            .front()
-            .filter(|row| row.head.is_none())
-            .map(|_| ())
+        self.buffered.pop_front()?.event
     }
 
-    fn next_row(&mut self) -> Option<MergedRow> {
-        if self.buffered.is_empty() {
-            self.fill();
+    fn fill_if_empty(&mut self) {
+        if !self.buffered.is_empty() || self.exhausted {
+            return;
         }
-        self.buffered.pop_front()
-    }
-
-    fn fill(&mut self) {
         let last = &mut self.last_stream;
         let rows = consume(spi(self.cursor.fetch(CHUNK)), |row| {
             let stream_id: String = spi(row.get(1)).expect("NOT NULL");
@@ -752,6 +731,7 @@ impl<'conn> PartitionRows<'conn> {
                 event,
             }
         });
+        self.exhausted = rows.is_empty();
         self.buffered.extend(rows);
     }
 }
