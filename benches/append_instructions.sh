@@ -133,18 +133,19 @@ parts_table() {
 
 parts_table append "part of \`allsource.append\`" append \
     "allsource::sql::append::append|the function, from its arguments to its result" \
-    "SPI_execute_plan|its SQL statements (stream row lock, insert, stream row update)" \
-    "allsource::sql::append::lock_streams|the stream row's lock (\`SELECT … FOR UPDATE\`)" \
-    "standard_ExecutorStart|executor start-up of every statement (the query's and the function's)" \
-    "ExecInsertIndexTuples|index inserts (events' partition and event_ids)" \
-    "ExecBSInsertTriggers|the write guard's statement triggers on the inserts" \
-    "ExecBSUpdateTriggers|the write guard's statement trigger on the stream row's update" \
+    "allsource::sql::stream_heads::StreamRows::open|\`allsource.streams\` opened, its privileges checked" \
+    "allsource::sql::stream_heads::StreamRows::lock|the stream row found and locked (\`FOR UPDATE\`'s lock)" \
+    "allsource::sql::stream_heads::StreamRows::advance|the stream row updated (HOT)" \
+    "allsource::sql::direct_insert::DirectInsert::open|the partition and \`event_ids\` opened with their indexes" \
+    "allsource::sql::direct_insert::DirectInsert::insert|the event and its id inserted, with their index entries" \
+    "ExecInsertIndexTuples|… of which index entries (the partition's four, \`event_ids\`' one)" \
+    "SPI_execute_plan|SQL statements (none for a new event with a generated id)" \
+    "standard_ExecutorStart|executor start-up (the caller's query)" \
     "ProcessGUCArray|\`SET search_path\` of \`SECURITY DEFINER\` on entry" \
     "AtEOXact_GUC|… and its reset on exit" \
-    "jsonb_in|the payload parsed into jsonb by the insert" \
+    "jsonb_in|the payload parsed into jsonb (0: the argument's datum is stored)" \
     "jsonb_out|the payload turned into text for the checksum" \
     "allsource_core::checksum::checksum|the SHA-256 chain link" \
-    "allsource_core::plan::plan_requests|the decision: expected version, idempotency, versions" \
     "XLogInsert|WAL records" \
     "CommitTransactionCommand|the commit"
 parts_table read "part of \`allsource.read_stream\` of 10 events" read \

@@ -69,6 +69,7 @@ test_version() {
 max_prepared_transactions = 10
 max_worker_processes = 32
 allsource.database = 'allsource_queue'
+wal_level = logical
 fsync = off"
     as_pg "$PG_BIN/createdb" --host=localhost --port="$port" --username=postgres allsource_queue
     export ALLSOURCE_TEST_URL="host=localhost port=$port user=postgres"

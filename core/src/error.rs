@@ -68,6 +68,7 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState::new(b"0A000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::new(b"22023");
     pub const UNIQUE_VIOLATION: SqlState = SqlState::new(b"23505");
+    pub const CHECK_VIOLATION: SqlState = SqlState::new(b"23514");
     pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState::new(b"25006");
     pub const TRANSACTION_TIMEOUT: SqlState = SqlState::new(b"25P04");
     pub const SERIALIZATION_FAILURE: SqlState = SqlState::new(b"40001");

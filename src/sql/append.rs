@@ -9,27 +9,30 @@
 //! rollback undoes them.
 
 use crate::settings;
+use crate::sql::direct_insert::{partition_holding, DirectInsert};
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
+use crate::sql::stream_heads::{LockedRow, StreamRows};
+use crate::sql::tables::table;
 use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi, GenericPlans};
 use allsource_core::batch::{parse_batch_text, Appended, NewEvent};
 use allsource_core::boundary::{self, array_literal};
-use allsource_core::checksum::{self, GENESIS};
+use allsource_core::checksum;
 use allsource_core::error::{Error, Result};
 use allsource_core::idempotency::StoredEvent;
-use allsource_core::plan::{self, Refused, Request, Row, StreamHead};
+use allsource_core::plan::{self, Refused, Request, Row};
 use allsource_core::validate::{self, ExpectedVersion};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{direct_function_call, IntoDatum, PgOid, Uuid};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::time::Instant;
 
 /// Appends one event to a stream; returns its version and global position.
@@ -48,11 +51,15 @@ fn append(
     let started = Instant::now();
     let result = (|| {
         refuse_on_standby("allsource.append()")?;
+        let passed = PassedJsonb {
+            payload: payload.as_ref().map(|p| p.1),
+            metadata: metadata.as_ref().map(|m| m.1),
+        };
         let (stream_id, mut event) = new_event(stream_id, event_type, payload, metadata, event_id)?;
         let tags: Vec<Option<&str>> = tags.iter().flatten().map(Option::as_deref).collect();
         event.tags = boundary::tags("tags", &tags)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        append_one(stream_id, &[event], expected)
+        append_one(stream_id, &[event], expected, Some(passed))
     })();
     let appended = or_raise(stats::direct_append(result, Call::Append, started));
     TableIterator::once((appended.first_version, appended.first_position))
@@ -83,7 +90,7 @@ fn append_batch(
             settings::max_event_bytes(),
         )?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        append_one(stream_id, &events, expected)
+        append_one(stream_id, &events, expected, None)
     })();
     let a = or_raise(stats::direct_append(result, Call::AppendBatch, started));
     TableIterator::once((
@@ -117,10 +124,22 @@ pub(crate) fn new_event<'a>(
     Ok((stream_id, event))
 }
 
+/// The jsonb datums `append` was passed for its one event's payload and
+/// metadata: stored as they came, instead of parsed again from the text the
+/// checksum covers (the same value, so the same text).
+#[derive(Clone, Copy)]
+pub(crate) struct PassedJsonb {
+    payload: Option<pg_sys::Datum>,
+    metadata: Option<pg_sys::Datum>,
+}
+
+/// Appends `events` to one stream; `passed`: the datums of the one event's
+/// jsonb arguments, if the caller has them.
 pub(crate) fn append_one(
     stream_id: &str,
     events: &[NewEvent],
     expected: ExpectedVersion,
+    passed: Option<PassedJsonb>,
 ) -> Result<Appended> {
     let tenant = tenant::session_tenant()?;
     let request = Request {
@@ -129,7 +148,7 @@ pub(crate) fn append_one(
         expected,
         tenant: tenant.as_deref(),
     };
-    append_requests(&[request])?
+    append_requests(&[request], passed)?
         .pop()
         .expect("one result per request")
         .map_err(|refused| refused.error)
@@ -140,9 +159,11 @@ pub(crate) fn append_one(
 /// before anything is written, so each fails alone; one result per request.
 ///
 /// The outer error means the transaction wrote rows it must not keep (an
-/// event id registered by a concurrent transaction): raise it.
+/// event id registered by a concurrent transaction): raise it. `passed`:
+/// the datums of the jsonb arguments of a single request's single event.
 pub(crate) fn append_requests(
     requests: &[Request],
+    passed: Option<PassedJsonb>,
 ) -> Result<Vec<std::result::Result<Appended, Refused>>> {
     let _writing = WriteGuard::new();
     let _generic = GenericPlans::new();
@@ -150,198 +171,236 @@ pub(crate) fn append_requests(
     crate::sql::boundary::lock(&crate::sql::boundary::writer_locks(requests));
     Spi::connect_mut(|client| {
         let statements = statements(client);
-        let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        let (heads, row_ids, created) = lock_streams(client, statements, &streams, requests);
-        let stored = stored_events(client, statements, requests.iter().flat_map(|r| r.events));
-        // now(): the transaction's start, which is what created_at stores.
-        let created_at =
-            checksum::unix_micros_from_postgres(crate::sql::backend::transaction_timestamp());
-        // Time-ordered ids: new ones land at the right edge of event_ids' index.
-        let plan = plan::plan_requests(requests, heads, stored, created_at, uuid::Uuid::now_v7);
-        // A refused request leaves nothing, not even the row of its new stream,
-        // which would keep the id from other tenants.
-        let touched: HashSet<&str> = plan.rows.iter().map(|row| row.stream_id).collect();
-        let unused: Vec<String> = created
-            .iter()
-            .filter(|stream| !touched.contains(*stream))
-            .map(|stream| row_ids[stream].clone())
-            .collect();
-        if !unused.is_empty() {
-            spi(client.update(&statements.forget_streams, None, &[unused.into()]));
-        }
-        if plan.rows.is_empty() {
-            return Ok(plan.results(&[]));
-        }
+        let mut stream_rows = StreamRows::open();
+        let appended = append_locked(client, statements, &mut stream_rows, requests, passed);
+        stream_rows.close();
+        appended
+    })
+}
 
-        watermark::before_taking_positions()?;
-        let positions = take_positions(plan.rows.len());
-        let mut rows = EventRows::with_capacity(plan.rows.len());
-        for (row, &position) in plan.rows.iter().zip(&positions) {
-            rows.push(position, row);
-        }
-        // Before the events' insert, which takes the columns.
-        if rows.tags.iter().any(Option::is_some) {
-            spi(client.update(
-                &statements.insert_event_tags,
-                None,
-                &[
-                    rows.positions.clone().into(),
-                    rows.partition_ids.clone().into(),
-                    rows.event_ids.clone().into(),
-                    rows.event_types.clone().into(),
-                    rows.tenant_ids.clone().into(),
-                    rows.tags.clone().into(),
-                ],
-            ));
-        }
-        // Ids we generated are new by construction: only a caller's id can
-        // meet a concurrent transaction's, which ON CONFLICT detects.
-        let callers_ids = plan.rows.iter().any(|row| row.event.event_id.is_some());
-        let (insert, args) = match (plan.rows.len(), callers_ids) {
-            (1, true) => (&statements.insert_event, rows.first_row()),
-            (1, false) => (&statements.insert_event_with_new_id, rows.first_row()),
-            (_, true) => (&statements.insert_events, rows.columns()),
-            (_, false) => (&statements.insert_events_with_new_ids, rows.columns()),
-        };
-        let registered = spi(client.update(insert, None, &args)).len();
+/// [`append_requests`] with `allsource.streams` open.
+fn append_locked(
+    client: &mut SpiClient,
+    statements: &Statements,
+    stream_rows: &mut StreamRows,
+    requests: &[Request],
+    passed: Option<PassedJsonb>,
+) -> Result<Vec<std::result::Result<Appended, Refused>>> {
+    let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let (locked, created) = lock_streams(client, statements, stream_rows, &streams, requests);
+    let heads = locked
+        .iter()
+        .map(|(stream, row)| (*stream, row.head.clone()))
+        .collect();
+    let stored = stored_events(client, statements, requests.iter().flat_map(|r| r.events));
+    // now(): the transaction's start, which is what created_at stores.
+    let created_at =
+        checksum::unix_micros_from_postgres(crate::sql::backend::transaction_timestamp());
+    // Time-ordered ids: new ones land at the right edge of event_ids' index.
+    let plan = plan::plan_requests(requests, heads, stored, created_at, uuid::Uuid::now_v7);
+    // A refused request leaves nothing, not even the row of its new stream,
+    // which would keep the id from other tenants.
+    let touched: HashSet<&str> = plan.rows.iter().map(|row| row.stream_id).collect();
+    let unused: Vec<&str> = created
+        .into_iter()
+        .filter(|stream| !touched.contains(stream))
+        .collect();
+    if !unused.is_empty() {
+        spi(client.update(&statements.forget_streams, None, &[unused.into()]));
+    }
+    if plan.rows.is_empty() {
+        return Ok(plan.results(&[]));
+    }
+
+    watermark::before_taking_positions()?;
+    let positions = take_positions(plan.rows.len());
+    // Before the events' insert, which takes the columns.
+    if plan
+        .rows
+        .iter()
+        .any(|row| row.event.stored_tags().is_some())
+    {
+        let args = [
+            positions.clone().into(),
+            column(&plan.rows, |row| row.partition_id).into(),
+            column(&plan.rows, |row| pg_uuid(row.event_id)).into(),
+            column(&plan.rows, |row| row.event.event_type.clone()).into(),
+            column(&plan.rows, |row| row.tenant.map(str::to_string)).into(),
+            column(&plan.rows, |row| row.event.stored_tags().map(array_literal)).into(),
+        ];
+        spi(client.update(&statements.insert_event_tags, None, &args));
+    }
+    // The datums are those of the event of a single request's single row.
+    let passed = passed.filter(|_| requests.len() == 1 && requests[0].events.len() == 1);
+    insert_events(
+        &plan.rows,
+        &positions,
+        crate::sql::backend::transaction_timestamp(),
+        passed,
+    );
+    // Ids we generated are new by construction: only a caller's id can
+    // meet a concurrent transaction's, which ON CONFLICT detects (and
+    // which needs the executor).
+    if plan.rows.iter().any(|row| row.event.event_id.is_some()) {
+        let args = [
+            column(&plan.rows, |row| pg_uuid(row.event_id)).into(),
+            column(&plan.rows, |row| row.partition_id).into(),
+            positions.clone().into(),
+        ];
+        let registered = spi(client.update(&statements.register_event_ids, None, &args)).len();
         if registered != plan.rows.len() {
             return Err(Error::event_id_reused(
                 "of this append",
                 "another transaction appended an event with the same id at the same time",
             ));
         }
-        for (row, &position) in plan.rows.iter().zip(&positions) {
-            notify::appended(row.partition_id, position);
-        }
+    } else {
+        register_new_event_ids(&plan.rows, &positions);
+    }
+    for (row, &position) in plan.rows.iter().zip(&positions) {
+        notify::appended(row.partition_id, position);
+    }
 
-        let (mut ids, mut versions, mut checksums) = (Vec::new(), Vec::new(), Vec::new());
-        for (stream_id, head) in plan.touched_heads() {
-            ids.push(row_ids[stream_id].clone());
-            versions.push(head.version);
-            checksums.push(head.last_checksum.to_vec());
-        }
-        if let ([id], [version], [checksum]) = (&ids[..], &versions[..], &checksums[..]) {
-            let args = [
-                id.clone().into(),
-                (*version).into(),
-                checksum.clone().into(),
-            ];
-            spi(client.update(&statements.update_stream, None, &args));
-        } else {
-            let args = [ids.into(), versions.into(), checksums.into()];
-            spi(client.update(&statements.update_streams, None, &args));
-        }
-        stats::appended_in_transaction(plan.rows.len() as u64);
-        Ok(plan.results(&positions))
-    })
+    for (stream_id, head) in plan.touched_heads() {
+        stream_rows.advance(&locked[stream_id], head.version, &head.last_checksum);
+    }
+    stats::appended_in_transaction(plan.rows.len() as u64);
+    Ok(plan.results(&positions))
 }
 
-/// Column arrays for the multi-row insert.
-struct EventRows {
-    positions: Vec<i64>,
-    partition_ids: Vec<i32>,
-    stream_ids: Vec<String>,
-    versions: Vec<i64>,
-    event_ids: Vec<Uuid>,
-    event_types: Vec<String>,
-    tenant_ids: Vec<Option<String>>,
-    payloads: Vec<String>,
-    metadata: Vec<Option<String>>,
-    checksums: Vec<Vec<u8>>,
-    /// Each row's tags as an array literal: one array per row.
-    tags: Vec<Option<String>>,
+/// One value of every row: a column of an SPI statement's arrays.
+fn column<T>(rows: &[Row], value: impl Fn(&Row) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
 }
 
-impl EventRows {
-    fn with_capacity(n: usize) -> Self {
-        EventRows {
-            positions: Vec::with_capacity(n),
-            partition_ids: Vec::with_capacity(n),
-            stream_ids: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
-            event_ids: Vec::with_capacity(n),
-            event_types: Vec::with_capacity(n),
-            tenant_ids: Vec::with_capacity(n),
-            payloads: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
-            checksums: Vec::with_capacity(n),
-            tags: Vec::with_capacity(n),
-        }
-    }
-
-    /// The arrays, in the multi-row insert's parameter order.
-    fn columns(self) -> [DatumWithOid<'static>; 11] {
-        [
-            self.positions.into(),
-            self.partition_ids.into(),
-            self.stream_ids.into(),
-            self.versions.into(),
-            self.event_ids.into(),
-            self.event_types.into(),
-            self.tenant_ids.into(),
-            self.payloads.into(),
-            self.metadata.into(),
-            self.checksums.into(),
-            self.tags.into(),
-        ]
-    }
-
-    /// The one row's values, in the single-row insert's parameter order.
-    fn first_row(mut self) -> [DatumWithOid<'static>; 11] {
-        [
-            self.positions[0].into(),
-            self.partition_ids[0].into(),
-            self.stream_ids.swap_remove(0).into(),
-            self.versions[0].into(),
-            self.event_ids[0].into(),
-            self.event_types.swap_remove(0).into(),
-            self.tenant_ids.swap_remove(0).into(),
-            self.payloads.swap_remove(0).into(),
-            self.metadata.swap_remove(0).into(),
-            self.checksums.swap_remove(0).into(),
-            self.tags.swap_remove(0).into(),
-        ]
-    }
-
-    fn push(&mut self, position: i64, row: &Row) {
-        self.positions.push(position);
-        self.partition_ids.push(row.partition_id);
-        self.stream_ids.push(row.stream_id.to_string());
-        self.versions.push(row.version);
-        self.event_ids
-            .push(Uuid::from_bytes(*row.event_id.as_bytes()));
-        self.event_types.push(row.event.event_type.clone());
-        self.tenant_ids.push(row.tenant.map(str::to_string));
-        self.payloads.push(row.event.payload.clone());
-        self.metadata.push(row.event.metadata.clone());
-        self.checksums.push(row.checksum.to_vec());
-        self.tags.push(row.event.stored_tags().map(array_literal));
-    }
+fn pg_uuid(id: uuid::Uuid) -> Uuid {
+    Uuid::from_bytes(*id.as_bytes())
 }
 
-/// Locks the rows of `streams`, creating missing ones (version 0). Both
-/// statements lock in `stream_id` order (`ORDER BY` under `FOR UPDATE`), so
-/// two appends never wait for each other's rows in a cycle; a deadlock with a
-/// caller's own multi-stream transaction is still possible, and a worker
-/// retries it. A concurrent creator
-/// makes our insert a no-op after it commits; then the row is there to lock.
-/// Also returns each locked row's `ctid`: the final update finds the rows by
-/// it, without a second index lookup (no one else can move a row we locked);
-/// and the streams whose rows this call created.
+/// The columns of `allsource.events`, in the order of [`event_values`].
+const EVENT_COLUMNS: [&CStr; 12] = [
+    c"position",
+    c"partition_id",
+    c"stream_id",
+    c"version",
+    c"event_id",
+    c"event_type",
+    c"tenant_id",
+    c"payload",
+    c"metadata",
+    c"created_at",
+    c"checksum",
+    c"tags",
+];
+
+/// One event's values, in the order of [`EVENT_COLUMNS`]; `created_at` is
+/// the transaction's start (`now()`).
+fn event_values(
+    row: &Row,
+    position: i64,
+    created_at: i64,
+    passed: Option<PassedJsonb>,
+) -> [Option<pg_sys::Datum>; 12] {
+    let (payload, metadata) = match passed {
+        Some(passed) => (passed.payload, passed.metadata),
+        None => (None, None),
+    };
+    [
+        position.into_datum(),
+        row.partition_id.into_datum(),
+        row.stream_id.into_datum(),
+        row.version.into_datum(),
+        pg_uuid(row.event_id).into_datum(),
+        row.event.event_type.as_str().into_datum(),
+        row.tenant.into_datum(),
+        payload.or_else(|| Some(jsonb(&row.event.payload))),
+        metadata.or_else(|| row.event.metadata.as_deref().map(jsonb)),
+        created_at.into_datum(),
+        row.checksum.as_slice().into_datum(),
+        row.event.stored_tags().map(<[String]>::to_vec).into_datum(),
+    ]
+}
+
+/// The jsonb datum of JSON text that PostgreSQL's own `jsonb_out` wrote.
+fn jsonb(text: &str) -> pg_sys::Datum {
+    let text = CString::new(text).expect("jsonb text has no NUL");
+    // SAFETY: jsonb_in parses a NUL-terminated string into a new datum.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+    }
+    .expect("jsonb_in returns a value")
+}
+
+/// Inserts the rows into their partitions of `allsource.events`; `passed`:
+/// the jsonb datums of the one row's event.
+fn insert_events(rows: &[Row], positions: &[i64], created_at: i64, passed: Option<PassedJsonb>) {
+    let parent_oid = table(c"events");
+    // SAFETY: the partitioned table is opened with the lock an INSERT on it
+    // takes, kept to the end of the transaction, and closed here.
+    let parent = unsafe { pg_sys::table_open(parent_oid, pg_sys::RowExclusiveLock as i32) };
+    let mut partitions: Vec<(i32, DirectInsert)> = Vec::new();
+    for (row, &position) in rows.iter().zip(positions) {
+        let at = match partitions
+            .iter()
+            .position(|(id, _)| *id == row.partition_id)
+        {
+            Some(at) => at,
+            None => {
+                // SAFETY: the parent is open and list-partitioned on partition_id.
+                let relid = unsafe { partition_holding(parent, row.partition_id) };
+                let insert = DirectInsert::open(relid, parent_oid, &EVENT_COLUMNS);
+                partitions.push((row.partition_id, insert));
+                partitions.len() - 1
+            }
+        };
+        partitions[at]
+            .1
+            .insert(&event_values(row, position, created_at, passed));
+    }
+    for (_, insert) in partitions {
+        insert.close();
+    }
+    // SAFETY: opened above.
+    unsafe { pg_sys::table_close(parent, pg_sys::NoLock as i32) };
+}
+
+/// Registers the rows' ids, all generated here, in `allsource.event_ids`.
+fn register_new_event_ids(rows: &[Row], positions: &[i64]) {
+    let event_ids = table(c"event_ids");
+    let mut insert = DirectInsert::open(
+        event_ids,
+        event_ids,
+        &[c"event_id", c"partition_id", c"position"],
+    );
+    for (row, &position) in rows.iter().zip(positions) {
+        insert.insert(&[
+            pg_uuid(row.event_id).into_datum(),
+            row.partition_id.into_datum(),
+            position.into_datum(),
+        ]);
+    }
+    insert.close();
+}
+
+/// Locks the rows of `streams`, creating missing ones (version 0). Rows are
+/// locked in `stream_id` order, so two appends never wait for each other's
+/// rows in a cycle; a deadlock with a caller's own multi-stream transaction
+/// is still possible, and a worker retries it. A concurrent creator makes our
+/// insert wait for its commit and then do nothing; the next round locks the
+/// row it made. Also returns the streams whose rows this call created.
 fn lock_streams<'a>(
     client: &mut SpiClient,
     statements: &Statements,
+    stream_rows: &mut StreamRows,
     streams: &[&'a str],
     requests: &[Request],
-) -> (
-    HashMap<&'a str, StreamHead>,
-    HashMap<&'a str, String>,
-    Vec<&'a str>,
-) {
-    let mut heads = HashMap::with_capacity(streams.len());
-    let mut row_ids = HashMap::with_capacity(streams.len());
+) -> (HashMap<&'a str, LockedRow>, Vec<&'a str>) {
+    let mut locked = HashMap::with_capacity(streams.len());
     let mut created = Vec::new();
     // A new stream belongs to the tenant of the first request for it.
     let mut tenant_of = HashMap::with_capacity(streams.len());
@@ -349,46 +408,34 @@ fn lock_streams<'a>(
         tenant_of.entry(request.stream_id).or_insert(request.tenant);
     }
     loop {
-        for creating in [false, true] {
-            let missing: Vec<&str> = streams
-                .iter()
-                .copied()
-                .filter(|s| !heads.contains_key(s))
-                .collect();
-            let (plan, mut args) = match (creating, missing.as_slice()) {
-                (_, []) => return (heads, row_ids, created),
-                (false, [one]) => (&statements.lock_stream, vec![(*one).into()]),
-                (false, _) => (&statements.lock_streams, vec![missing.clone().into()]),
-                (true, _) => (&statements.create_streams, vec![missing.clone().into()]),
-            };
-            if creating {
-                let tenants: Vec<Option<String>> = missing
-                    .iter()
-                    .map(|s| tenant_of[s].map(str::to_string))
-                    .collect();
-                args.push(tenants.into());
+        let unlocked: Vec<&str> = streams
+            .iter()
+            .copied()
+            .filter(|s| !locked.contains_key(s))
+            .collect();
+        for (stream, row) in unlocked.iter().zip(stream_rows.lock(&unlocked)) {
+            if let Some(row) = row {
+                locked.insert(*stream, row);
             }
-            for row in spi(client.update(plan, None, &args)) {
-                let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
-                let checksum: Option<Vec<u8>> = spi(row.get(4));
-                let key = streams[streams
-                    .binary_search(&stream_id.as_str())
-                    .expect("only asked-for streams come back")];
-                heads.insert(
-                    key,
-                    StreamHead {
-                        partition_id: spi(row.get(2)).expect("partition_id is NOT NULL"),
-                        version: spi(row.get(3)).expect("version is NOT NULL"),
-                        last_checksum: checksum.and_then(|c| c.try_into().ok()).unwrap_or(GENESIS),
-                        deleted: spi(row.get(5)).expect("deleted is computed"),
-                        tenant: spi(row.get(7)),
-                    },
-                );
-                row_ids.insert(key, spi(row.get(6)).expect("ctid is never NULL"));
-                if creating {
-                    created.push(key);
-                }
-            }
+        }
+        let missing: Vec<&str> = unlocked
+            .into_iter()
+            .filter(|s| !locked.contains_key(s))
+            .collect();
+        if missing.is_empty() {
+            return (locked, created);
+        }
+        let tenants: Vec<Option<String>> = missing
+            .iter()
+            .map(|s| tenant_of[s].map(str::to_string))
+            .collect();
+        let args = [missing.clone().into(), tenants.into()];
+        for row in spi(client.update(&statements.create_streams, None, &args)) {
+            let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
+            let at = streams
+                .binary_search(&stream_id.as_str())
+                .expect("only asked-for streams come back");
+            created.push(streams[at]);
         }
     }
 }
@@ -475,96 +522,14 @@ impl Drop for PositionRangeLock {
     }
 }
 
-/// The events' columns, in the order of both inserts' parameters.
-const EVENT_COLUMNS: &str = "position, partition_id, stream_id, version, event_id, event_type, \
-                             tenant_id, payload, metadata, checksum, tags";
-
-/// The multi-row insert's source: the arrays of [`EventRows::columns`].
-fn unnested_rows() -> String {
-    let unnests: Vec<String> = (1..=11)
-        .map(|i| format!("pg_catalog.unnest(${i})"))
-        .collect();
-    format!(
-        "SELECT * FROM ROWS FROM ({}) AS u({EVENT_COLUMNS})",
-        unnests.join(", ")
-    )
-}
-
-/// The single-row insert's source, without the function scans of the
-/// arrays (about a quarter of a single event's append).
-const ONE_ROW: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-
-/// One insert of `rows` into events and event_ids; returns the ids registered.
-fn insert_events_sql(rows: &str, on_conflict: &str) -> String {
-    format!(
-        "WITH inserted AS ( \
-         INSERT INTO allsource.events (position, partition_id, stream_id, version, event_id, \
-                                       event_type, tenant_id, payload, metadata, created_at, checksum, \
-                                       tags) \
-         SELECT u.position, u.partition_id, u.stream_id, u.version, u.event_id, u.event_type, \
-                u.tenant_id, u.payload::jsonb, u.metadata::jsonb, pg_catalog.now(), u.checksum, \
-                u.tags::text[] \
-         FROM ({rows}) AS u({EVENT_COLUMNS}) \
-         RETURNING event_id, partition_id, position) \
-         INSERT INTO allsource.event_ids (event_id, partition_id, position) \
-         SELECT event_id, partition_id, position FROM inserted \
-         {on_conflict} RETURNING event_id"
-    )
-}
-
-/// The parameter types of the single-row insert.
-fn insert_event_args() -> [PgOid; 11] {
-    [
-        oid::<i64>(),
-        oid::<i32>(),
-        oid::<String>(),
-        oid::<i64>(),
-        oid::<Uuid>(),
-        oid::<String>(),
-        oid::<String>(),
-        oid::<String>(),
-        oid::<String>(),
-        oid::<Vec<u8>>(),
-        oid::<String>(),
-    ]
-}
-
-/// The parameter types of the multi-row insert.
-fn insert_events_args() -> [PgOid; 11] {
-    [
-        oid::<Vec<i64>>(),
-        oid::<Vec<i32>>(),
-        oid::<Vec<String>>(),
-        oid::<Vec<i64>>(),
-        oid::<Vec<Uuid>>(),
-        oid::<Vec<String>>(),
-        oid::<Vec<Option<String>>>(),
-        oid::<Vec<String>>(),
-        oid::<Vec<Option<String>>>(),
-        oid::<Vec<Vec<u8>>>(),
-        oid::<Vec<Option<String>>>(),
-    ]
-}
-
 /// SPI statements, prepared once per backend.
 struct Statements {
-    lock_stream: OwnedPreparedStatement,
-    lock_streams: OwnedPreparedStatement,
     create_streams: OwnedPreparedStatement,
     find_events: OwnedPreparedStatement,
-    insert_event: OwnedPreparedStatement,
-    insert_event_with_new_id: OwnedPreparedStatement,
-    insert_events: OwnedPreparedStatement,
-    insert_events_with_new_ids: OwnedPreparedStatement,
+    register_event_ids: OwnedPreparedStatement,
     insert_event_tags: OwnedPreparedStatement,
-    update_stream: OwnedPreparedStatement,
-    update_streams: OwnedPreparedStatement,
     forget_streams: OwnedPreparedStatement,
 }
-
-const STREAM_HEAD: &str =
-    "s.stream_id, s.partition_id, s.version, s.last_checksum, s.deleted_at IS NOT NULL, s.ctid::text, \
-     s.tenant_id";
 
 thread_local! {
     static STATEMENTS: OnceCell<&'static Statements> = const { OnceCell::new() };
@@ -578,33 +543,12 @@ impl Statements {
     fn prepare(client: &SpiClient) -> Statements {
         let prepare = |sql: &str, args: &[PgOid]| spi(client.prepare_mut(sql, args)).keep();
         Statements {
-            // One stream, the usual case: an equality on the key, whose
-            // generic plan is the index scan whatever the table's statistics
-            // said when it was made (the join below, planned on an empty
-            // table, scans it sequentially for the rest of the session).
-            lock_stream: prepare(
-                &format!(
-                    "SELECT {STREAM_HEAD} FROM allsource.streams s \
-                     WHERE s.stream_id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF s"
-                ),
-                &[oid::<String>()],
-            ),
-            lock_streams: prepare(
-                &format!(
-                    "SELECT {STREAM_HEAD} FROM pg_catalog.unnest($1::text[]) AS id \
-                     JOIN allsource.streams s ON s.stream_id OPERATOR(pg_catalog.=) id \
-                     ORDER BY s.stream_id FOR UPDATE OF s"
-                ),
-                &[oid::<Vec<String>>()],
-            ),
             create_streams: prepare(
-                &format!(
-                    "INSERT INTO allsource.streams AS s (stream_id, partition_id, tenant_id) \
-                     SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())), tenant \
-                     FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(id, tenant) \
-                     ORDER BY id \
-                     ON CONFLICT (stream_id) DO NOTHING RETURNING {STREAM_HEAD}"
-                ),
+                "INSERT INTO allsource.streams AS s (stream_id, partition_id, tenant_id) \
+                 SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())), tenant \
+                 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(id, tenant) \
+                 ORDER BY id \
+                 ON CONFLICT (stream_id) DO NOTHING RETURNING s.stream_id",
                 &[oid::<Vec<String>>(), oid::<Vec<Option<String>>>()],
             ),
             find_events: prepare(
@@ -615,21 +559,11 @@ impl Statements {
                  WHERE i.event_id OPERATOR(pg_catalog.=) ANY ($1)",
                 &[oid::<Vec<Uuid>>()],
             ),
-            insert_event: prepare(
-                &insert_events_sql(ONE_ROW, "ON CONFLICT (event_id) DO NOTHING"),
-                &insert_event_args(),
-            ),
-            insert_event_with_new_id: prepare(
-                &insert_events_sql(ONE_ROW, ""),
-                &insert_event_args(),
-            ),
-            insert_events: prepare(
-                &insert_events_sql(&unnested_rows(), "ON CONFLICT (event_id) DO NOTHING"),
-                &insert_events_args(),
-            ),
-            insert_events_with_new_ids: prepare(
-                &insert_events_sql(&unnested_rows(), ""),
-                &insert_events_args(),
+            register_event_ids: prepare(
+                "INSERT INTO allsource.event_ids (event_id, partition_id, position) \
+                 SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                &[oid::<Vec<Uuid>>(), oid::<Vec<i32>>(), oid::<Vec<i64>>()],
             ),
             // A row per tag of each tagged event (unnest of NULL: none).
             insert_event_tags: prepare(
@@ -649,22 +583,8 @@ impl Statements {
                     oid::<Vec<Option<String>>>(),
                 ],
             ),
-            update_stream: prepare(
-                "UPDATE allsource.streams s \
-                 SET version = $2, last_checksum = $3, updated_at = pg_catalog.now() \
-                 WHERE s.ctid OPERATOR(pg_catalog.=) $1::tid",
-                &[oid::<String>(), oid::<i64>(), oid::<Vec<u8>>()],
-            ),
-            update_streams: prepare(
-                "UPDATE allsource.streams s \
-                 SET version = u.version, last_checksum = u.last_checksum, updated_at = pg_catalog.now() \
-                 FROM ROWS FROM (pg_catalog.unnest($1::tid[]), pg_catalog.unnest($2::bigint[]), \
-                                 pg_catalog.unnest($3::bytea[])) AS u(row_id, version, last_checksum) \
-                 WHERE s.ctid OPERATOR(pg_catalog.=) u.row_id",
-                &[oid::<Vec<String>>(), oid::<Vec<i64>>(), oid::<Vec<Vec<u8>>>()],
-            ),
             forget_streams: prepare(
-                "DELETE FROM allsource.streams s WHERE s.ctid OPERATOR(pg_catalog.=) ANY ($1::tid[])",
+                "DELETE FROM allsource.streams s WHERE s.stream_id OPERATOR(pg_catalog.=) ANY ($1::text[])",
                 &[oid::<Vec<String>>()],
             ),
         }
@@ -1034,5 +954,139 @@ mod tests {
             one::<i64>("SELECT allsource.stream_version('appending-to-a/s')"),
             1
         );
+    }
+
+    /// The events are written into their partition by column name: a
+    /// partition attached by hand in another column order, a column added by
+    /// hand that may be NULL. A column the append cannot fill, and a stream
+    /// whose partition was detached, are errors that write nothing.
+    #[pg_test]
+    fn appends_follow_partitions_altered_by_hand() {
+        // First, streams before events as appends take them: other tests'
+        // backends wait for this one rather than deadlock with the DETACH.
+        Spi::run("LOCK TABLE allsource.streams, allsource.events IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        let stream = "altered-by-hand-1";
+        let append = |event_type: &str, n: i32| {
+            format!("SELECT allsource.append('{stream}', '{event_type}', '{{\"n\": {n}}}', tags => ARRAY['n:{n}'])")
+        };
+        Spi::run(&append("A", 1)).unwrap();
+        Spi::run(&format!(
+            "DO $$
+             DECLARE p int := allsource.partition_for('{stream}');
+             BEGIN
+                 EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s', p);
+                 EXECUTE format('ALTER TABLE allsource.events_p%s RENAME TO events_moved', p);
+                 EXECUTE format('CREATE TABLE allsource.events_p%s (tags text[], checksum bytea NOT NULL,
+                     created_at timestamptz NOT NULL, metadata jsonb, payload jsonb NOT NULL, tenant_id text,
+                     event_type text NOT NULL, event_id uuid NOT NULL, version bigint NOT NULL,
+                     stream_id text COLLATE \"C\" NOT NULL, partition_id int NOT NULL, position bigint NOT NULL)', p);
+                 EXECUTE format('INSERT INTO allsource.events_p%s SELECT tags, checksum, created_at, metadata,
+                     payload, tenant_id, event_type, event_id, version, stream_id, partition_id, position
+                     FROM allsource.events_moved', p);
+                 EXECUTE format('ALTER TABLE allsource.events ATTACH PARTITION allsource.events_p%s FOR VALUES IN (%s)', p, p);
+             END $$"
+        ))
+        .unwrap();
+        Spi::run(&append("B", 2)).unwrap();
+        Spi::run("ALTER TABLE allsource.events ADD COLUMN note text").unwrap();
+        Spi::run(&append("C", 3)).unwrap();
+        assert_eq!(
+            one::<String>(&format!("SELECT string_agg(format('%s:%s:%s:%s:%s', version, event_type, payload->>'n', tags[1], coalesce(note, '-')), ',' ORDER BY version) FROM allsource.read_stream('{stream}')")),
+            "1:A:1:n:1:-,2:B:2:n:2:-,3:C:3:n:3:-"
+        );
+        assert!(one::<bool>(&format!(
+            "SELECT ok AND events_checked = 3 FROM allsource.verify_stream('{stream}')"
+        )));
+        assert_eq!(
+            one::<i64>(&format!("SELECT count(*) FROM allsource.events e JOIN allsource.event_ids i USING (event_id, partition_id, position) WHERE e.stream_id = '{stream}'")),
+            3
+        );
+
+        Spi::run("ALTER TABLE allsource.events ADD COLUMN origin text NOT NULL DEFAULT 'by hand'")
+            .unwrap();
+        assert_fails(
+            &append("D", 4),
+            "XX001",
+            "has a column \"origin\" that AllSource does not write",
+        );
+        Spi::run("ALTER TABLE allsource.events DROP COLUMN origin").unwrap();
+        Spi::run(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s',
+                 allsource.partition_for('{stream}')); END $$"
+        ))
+        .unwrap();
+        assert_fails(
+            &append("D", 4),
+            "23514",
+            "no partition of relation \"events\" found for partition_id",
+        );
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT version FROM allsource.streams WHERE stream_id = '{stream}'"
+            )),
+            3
+        );
+    }
+
+    /// Appends to one stream in one statement see each other's versions
+    /// (the stream row is looked up after the previous append's update).
+    #[pg_test]
+    fn appends_in_one_statement_chain_their_versions() {
+        let versions = one::<String>(
+            "SELECT string_agg(a.version::text, ',' ORDER BY g)
+             FROM generate_series(1, 5) g, LATERAL allsource.append('one-statement-1', 'T', pg_catalog.to_jsonb(g)) a",
+        );
+        assert_eq!(versions, "1,2,3,4,5");
+        assert!(one::<bool>(
+            "SELECT ok AND events_checked = 5 FROM allsource.verify_stream('one-statement-1')"
+        ));
+    }
+
+    /// A stream row updated more often than its page has room for moves to
+    /// other pages (not a HOT update): the new versions get index entries,
+    /// and the primary key still finds the row.
+    #[pg_test]
+    fn a_stream_row_that_leaves_its_page_is_still_found_by_its_key() {
+        Spi::run(
+            "SELECT allsource.append('leaves-its-page-1', 'T', '{}') FROM generate_series(1, 600)",
+        )
+        .unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        Spi::run("SET LOCAL enable_bitmapscan = off").unwrap();
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(version::text, ',') FROM allsource.streams WHERE stream_id = 'leaves-its-page-1'"
+            ),
+            "600"
+        );
+        assert!(one::<bool>(
+            "SELECT ok AND events_checked = 600 FROM allsource.verify_stream('leaves-its-page-1')"
+        ));
+    }
+
+    /// A payload passed as stored out of line (TOAST, from a table) and one
+    /// compressed inline are stored as the same value and verify.
+    #[pg_test]
+    fn payloads_passed_from_toasted_values_are_stored_whole() {
+        Spi::run(
+            "CREATE TEMP TABLE big_payloads (n int, payload jsonb);
+             INSERT INTO big_payloads
+             SELECT 1, jsonb_build_object('noise', string_agg(md5(i::text), '')) FROM generate_series(1, 6000) i
+             UNION ALL
+             SELECT 2, jsonb_build_object('repeats', repeat('ab', 50000))",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT allsource.append('toasted-1', 'T', b.payload, metadata => b.payload) FROM big_payloads b ORDER BY n",
+        )
+        .unwrap();
+        assert!(one::<bool>(
+            "SELECT bool_and(e.payload = b.payload AND e.metadata = b.payload) AND count(*) = 2
+             FROM allsource.read_stream('toasted-1') e JOIN big_payloads b ON b.n = e.version"
+        ));
+        assert!(one::<bool>(
+            "SELECT ok AND events_checked = 2 FROM allsource.verify_stream('toasted-1')"
+        ));
     }
 }

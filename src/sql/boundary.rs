@@ -80,7 +80,7 @@ fn append_if(
                 return Err(condition_failed(position, after_position, ours));
             }
         }
-        append_one(&stream, &events, ExpectedVersion::from_arg(None)?)
+        append_one(&stream, &events, ExpectedVersion::from_arg(None)?, None)
     })();
     let a = or_raise(stats::direct_append(result, Call::AppendBatch, started));
     TableIterator::once((a.first_position, a.last_position))

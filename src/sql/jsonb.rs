@@ -9,8 +9,9 @@ use pgrx::prelude::*;
 use pgrx::{direct_function_call, FromDatum};
 use std::ffi::CStr;
 
-/// A jsonb argument's text.
-pub struct JsonbText(pub String);
+/// A jsonb argument's text, and the datum it was passed as (valid for the
+/// call: an append stores it as it came instead of parsing the text again).
+pub struct JsonbText(pub String, pub pg_sys::Datum);
 
 impl FromDatum for JsonbText {
     unsafe fn from_polymorphic_datum(
@@ -27,7 +28,7 @@ impl FromDatum for JsonbText {
                 .expect("jsonb_out returns text");
             let owned = text.to_string_lossy().into_owned();
             pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
-            Some(JsonbText(owned))
+            Some(JsonbText(owned, datum))
         }
     }
 }

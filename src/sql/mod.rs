@@ -5,6 +5,9 @@
 //! - [`append`]: `append`, `append_batch`, and the one append path the ingest workers share.
 //! - `checks`: argument checks of the reads written in SQL (`read_all`, `read_category`, …).
 //! - `read`: `read_stream`, from the stream's own partition.
+//! - `direct_insert`: rows inserted without SPI and a plan (the append's events and ids).
+//! - `stream_heads`: the stream rows an append locks and advances, without SPI.
+//! - `tables`: the extension's tables as the direct paths open them (names, columns, `XX001`).
 //! - `delete`: `delete_stream` (tombstones, erasure).
 //! - `snapshot`: `save_snapshot`.
 //! - `stream_row`: a stream's row, locked for a change that is not an append.
@@ -31,6 +34,7 @@ mod background;
 mod boundary;
 mod checks;
 mod delete;
+mod direct_insert;
 mod guard;
 pub mod ingest;
 mod jsonb;
@@ -44,8 +48,10 @@ mod read;
 mod snapshot;
 pub mod standby;
 pub mod stats;
+mod stream_heads;
 mod stream_row;
 pub mod subscription;
+mod tables;
 mod tenant;
 mod verify;
 pub mod watermark;

@@ -17,6 +17,7 @@
 
 use crate::sql::raise::or_raise;
 use crate::sql::select_one;
+use crate::sql::tables::{attribute_number, ALTERED_HINT};
 use crate::sql::tenant::session_tenant;
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::partition_for;
@@ -26,7 +27,7 @@ use pgrx::pg_sys::{AccessShareLock, NoLock, Oid};
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgTupleDesc};
 use std::cell::Cell;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 thread_local! {
     /// The partition count of the `allsource.events` this backend last
@@ -274,28 +275,6 @@ fn partition_count(schema: Oid) -> Option<u32> {
     })
 }
 
-/// The number of the column `name` of `relation`; an error without it.
-///
-/// # Safety
-/// `relation` is open.
-unsafe fn attribute_number(relation: pg_sys::Relation, name: &CStr) -> i16 {
-    // SAFETY: an open relation's descriptor; from_pg_unchecked neither
-    // frees nor releases it.
-    let found = unsafe {
-        PgTupleDesc::from_pg_unchecked((*relation).rd_att)
-            .iter()
-            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
-            .map(|a| a.attnum)
-    };
-    found.unwrap_or_else(|| {
-        or_raise(Err(Error::new(
-            sqlstate::DATA_CORRUPTED,
-            format!("an AllSource table has no column {}", name.to_string_lossy()),
-        )
-        .with_hint("Run allsource.verify_all(); reinstall the extension from a backup if its tables were altered.")))
-    })
-}
-
 /// The valid index of `relation` whose first columns are `first` and
 /// `second`; an error without one.
 ///
@@ -337,7 +316,7 @@ unsafe fn index_on(relation: pg_sys::Relation, first: i16, second: i16) -> Oid {
             sqlstate::DATA_CORRUPTED,
             "a partition of allsource.events has no index on (stream_id, version)",
         )
-        .with_hint("Run allsource.verify_all(); reinstall the extension from a backup if its tables were altered.")))
+        .with_hint(ALTERED_HINT)))
     })
 }
 

@@ -337,3 +337,99 @@ fn deleting_a_new_stream_waits_for_its_first_write() {
         assert!(tombstone, "{stream} is deleted");
     }
 }
+
+/// An append that waits for another's stream row goes on, in READ
+/// COMMITTED, from the version the other committed; in REPEATABLE READ the
+/// row changed after its snapshot was taken, so it fails to serialize
+/// (`40001`) and writes nothing, as `SELECT … FOR UPDATE` would.
+#[test]
+fn an_append_behind_a_concurrent_one_follows_it_or_fails_to_serialize() {
+    let db = Arc::new(TestDb::new("lock_follow"));
+    for (isolation, expected, final_version) in [
+        ("READ COMMITTED", Ok(3i64), 3i64),
+        ("REPEATABLE READ", Err("40001".to_string()), 2),
+    ] {
+        let stream = format!("follow-{}", isolation.replace(' ', "-").to_lowercase());
+        let append = "SELECT version FROM allsource.append($1, 'T', '{}')";
+        db.connect().execute(append, &[&stream]).unwrap();
+        let mut first = db.connect();
+        first.batch_execute("BEGIN").unwrap();
+        first.execute(append, &[&stream]).unwrap();
+        let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+        let second = {
+            let (db, stream) = (db.clone(), stream.clone());
+            thread::spawn(move || {
+                let mut client = db.connect();
+                // The snapshot is taken by the first statement.
+                client
+                    .batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}; SELECT 1"))
+                    .unwrap();
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .unwrap()
+                    .get(0);
+                pid_tx.send(pid).unwrap();
+                let appended = client
+                    .query_one(append, &[&stream])
+                    .map(|row| row.get::<_, i64>(0))
+                    .map_err(|e| sqlstate(&e));
+                client
+                    .batch_execute(if appended.is_ok() {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    })
+                    .unwrap();
+                appended
+            })
+        };
+        let mut observer = db.connect();
+        wait_for_lock_wait(&mut observer, pid_rx.recv().unwrap());
+        first.batch_execute("COMMIT").unwrap();
+        assert_eq!(second.join().unwrap(), expected, "{isolation}");
+        assert_gapless(&db, &stream, final_version);
+    }
+}
+
+/// An append that gives up waiting for a stream row (`lock_timeout`) raises
+/// `55P03`, writes nothing, and leaves the session as it was: its next
+/// append works, and a direct write is still refused.
+#[test]
+fn an_append_that_times_out_on_a_stream_row_leaves_the_guard_closed() {
+    let db = TestDb::new("lock_timeout");
+    let mut holder = db.connect();
+    // save_snapshot locks the stream row and nothing else an append takes.
+    holder
+        .batch_execute("SELECT allsource.append('held', 'T', '{}')")
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT allsource.save_snapshot('held', 1, '{}')")
+        .unwrap();
+    let mut client = db.connect();
+    client.batch_execute("SET lock_timeout = '100ms'").unwrap();
+    let timed_out = client
+        .query_one(
+            "SELECT version FROM allsource.append('held', 'T', '{}')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&timed_out), "55P03", "{timed_out}");
+    let refused = client
+        .batch_execute("INSERT INTO allsource.event_ids SELECT event_id, partition_id, position FROM allsource.events LIMIT 1")
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "42501", "{refused}");
+    assert!(
+        format!("{refused:?}").contains("direct INSERT on allsource.event_ids is not allowed"),
+        "a direct write is still refused: {refused:?}"
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    let version: i64 = client
+        .query_one(
+            "SELECT version FROM allsource.append('held', 'T', '{}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    assert_gapless(&db, "held", 2);
+}

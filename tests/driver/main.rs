@@ -7,6 +7,7 @@ mod concurrency;
 mod crash;
 mod databases;
 mod dcb;
+mod decoding;
 mod integrity;
 mod lifecycle;
 mod limits;

@@ -206,7 +206,9 @@ fn queue_a_stream_held_by_a_prepared_transaction_stalls_nothing_and_a_fast_stop_
 
 /// A batch's commit fails (its transaction outlived
 /// `allsource.max_append_transaction_ms`, held up by a trigger, so the commit
-/// is refused), so its results were staged and its events are retried one by
+/// is refused; the triggers are on writes an append still makes with SQL
+/// statements: the registration of a caller's event ids, the row of a new
+/// stream), so its results were staged and its events are retried one by
 /// one; the first retry commits, the second makes the worker exit with FATAL
 /// (`exit_on_error`, set by a trigger). The next worker must append the rest
 /// again, not report them committed on the strength of the first retry's
@@ -243,7 +245,7 @@ fn queue_a_batch_whose_commit_failed_is_never_reported_committed_by_the_next_wor
                  END IF;
                  RETURN NULL;
              END $$;
-             CREATE TRIGGER outlive_first_commit AFTER INSERT ON allsource.events
+             CREATE TRIGGER outlive_first_commit AFTER INSERT ON allsource.event_ids
                  FOR EACH ROW EXECUTE FUNCTION public.outlive_first_commit();
              CREATE TRIGGER exit_on_second_insert AFTER INSERT ON allsource.streams
                  FOR EACH ROW WHEN (NEW.stream_id = 'fatal-b')
@@ -260,7 +262,16 @@ fn queue_a_batch_whose_commit_failed_is_never_reported_committed_by_the_next_wor
     // One batch (the worker waits 300 ms for it to fill): a, b, c.
     let tickets: Vec<(String, i64)> = ["fatal-a", "fatal-b", "fatal-c"]
         .iter()
-        .map(|s| (s.to_string(), enqueue(&mut client, s)))
+        .map(|s| {
+            let ticket = client
+                .query_one(
+                    "SELECT allsource.enqueue($1, 'T', '{}', event_id => gen_random_uuid())",
+                    &[s],
+                )
+                .unwrap()
+                .get(0);
+            (s.to_string(), ticket)
+        })
         .collect();
     for (stream, ticket) in &tickets {
         let outcome = await_ticket(&mut client, *ticket, 30_000);
