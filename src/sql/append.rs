@@ -13,7 +13,7 @@ use crate::sql::direct_insert::{partition_holding, DirectInsert};
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
-use crate::sql::standby::refuse_on_standby;
+use crate::sql::standby::{refuse_in_read_only_transaction, refuse_on_standby};
 use crate::sql::stats::{self, Call};
 use crate::sql::stream_heads::{LockedRow, StreamRows};
 use crate::sql::tables::table;
@@ -165,6 +165,7 @@ pub(crate) fn append_requests(
     requests: &[Request],
     passed: Option<PassedJsonb>,
 ) -> Result<Vec<std::result::Result<Appended, Refused>>> {
+    refuse_in_read_only_transaction()?;
     let _writing = WriteGuard::new();
     let _generic = GenericPlans::new();
     // Before the stream rows, as append_if takes its own: one lock order.

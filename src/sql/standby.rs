@@ -1,5 +1,5 @@
 //! Hot standbys: whether this server is one, and the refusal of writes
-//! there (25006). The ingest workers, the notifier and the publisher start
+//! there and in read-only transactions (25006). The ingest workers, the notifier and the publisher start
 //! only once recovery has finished (after a promotion).
 
 use allsource_core::error::{sqlstate, Error, Result};
@@ -20,4 +20,15 @@ pub fn refuse_on_standby(function: &str) -> Result<()> {
     Err(Error::new(sqlstate::READ_ONLY_SQL_TRANSACTION, format!("{function} cannot run on a hot standby"))
         .with_detail("This server replays the primary's WAL and is read-only.")
         .with_hint("Send writes to the primary. A standby serves read_stream, read_all, read_category, stream_version, watermark, verify_* and stats."))
+}
+
+/// 25006 in a read-only transaction: the executor's check, which the
+/// append's writes below SQL do not pass through.
+pub fn refuse_in_read_only_transaction() -> Result<()> {
+    // SAFETY: a plain global of this backend, set by SET TRANSACTION.
+    if !unsafe { pg_sys::XactReadOnly } {
+        return Ok(());
+    }
+    Err(Error::new(sqlstate::READ_ONLY_SQL_TRANSACTION, "cannot append in a read-only transaction")
+        .with_hint("Append in a READ WRITE transaction (see default_transaction_read_only)."))
 }

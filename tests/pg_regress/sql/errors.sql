@@ -44,6 +44,13 @@ BEGIN READ ONLY;
 SELECT * FROM allsource.append_batch('err-1', '[{"type": "T", "payload": 1}]');
 \echo SQLSTATE :SQLSTATE
 ROLLBACK;
+-- ... also to a stream that has its row already.
+SELECT version FROM allsource.append('err-ro', 'T', '{}');
+BEGIN READ ONLY;
+SELECT * FROM allsource.append('err-ro', 'T', '{}');
+\echo SQLSTATE :SQLSTATE
+ROLLBACK;
+SELECT allsource.stream_version('err-ro');
 -- Reading is fine.
 BEGIN READ ONLY;
 SELECT count(*) FROM allsource.read_stream('err-1');
@@ -58,5 +65,5 @@ PREPARE TRANSACTION 'regress_appended';
 \echo SQLSTATE :SQLSTATE
 SELECT allsource.stream_version('err-2'), count(*) AS prepared FROM pg_prepared_xacts;
 
--- Nothing of this file was written.
-SELECT count(*) FROM allsource.streams WHERE stream_id LIKE 'err-%';
+-- Nothing of this file was written but err-ro's first event.
+SELECT count(*) FROM allsource.streams WHERE stream_id LIKE 'err-%' AND stream_id <> 'err-ro';
