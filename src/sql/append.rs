@@ -27,6 +27,9 @@ use allsource_core::error::{Error, Result};
 use allsource_core::idempotency::StoredEvent;
 use allsource_core::plan::{self, Refused, Request, Row};
 use allsource_core::validate::{self, ExpectedVersion};
+use pgrx::pg_sys::BuiltinOid::{
+    self, BYTEAOID, INT4OID, INT8OID, JSONBOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID, UUIDOID,
+};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{direct_function_call, IntoDatum, PgOid, Uuid};
@@ -280,20 +283,21 @@ fn pg_uuid(id: uuid::Uuid) -> Uuid {
     Uuid::from_bytes(*id.as_bytes())
 }
 
-/// The columns of `allsource.events`, in the order of [`event_values`].
-const EVENT_COLUMNS: [&CStr; 12] = [
-    c"position",
-    c"partition_id",
-    c"stream_id",
-    c"version",
-    c"event_id",
-    c"event_type",
-    c"tenant_id",
-    c"payload",
-    c"metadata",
-    c"created_at",
-    c"checksum",
-    c"tags",
+/// The columns of `allsource.events` and their types, in the order of
+/// [`event_values`].
+const EVENT_COLUMNS: [(&CStr, BuiltinOid); 12] = [
+    (c"position", INT8OID),
+    (c"partition_id", INT4OID),
+    (c"stream_id", TEXTOID),
+    (c"version", INT8OID),
+    (c"event_id", UUIDOID),
+    (c"event_type", TEXTOID),
+    (c"tenant_id", TEXTOID),
+    (c"payload", JSONBOID),
+    (c"metadata", JSONBOID),
+    (c"created_at", TIMESTAMPTZOID),
+    (c"checksum", BYTEAOID),
+    (c"tags", TEXTARRAYOID),
 ];
 
 /// One event's values, in the order of [`EVENT_COLUMNS`]; `created_at` is
@@ -376,7 +380,11 @@ fn register_new_event_ids(rows: &[Row], positions: &[i64]) {
     let mut insert = DirectInsert::open(
         event_ids,
         event_ids,
-        &[c"event_id", c"partition_id", c"position"],
+        &[
+            (c"event_id", UUIDOID),
+            (c"partition_id", INT4OID),
+            (c"position", INT8OID),
+        ],
     );
     for (row, &position) in rows.iter().zip(positions) {
         insert.insert(&[
@@ -1012,13 +1020,43 @@ mod tests {
             "has a column \"origin\" that AllSource does not write",
         );
         Spi::run("ALTER TABLE allsource.events DROP COLUMN origin").unwrap();
+        // What the direct writes would skip or misread: refused, not ignored.
+        for (change, words, undo) in [
+            (
+                "ALTER TABLE allsource.events ALTER COLUMN metadata TYPE text",
+                "has a column metadata of another type than AllSource's",
+                "ALTER TABLE allsource.events ALTER COLUMN metadata TYPE jsonb USING metadata::jsonb",
+            ),
+            (
+                "ALTER TABLE allsource.events ADD CONSTRAINT by_hand CHECK (version > 0)",
+                "has CHECK constraints",
+                "ALTER TABLE allsource.events DROP CONSTRAINT by_hand",
+            ),
+            (
+                "CREATE TRIGGER by_hand AFTER INSERT ON allsource.events FOR EACH ROW
+                 EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+                "has row triggers, which AllSource's writes do not fire",
+                "DROP TRIGGER by_hand ON allsource.events",
+            ),
+            (
+                "CREATE TRIGGER by_hand BEFORE UPDATE ON allsource.streams FOR EACH ROW
+                 EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+                "the AllSource table streams has row triggers",
+                "DROP TRIGGER by_hand ON allsource.streams",
+            ),
+        ] {
+            Spi::run(change).unwrap();
+            assert_fails(&append("D", 4), "XX001", words);
+            Spi::run(undo).unwrap();
+        }
+        Spi::run(&append("D", 4)).unwrap();
         Spi::run(&format!(
             "DO $$ BEGIN EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s',
                  allsource.partition_for('{stream}')); END $$"
         ))
         .unwrap();
         assert_fails(
-            &append("D", 4),
+            &append("E", 5),
             "23514",
             "no partition of relation \"events\" found for partition_id",
         );
@@ -1026,7 +1064,7 @@ mod tests {
             one::<i64>(&format!(
                 "SELECT version FROM allsource.streams WHERE stream_id = '{stream}'"
             )),
-            3
+            4
         );
     }
 

@@ -16,9 +16,9 @@
 //! altered by hand so that these rows would be wrong raises `XX001`.
 
 use crate::sql::raise::or_raise;
-use crate::sql::tables::altered;
+use crate::sql::tables::{altered, check_type, refuse_what_a_direct_write_skips, Write};
 use allsource_core::error::{sqlstate, Error};
-use pgrx::pg_sys::{self, Datum, Oid, RowExclusiveLock};
+use pgrx::pg_sys::{self, BuiltinOid, Datum, Oid, RowExclusiveLock};
 use pgrx::{PgMemoryContexts, PgTupleDesc};
 use std::ffi::CStr;
 
@@ -39,15 +39,17 @@ impl DirectInsert {
     /// `privileges_of` (the table a statement would have named: for a
     /// partition, its parent). The lock is `RowExclusiveLock`, kept to the
     /// end of the transaction as the executor's is.
-    pub(crate) fn open(relid: Oid, privileges_of: Oid, names: &[&CStr]) -> DirectInsert {
+    pub(crate) fn open(
+        relid: Oid,
+        privileges_of: Oid,
+        names: &[(&CStr, BuiltinOid)],
+    ) -> DirectInsert {
         check_privileges(privileges_of, &[pg_sys::ACL_INSERT]);
         // SAFETY: in a transaction; what is opened here `close` closes (or
         // the transaction's abort).
         unsafe {
             let relation = pg_sys::table_open(relid, RowExclusiveLock as i32);
-            if (*(*relation).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
-                altered(relation, "is not a heap table");
-            }
+            refuse_what_a_direct_write_skips(relation, Write::Insert);
             let columns = column_sources(relation, names);
             let width = columns.len();
             DirectInsert {
@@ -116,6 +118,13 @@ impl IndexEntries {
                 // "updated" to consult (an update leaves every key as it was).
                 pg_sys::InitResultRelInfo(result, relation, 0, std::ptr::null_mut(), 0);
                 pg_sys::ExecOpenIndices(result, false);
+                // A deferred unique check would need the executor's queue.
+                for i in 0..(*result).ri_NumIndices as usize {
+                    let index = *(*result).ri_IndexRelationDescs.add(i);
+                    if !(*(*index).rd_index).indimmediate {
+                        altered(relation, "has a deferrable unique index");
+                    }
+                }
                 let slot = pg_sys::MakeSingleTupleTableSlot(
                     (*relation).rd_att,
                     &raw const pg_sys::TTSOpsHeapTuple,
@@ -236,7 +245,10 @@ pub(crate) fn check_privileges(relid: Oid, modes: &[u32]) {
 ///
 /// # Safety
 /// `relation` is open.
-unsafe fn column_sources(relation: pg_sys::Relation, names: &[&CStr]) -> Vec<Option<usize>> {
+unsafe fn column_sources(
+    relation: pg_sys::Relation,
+    names: &[(&CStr, BuiltinOid)],
+) -> Vec<Option<usize>> {
     // SAFETY: an open relation's descriptor, neither freed nor released.
     let desc = unsafe { PgTupleDesc::from_pg_unchecked((*relation).rd_att) };
     desc.iter()
@@ -246,8 +258,11 @@ unsafe fn column_sources(relation: pg_sys::Relation, names: &[&CStr]) -> Vec<Opt
             }
             // SAFETY: attname is a NUL-terminated NameData.
             let name = unsafe { CStr::from_ptr(attribute.attname.data.as_ptr()) };
-            let found = names.iter().position(|n| *n == name);
-            if found.is_none() && (attribute.attnotnull || attribute.atthasdef) {
+            let found = names.iter().position(|(n, _)| *n == name);
+            if let Some(at) = found {
+                // SAFETY: as above.
+                unsafe { check_type(relation, name, attribute.atttypid, names[at].1) };
+            } else if attribute.attnotnull || attribute.atthasdef {
                 let what = format!("has a column {name:?} that AllSource does not write");
                 // SAFETY: as above.
                 unsafe { altered(relation, &what) };
@@ -259,7 +274,8 @@ unsafe fn column_sources(relation: pg_sys::Relation, names: &[&CStr]) -> Vec<Opt
 
 /// The leaf partition of the list-partitioned `parent` that holds rows
 /// whose partition key is `key`, as the executor routes them; the error
-/// PostgreSQL raises for a row no partition takes (`23514`) otherwise.
+/// PostgreSQL raises for a row no partition takes (`23514`) otherwise, and
+/// `XX001` for a partition partitioned by hand.
 ///
 /// # Safety
 /// `parent` is open and list-partitioned on one int4 column.
@@ -277,18 +293,26 @@ pub(crate) unsafe fn partition_holding(parent: pg_sys::Relation, key: i32) -> Oi
         } else {
             std::slice::from_raw_parts((*bounds).datums, (*bounds).ndatums as usize)
         };
+        // Not a default partition, if one was attached by hand: read_stream
+        // reads the partition the stream's id names.
         datums
             .iter()
             .position(|datum| (**datum).value() as i32 == key)
             .map(|i| {
                 let part = *(*bounds).indexes.add(i) as usize;
-                let oid = *(*partitions).oids.add(part);
-                (oid, *(*partitions).is_leaf.add(part))
+                (
+                    *(*partitions).oids.add(part),
+                    *(*partitions).is_leaf.add(part),
+                )
             })
     };
     match found {
         Some((oid, true)) => oid,
-        _ => or_raise(Err(Error::new(
+        // SAFETY: the parent is open.
+        Some((_, false)) => unsafe {
+            altered(parent, "has a partition that is partitioned itself")
+        },
+        None => or_raise(Err(Error::new(
             sqlstate::CHECK_VIOLATION,
             format!("no partition of relation \"events\" found for partition_id {key}"),
         )

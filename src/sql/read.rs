@@ -23,6 +23,7 @@ use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::partition_for;
 use allsource_core::validate;
 use pgrx::fcinfo::{pg_get_nullable_datum, pg_getarg};
+use pgrx::pg_sys::BuiltinOid::{INT8OID, TEXTOID, TIMESTAMPTZOID};
 use pgrx::pg_sys::{AccessShareLock, NoLock, Oid};
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgTupleDesc};
@@ -141,8 +142,8 @@ impl Read<'_> {
                 pg_sys::table_close(events, NoLock as i32);
                 return;
             }
-            let stream_id = attribute_number(events, c"stream_id");
-            let version = attribute_number(events, c"version");
+            let stream_id = attribute_number(events, c"stream_id", TEXTOID);
+            let version = attribute_number(events, c"version", INT8OID);
             let index_oid = index_on(events, stream_id, version);
             let index = pg_sys::index_open(index_oid, AccessShareLock as i32);
             let (strategy, procedure) = if self.backward {
@@ -218,9 +219,9 @@ impl Read<'_> {
         unsafe {
             let relid = pg_sys::get_relname_relid(c"streams".as_ptr(), schema);
             let streams = pg_sys::table_open(relid, AccessShareLock as i32);
-            let stream_id = attribute_number(streams, c"stream_id");
-            let deleted_at = attribute_number(streams, c"deleted_at");
-            let tenant_id = attribute_number(streams, c"tenant_id");
+            let stream_id = attribute_number(streams, c"stream_id", TEXTOID);
+            let deleted_at = attribute_number(streams, c"deleted_at", TIMESTAMPTZOID);
+            let tenant_id = attribute_number(streams, c"tenant_id", TEXTOID);
             // The list fills rd_pkindex, the index on stream_id.
             pg_sys::RelationGetIndexList(streams);
             let index = pg_sys::index_open((*streams).rd_pkindex, AccessShareLock as i32);

@@ -29,6 +29,9 @@ pub fn refuse_in_read_only_transaction() -> Result<()> {
     if !unsafe { pg_sys::XactReadOnly } {
         return Ok(());
     }
-    Err(Error::new(sqlstate::READ_ONLY_SQL_TRANSACTION, "cannot append in a read-only transaction")
-        .with_hint("Append in a READ WRITE transaction (see default_transaction_read_only)."))
+    Err(Error::new(
+        sqlstate::READ_ONLY_SQL_TRANSACTION,
+        "cannot append in a read-only transaction",
+    )
+    .with_hint("Append in a READ WRITE transaction (see default_transaction_read_only)."))
 }

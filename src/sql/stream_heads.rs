@@ -13,10 +13,11 @@
 
 use crate::sql::direct_insert::{check_privileges, IndexEntries};
 use crate::sql::raise::or_raise;
-use crate::sql::tables::{attribute_number, table};
+use crate::sql::tables::{attribute_number, refuse_what_a_direct_write_skips, table, Write};
 use allsource_core::checksum::GENESIS;
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::plan::StreamHead;
+use pgrx::pg_sys::BuiltinOid::{BYTEAOID, INT4OID, INT8OID, TEXTOID, TIMESTAMPTZOID};
 use pgrx::pg_sys::{self, Datum, RowExclusiveLock};
 use pgrx::{FromDatum, IntoDatum};
 
@@ -58,15 +59,16 @@ impl StreamRows {
             let relid = table(c"streams");
             check_privileges(relid, &[pg_sys::ACL_SELECT, pg_sys::ACL_UPDATE]);
             let relation = pg_sys::table_open(relid, RowExclusiveLock as i32);
-            let column = |name| attribute_number(relation, name);
+            refuse_what_a_direct_write_skips(relation, Write::Update);
+            let column = |name, type_oid| attribute_number(relation, name, type_oid);
             let columns = Columns {
-                stream_id: column(c"stream_id"),
-                partition_id: column(c"partition_id"),
-                version: column(c"version"),
-                tenant_id: column(c"tenant_id"),
-                last_checksum: column(c"last_checksum"),
-                deleted_at: column(c"deleted_at"),
-                updated_at: column(c"updated_at"),
+                stream_id: column(c"stream_id", TEXTOID),
+                partition_id: column(c"partition_id", INT4OID),
+                version: column(c"version", INT8OID),
+                tenant_id: column(c"tenant_id", TEXTOID),
+                last_checksum: column(c"last_checksum", BYTEAOID),
+                deleted_at: column(c"deleted_at", TIMESTAMPTZOID),
+                updated_at: column(c"updated_at", TIMESTAMPTZOID),
             };
             // The list fills rd_pkindex, the index on stream_id.
             pg_sys::RelationGetIndexList(relation);
@@ -127,10 +129,12 @@ impl StreamRows {
                 let tid = tid.as_mut()?;
                 let in_transaction_snapshot =
                     pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
+                // As ExecLockRows.
                 let flags = if in_transaction_snapshot {
-                    0
+                    pg_sys::TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS as u8
                 } else {
-                    pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8
+                    (pg_sys::TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS
+                        | pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION) as u8
                 };
                 let tuple_lock = (*(*self.relation).rd_tableam)
                     .tuple_lock

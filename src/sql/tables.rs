@@ -23,29 +23,112 @@ pub(crate) fn table(name: &CStr) -> Oid {
     }
 }
 
-/// The number of the column `name` of `relation`; an error without it.
+/// The number of the column `name` of `relation`, which must be of the type
+/// `type_oid`; an error without it.
 ///
 /// # Safety
 /// `relation` is open.
-pub(crate) unsafe fn attribute_number(relation: pg_sys::Relation, name: &CStr) -> i16 {
+pub(crate) unsafe fn attribute_number(
+    relation: pg_sys::Relation,
+    name: &CStr,
+    type_oid: pg_sys::BuiltinOid,
+) -> i16 {
     // SAFETY: an open relation's descriptor; from_pg_unchecked neither
     // frees nor releases it.
     let found = unsafe {
         PgTupleDesc::from_pg_unchecked((*relation).rd_att)
             .iter()
             .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
-            .map(|a| a.attnum)
+            .map(|a| (a.attnum, a.atttypid))
     };
-    found.unwrap_or_else(|| {
-        or_raise(Err(Error::new(
+    match found {
+        Some((number, found_type)) => {
+            // SAFETY: as above.
+            unsafe { check_type(relation, name, found_type, type_oid) };
+            number
+        }
+        None => or_raise(Err(Error::new(
             sqlstate::DATA_CORRUPTED,
             format!(
                 "an AllSource table has no column {}",
                 name.to_string_lossy()
             ),
         )
-        .with_hint(ALTERED_HINT)))
-    })
+        .with_hint(ALTERED_HINT))),
+    }
+}
+
+/// Raises `XX001` unless the column `name` of `relation` has the type
+/// `expected`: the direct paths read and write its datums as that type.
+///
+/// # Safety
+/// `relation` is open.
+pub(crate) unsafe fn check_type(
+    relation: pg_sys::Relation,
+    name: &CStr,
+    found: Oid,
+    expected: pg_sys::BuiltinOid,
+) {
+    if found != expected.value() {
+        let what = format!(
+            "has a column {} of another type than AllSource's",
+            name.to_string_lossy()
+        );
+        // SAFETY: as the caller's.
+        unsafe { altered(relation, &what) };
+    }
+}
+
+/// Raises `XX001` if `relation` is not a heap table or has what the direct
+/// paths would skip and a statement would run: `CHECK` constraints, stored generated columns, or
+/// row triggers on `operation` (the write guard's are statement triggers).
+///
+/// # Safety
+/// `relation` is open.
+pub(crate) unsafe fn refuse_what_a_direct_write_skips(
+    relation: pg_sys::Relation,
+    operation: Write,
+) {
+    // SAFETY: the relation's descriptor and trigger descriptor (or NULL).
+    unsafe {
+        if (*(*relation).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
+            altered(relation, "is not a heap table");
+        }
+        let constraints = (*(*relation).rd_att).constr;
+        if !constraints.is_null()
+            && ((*constraints).num_check > 0 || (*constraints).has_generated_stored)
+        {
+            altered(relation, "has CHECK constraints or generated columns");
+        }
+        let triggers = (*relation).trigdesc;
+        let row_triggers = !triggers.is_null()
+            && match operation {
+                Write::Insert => {
+                    (*triggers).trig_insert_before_row
+                        || (*triggers).trig_insert_after_row
+                        || (*triggers).trig_insert_new_table
+                }
+                Write::Update => {
+                    (*triggers).trig_update_before_row
+                        || (*triggers).trig_update_after_row
+                        || (*triggers).trig_update_old_table
+                        || (*triggers).trig_update_new_table
+                }
+            };
+        if row_triggers {
+            altered(
+                relation,
+                "has row triggers, which AllSource's writes do not fire",
+            );
+        }
+    }
+}
+
+/// What a direct path does to a table.
+#[derive(Clone, Copy)]
+pub(crate) enum Write {
+    Insert,
+    Update,
 }
 
 /// Raises the error of the AllSource table `relation`, altered by hand so

@@ -1,7 +1,8 @@
 //! Work at the size limits stays linear: the largest `append_batch`
 //! (100,000 events, with or without ids, and with a duplicate id found at
 //! its very end) and an ingest worker's batch of events for as many
-//! streams. Times are printed, not asserted.
+//! streams. Times are printed, not asserted. And a payload as large as
+//! PostgreSQL stores out of line, passed from a table.
 
 use crate::queue::{await_ticket, fresh_queue_db, queue_session};
 use crate::{sqlstate, TestDb};
@@ -160,4 +161,44 @@ fn queue_a_worker_batch_of_many_streams_is_linear() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// `append` stores a jsonb argument's datum as passed: one read from a
+/// table, where it is stored out of line (TOAST), is stored whole, and reads
+/// back the same after that table is gone.
+#[test]
+fn a_payload_passed_from_a_toasted_column_is_stored_whole() {
+    let db = TestDb::new("toasted");
+    let mut client = db.connect();
+    client
+        .batch_execute(
+            "CREATE TABLE big (payload jsonb);
+             INSERT INTO big SELECT jsonb_build_object('noise', string_agg(md5(i::text), ''))
+             FROM generate_series(1, 6000) i;
+             SELECT allsource.append('toasted', 'T', payload, metadata => payload) FROM big;
+             CREATE TABLE expected AS SELECT md5(payload::text) AS digest, pg_column_size(payload) AS size FROM big;
+             DROP TABLE big;",
+        )
+        .unwrap();
+    let mut fresh = db.connect();
+    let row = fresh
+        .query_one(
+            "SELECT md5(e.payload::text) = x.digest AND md5(e.metadata::text) = x.digest, x.size
+             FROM allsource.read_stream('toasted') e, expected x",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the payload and metadata read back whole"
+    );
+    assert!(
+        row.get::<_, i32>(1) > 2000,
+        "the source was stored out of line"
+    );
+    let ok: bool = fresh
+        .query_one("SELECT ok FROM allsource.verify_stream('toasted')", &[])
+        .unwrap()
+        .get(0);
+    assert!(ok);
 }
