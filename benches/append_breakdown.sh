@@ -36,7 +36,6 @@ append_sql="SELECT version FROM allsource.append('s-' || :s, 'Bench', '$payload'
 # name | the patch applied after CREATE EXTENSION | what it removes
 variants=(
     "baseline||AllSource as installed"
-    "no_write_guard|ALTER TABLE allsource.events DISABLE TRIGGER refuse_direct_write; ALTER TABLE allsource.streams DISABLE TRIGGER refuse_direct_write; ALTER TABLE allsource.event_ids DISABLE TRIGGER refuse_direct_write;|the write guard's statement triggers"
     "security_invoker|ALTER FUNCTION allsource.append(text, text, jsonb, jsonb, bigint, uuid, text[]) SECURITY INVOKER RESET search_path;|SECURITY DEFINER and its SET search_path"
     "streams_fillfactor_50|ALTER TABLE allsource.streams SET (fillfactor = 50);|nothing removed: room on the streams' pages for HOT updates"
     "no_category_index|DROP INDEX allsource.events_category_position;|the category index (read_category)"
