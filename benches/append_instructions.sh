@@ -139,6 +139,9 @@ parts_table append "part of \`allsource.append\`" append \
     "allsource::sql::direct_insert::DirectInsert::open|the partition and \`event_ids\` opened with their indexes" \
     "allsource::sql::direct_insert::DirectInsert::insert|the event and its id inserted, with their index entries" \
     "ExecInsertIndexTuples|… of which index entries (the partition's four, \`event_ids\`' one)" \
+    "allsource::sql::append::insert_events|the event into its partition (opened, written, closed)" \
+    "allsource::sql::direct_insert::partition_holding|… of which the partition chosen from the parent's bounds" \
+    "allsource::sql::append::register_new_event_ids|the id into the \`event_ids\` registry (opened, written, closed)" \
     "SPI_execute_plan|SQL statements (none for a new event with a generated id)" \
     "standard_ExecutorStart|executor start-up (the caller's query)" \
     "ProcessGUCArray|\`SET search_path\` of \`SECURITY DEFINER\` on entry" \

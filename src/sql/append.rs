@@ -342,7 +342,9 @@ fn jsonb(text: &str) -> pg_sys::Datum {
 }
 
 /// Inserts the rows into their partitions of `allsource.events`; `passed`:
-/// the jsonb datums of the one row's event.
+/// the jsonb datums of the one row's event. Not inlined: a line of its own in
+/// benches/append_instructions.sh.
+#[inline(never)]
 fn insert_events(rows: &[Row], positions: &[i64], created_at: i64, passed: Option<PassedJsonb>) {
     let parent_oid = table(c"events");
     // SAFETY: the partitioned table is opened with the lock an INSERT on it
@@ -375,6 +377,8 @@ fn insert_events(rows: &[Row], positions: &[i64], created_at: i64, passed: Optio
 }
 
 /// Registers the rows' ids, all generated here, in `allsource.event_ids`.
+/// Not inlined: the registry's cost is a line of benches/append_instructions.sh.
+#[inline(never)]
 fn register_new_event_ids(rows: &[Row], positions: &[i64]) {
     let event_ids = table(c"event_ids");
     let mut insert = DirectInsert::open(
