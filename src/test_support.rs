@@ -49,3 +49,26 @@ pub(crate) fn assert_fails(query: &str, sqlstate: &str, words: &str) {
 pub(crate) fn event_count() -> i64 {
     one("SELECT count(*) FROM allsource.events")
 }
+
+/// Puts the partition of `stream_id` back as a table with the same columns
+/// in the opposite order (as attached by hand), holding the same rows.
+pub(crate) fn reattach_partition_in_another_layout(stream_id: &str) {
+    Spi::run(&format!(
+        "DO $$
+         DECLARE p int := allsource.partition_for('{stream_id}');
+         BEGIN
+             EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s', p);
+             EXECUTE format('ALTER TABLE allsource.events_p%s RENAME TO events_moved', p);
+             EXECUTE format('CREATE TABLE allsource.events_p%s (tags text[], checksum bytea NOT NULL,
+                 created_at timestamptz NOT NULL, metadata jsonb, payload jsonb NOT NULL, tenant_id text,
+                 event_type text NOT NULL, event_id uuid NOT NULL, version bigint NOT NULL,
+                 stream_id text COLLATE \"C\" NOT NULL, partition_id int NOT NULL, position bigint NOT NULL)', p);
+             EXECUTE format('INSERT INTO allsource.events_p%s (position, partition_id, stream_id, version, event_id,
+                 event_type, tenant_id, payload, metadata, created_at, checksum, tags)
+                 SELECT position, partition_id, stream_id, version, event_id, event_type, tenant_id, payload,
+                        metadata, created_at, checksum, tags FROM allsource.events_moved', p);
+             EXECUTE format('ALTER TABLE allsource.events ATTACH PARTITION allsource.events_p%s FOR VALUES IN (%s)', p, p);
+         END $$"
+    ))
+    .unwrap();
+}

@@ -984,23 +984,7 @@ mod tests {
             format!("SELECT allsource.append('{stream}', '{event_type}', '{{\"n\": {n}}}', tags => ARRAY['n:{n}'])")
         };
         Spi::run(&append("A", 1)).unwrap();
-        Spi::run(&format!(
-            "DO $$
-             DECLARE p int := allsource.partition_for('{stream}');
-             BEGIN
-                 EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s', p);
-                 EXECUTE format('ALTER TABLE allsource.events_p%s RENAME TO events_moved', p);
-                 EXECUTE format('CREATE TABLE allsource.events_p%s (tags text[], checksum bytea NOT NULL,
-                     created_at timestamptz NOT NULL, metadata jsonb, payload jsonb NOT NULL, tenant_id text,
-                     event_type text NOT NULL, event_id uuid NOT NULL, version bigint NOT NULL,
-                     stream_id text COLLATE \"C\" NOT NULL, partition_id int NOT NULL, position bigint NOT NULL)', p);
-                 EXECUTE format('INSERT INTO allsource.events_p%s SELECT tags, checksum, created_at, metadata,
-                     payload, tenant_id, event_type, event_id, version, stream_id, partition_id, position
-                     FROM allsource.events_moved', p);
-                 EXECUTE format('ALTER TABLE allsource.events ATTACH PARTITION allsource.events_p%s FOR VALUES IN (%s)', p, p);
-             END $$"
-        ))
-        .unwrap();
+        reattach_partition_in_another_layout(stream);
         Spi::run(&append("B", 2)).unwrap();
         Spi::run("ALTER TABLE allsource.events ADD COLUMN note text").unwrap();
         Spi::run(&append("C", 3)).unwrap();

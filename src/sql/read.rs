@@ -517,24 +517,7 @@ mod tests {
         Spi::run("LOCK TABLE allsource.streams, allsource.events IN ACCESS EXCLUSIVE MODE")
             .unwrap();
         Spi::run("SELECT allsource.append_batch('layout-1', '[{\"type\": \"A\", \"payload\": {\"n\": 1}}, {\"type\": \"B\", \"payload\": {\"n\": 2}}]')").unwrap();
-        Spi::run(
-            "DO $$
-             DECLARE p int := allsource.partition_for('layout-1');
-             BEGIN
-                 EXECUTE format('ALTER TABLE allsource.events DETACH PARTITION allsource.events_p%s', p);
-                 EXECUTE format('ALTER TABLE allsource.events_p%s RENAME TO events_moved', p);
-                 EXECUTE format('CREATE TABLE allsource.events_p%s (tags text[], checksum bytea NOT NULL,
-                     created_at timestamptz NOT NULL, metadata jsonb, payload jsonb NOT NULL, tenant_id text,
-                     event_type text NOT NULL, event_id uuid NOT NULL, version bigint NOT NULL,
-                     stream_id text COLLATE \"C\" NOT NULL, partition_id int NOT NULL, position bigint NOT NULL)', p);
-                 EXECUTE format('INSERT INTO allsource.events_p%s (position, partition_id, stream_id, version, event_id,
-                     event_type, tenant_id, payload, metadata, created_at, checksum, tags)
-                     SELECT position, partition_id, stream_id, version, event_id, event_type, tenant_id, payload,
-                            metadata, created_at, checksum, tags FROM allsource.events_moved', p);
-                 EXECUTE format('ALTER TABLE allsource.events ATTACH PARTITION allsource.events_p%s FOR VALUES IN (%s)', p, p);
-             END $$",
-        )
-        .unwrap();
+        reattach_partition_in_another_layout("layout-1");
         assert_eq!(
             one::<String>("SELECT string_agg(format('%s:%s:%s', version, event_type, payload->>'n'), ',' ORDER BY version) FROM allsource.read_stream('layout-1')"),
             "1:A:1,2:B:2"
