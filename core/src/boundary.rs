@@ -109,16 +109,6 @@ impl Query {
     }
 }
 
-/// `names` as a PostgreSQL array literal (`{"a","b\"c"}`): every element
-/// double-quoted, `"` and `\` escaped, so no name can end the literal.
-pub fn array_literal(names: &[String]) -> String {
-    let elements: Vec<String> = names
-        .iter()
-        .map(|name| format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", elements.join(","))
-}
-
 fn parse_item(argument: &str, number: usize, item: &Value) -> Result<Item> {
     let part = |what: &str| format!("{argument}[{number}].{what}");
     let Value::Object(fields) = item else {
@@ -374,10 +364,6 @@ mod tests {
         assert!(!parse(json!([{"tags": ["t"]}, {"types": ["A"]}]))
             .unwrap()
             .matches_everything());
-        assert_eq!(
-            array_literal(&strings(&["a", "b\"}c", "d\\"])),
-            r#"{"a","b\"}c","d\\"}"#
-        );
     }
 
     #[test]

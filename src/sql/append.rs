@@ -12,6 +12,7 @@ use crate::settings;
 use crate::sql::direct_insert::{partition_holding, DirectInsert};
 use crate::sql::guard::WriteGuard;
 use crate::sql::jsonb::JsonbText;
+use crate::sql::partition::attached_partition_count;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::{refuse_in_read_only_transaction, refuse_on_standby};
 use crate::sql::stats::{self, Call};
@@ -21,10 +22,11 @@ use crate::sql::tenant;
 use crate::sql::{notify, watermark};
 use crate::sql::{oid, spi, GenericPlans};
 use allsource_core::batch::{parse_batch_text, Appended, NewEvent};
-use allsource_core::boundary::{self, array_literal};
+use allsource_core::boundary;
 use allsource_core::checksum;
 use allsource_core::error::{Error, Result};
 use allsource_core::idempotency::StoredEvent;
+use allsource_core::partition;
 use allsource_core::plan::{self, Refused, Request, Row};
 use allsource_core::validate::{self, ExpectedVersion};
 use pgrx::pg_sys::BuiltinOid::{
@@ -62,7 +64,7 @@ fn append(
         let tags: Vec<Option<&str>> = tags.iter().flatten().map(Option::as_deref).collect();
         event.tags = boundary::tags("tags", &tags)?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        append_one(stream_id, &[event], expected, Some(passed))
+        append_one(stream_id, &[event], expected, Some(passed), false)
     })();
     let appended = or_raise(stats::direct_append(result, Call::Append, started));
     TableIterator::once((appended.first_version, appended.first_position))
@@ -93,7 +95,7 @@ fn append_batch(
             settings::max_event_bytes(),
         )?;
         let expected = ExpectedVersion::from_arg(expected_version)?;
-        append_one(stream_id, &events, expected, None)
+        append_one(stream_id, &events, expected, None, false)
     })();
     let a = or_raise(stats::direct_append(result, Call::AppendBatch, started));
     TableIterator::once((
@@ -136,13 +138,43 @@ pub(crate) struct PassedJsonb {
     metadata: Option<pg_sys::Datum>,
 }
 
+impl PassedJsonb {
+    /// The payload and metadata of `event`, the first element of the jsonb
+    /// array `batch` whose text it was parsed from, as jsonb datums (copied
+    /// out of the array, not parsed again).
+    pub(crate) fn first_of_batch(batch: pg_sys::Datum, event: &NewEvent) -> PassedJsonb {
+        // SAFETY: jsonb functions called with a jsonb datum and their
+        // argument types; each returns a new datum, or none (SQL NULL).
+        unsafe {
+            let element = pgrx::direct_function_call_as_datum(
+                pg_sys::jsonb_array_element,
+                &[Some(batch), 0i32.into_datum()],
+            );
+            let field = |name: &str| {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::jsonb_object_field,
+                    &[element, name.into_datum()],
+                )
+            };
+            PassedJsonb {
+                payload: field("payload"),
+                // A JSON null is no metadata (SQL NULL), as the text says.
+                metadata: event.metadata.as_ref().and_then(|_| field("metadata")),
+            }
+        }
+    }
+}
+
 /// Appends `events` to one stream; `passed`: the datums of the one event's
-/// jsonb arguments, if the caller has them.
+/// jsonb arguments, if the caller has them; `new_stream`: the stream's name
+/// was made for this append, so no transaction can have created its row
+/// (`append_if`'s own stream).
 pub(crate) fn append_one(
     stream_id: &str,
     events: &[NewEvent],
     expected: ExpectedVersion,
     passed: Option<PassedJsonb>,
+    new_stream: bool,
 ) -> Result<Appended> {
     let tenant = tenant::session_tenant()?;
     let request = Request {
@@ -151,7 +183,7 @@ pub(crate) fn append_one(
         expected,
         tenant: tenant.as_deref(),
     };
-    append_requests(&[request], passed)?
+    append_requests(&[request], passed, new_stream.then_some(stream_id))?
         .pop()
         .expect("one result per request")
         .map_err(|refused| refused.error)
@@ -163,10 +195,12 @@ pub(crate) fn append_one(
 ///
 /// The outer error means the transaction wrote rows it must not keep (an
 /// event id registered by a concurrent transaction): raise it. `passed`:
-/// the datums of the jsonb arguments of a single request's single event.
+/// the datums of the jsonb arguments of a single request's single event;
+/// `new_stream`: a stream whose name was made for this append.
 pub(crate) fn append_requests(
     requests: &[Request],
     passed: Option<PassedJsonb>,
+    new_stream: Option<&str>,
 ) -> Result<Vec<std::result::Result<Appended, Refused>>> {
     refuse_in_read_only_transaction()?;
     let _writing = WriteGuard::new();
@@ -176,7 +210,14 @@ pub(crate) fn append_requests(
     Spi::connect_mut(|client| {
         let statements = statements(client);
         let mut stream_rows = StreamRows::open();
-        let appended = append_locked(client, statements, &mut stream_rows, requests, passed);
+        let appended = append_locked(
+            client,
+            statements,
+            &mut stream_rows,
+            requests,
+            passed,
+            new_stream,
+        );
         stream_rows.close();
         appended
     })
@@ -189,11 +230,19 @@ fn append_locked(
     stream_rows: &mut StreamRows,
     requests: &[Request],
     passed: Option<PassedJsonb>,
+    new_stream: Option<&str>,
 ) -> Result<Vec<std::result::Result<Appended, Refused>>> {
     let mut streams: Vec<&str> = requests.iter().map(|r| r.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-    let (locked, created) = lock_streams(client, statements, stream_rows, &streams, requests);
+    let (locked, created) = match new_stream {
+        Some(stream) => {
+            let tenant = requests[0].tenant;
+            let row = stream_rows.create_new(stream, partition_of_new(stream), tenant);
+            (HashMap::from([(streams[0], row)]), vec![streams[0]])
+        }
+        None => lock_streams(client, statements, stream_rows, &streams, requests),
+    };
     let heads = locked
         .iter()
         .map(|(stream, row)| (*stream, row.head.clone()))
@@ -220,22 +269,7 @@ fn append_locked(
 
     watermark::before_taking_positions()?;
     let positions = take_positions(plan.rows.len());
-    // Before the events' insert, which takes the columns.
-    if plan
-        .rows
-        .iter()
-        .any(|row| row.event.stored_tags().is_some())
-    {
-        let args = [
-            positions.clone().into(),
-            column(&plan.rows, |row| row.partition_id).into(),
-            column(&plan.rows, |row| pg_uuid(row.event_id)).into(),
-            column(&plan.rows, |row| row.event.event_type.clone()).into(),
-            column(&plan.rows, |row| row.tenant.map(str::to_string)).into(),
-            column(&plan.rows, |row| row.event.stored_tags().map(array_literal)).into(),
-        ];
-        spi(client.update(&statements.insert_event_tags, None, &args));
-    }
+    insert_event_tags(&plan.rows, &positions);
     // The datums are those of the event of a single request's single row.
     let passed = passed.filter(|_| requests.len() == 1 && requests[0].events.len() == 1);
     insert_events(
@@ -380,10 +414,8 @@ fn insert_events(rows: &[Row], positions: &[i64], created_at: i64, passed: Optio
 /// Not inlined: the registry's cost is a line of benches/append_instructions.sh.
 #[inline(never)]
 fn register_new_event_ids(rows: &[Row], positions: &[i64]) {
-    let event_ids = table(c"event_ids");
-    let mut insert = DirectInsert::open(
-        event_ids,
-        event_ids,
+    let mut insert = DirectInsert::open_table(
+        c"event_ids",
         &[
             (c"event_id", UUIDOID),
             (c"partition_id", INT4OID),
@@ -396,6 +428,50 @@ fn register_new_event_ids(rows: &[Row], positions: &[i64]) {
             row.partition_id.into_datum(),
             position.into_datum(),
         ]);
+    }
+    insert.close();
+}
+
+/// Indexes the rows' tags in `allsource.event_tags`: a row per tag of each
+/// tagged event. Not inlined: a line of its own in
+/// benches/append_instructions.sh.
+#[inline(never)]
+fn insert_event_tags(rows: &[Row], positions: &[i64]) {
+    let mut tagged = rows
+        .iter()
+        .zip(positions)
+        .filter_map(|(row, &position)| Some((row, position, row.event.stored_tags()?)))
+        .peekable();
+    if tagged.peek().is_none() {
+        return;
+    }
+    let mut insert = DirectInsert::open_table(
+        c"event_tags",
+        &[
+            (c"tag", TEXTOID),
+            (c"tenant", TEXTOID),
+            (c"position", INT8OID),
+            (c"partition_id", INT4OID),
+            (c"event_id", UUIDOID),
+            (c"event_type", TEXTOID),
+            (c"tags", TEXTARRAYOID),
+        ],
+    );
+    for (row, position, tags) in tagged {
+        // The event's columns, the same for each of its tags.
+        let event = [
+            row.tenant.unwrap_or("").into_datum(),
+            position.into_datum(),
+            row.partition_id.into_datum(),
+            pg_uuid(row.event_id).into_datum(),
+            row.event.event_type.as_str().into_datum(),
+            tags.to_vec().into_datum(),
+        ];
+        for tag in tags {
+            let mut values = vec![tag.as_str().into_datum()];
+            values.extend_from_slice(&event);
+            insert.insert(&values);
+        }
     }
     insert.close();
 }
@@ -442,7 +518,8 @@ fn lock_streams<'a>(
             .iter()
             .map(|s| tenant_of[s].map(str::to_string))
             .collect();
-        let args = [missing.clone().into(), tenants.into()];
+        let partitions: Vec<i32> = missing.iter().map(|s| partition_of_new(s)).collect();
+        let args = [missing.clone().into(), partitions.into(), tenants.into()];
         for row in spi(client.update(&statements.create_streams, None, &args)) {
             let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
             let at = streams
@@ -451,6 +528,11 @@ fn lock_streams<'a>(
             created.push(streams[at]);
         }
     }
+}
+
+/// The partition of a new stream: by the partitions attached now.
+fn partition_of_new(stream_id: &str) -> i32 {
+    partition::partition_for(stream_id, attached_partition_count()) as i32
 }
 
 /// Looks up the events among `events` whose ids are already stored.
@@ -540,7 +622,6 @@ struct Statements {
     create_streams: OwnedPreparedStatement,
     find_events: OwnedPreparedStatement,
     register_event_ids: OwnedPreparedStatement,
-    insert_event_tags: OwnedPreparedStatement,
     forget_streams: OwnedPreparedStatement,
 }
 
@@ -558,11 +639,12 @@ impl Statements {
         Statements {
             create_streams: prepare(
                 "INSERT INTO allsource.streams AS s (stream_id, partition_id, tenant_id) \
-                 SELECT id, allsource.partition_for(id, (SELECT allsource.partition_count())), tenant \
-                 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(id, tenant) \
+                 SELECT id, part, tenant \
+                 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::int[]), \
+                                 pg_catalog.unnest($3::text[])) AS u(id, part, tenant) \
                  ORDER BY id \
                  ON CONFLICT (stream_id) DO NOTHING RETURNING s.stream_id",
-                &[oid::<Vec<String>>(), oid::<Vec<Option<String>>>()],
+                &[oid::<Vec<String>>(), oid::<Vec<i32>>(), oid::<Vec<Option<String>>>()],
             ),
             find_events: prepare(
                 "SELECT i.event_id, e.stream_id, e.version, e.position, e.event_type, e.payload::text, e.tenant_id \
@@ -577,24 +659,6 @@ impl Statements {
                  SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) \
                  ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                 &[oid::<Vec<Uuid>>(), oid::<Vec<i32>>(), oid::<Vec<i64>>()],
-            ),
-            // A row per tag of each tagged event (unnest of NULL: none).
-            insert_event_tags: prepare(
-                "INSERT INTO allsource.event_tags (tag, tenant, position, partition_id, event_id, event_type, tags) \
-                 SELECT t.tag, COALESCE(u.tenant_id, ''), u.position, u.partition_id, u.event_id, \
-                        u.event_type, u.tags::text[] \
-                 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-                                 pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) \
-                      AS u(position, partition_id, event_id, event_type, tenant_id, tags), \
-                      pg_catalog.unnest(u.tags::text[]) AS t(tag)",
-                &[
-                    oid::<Vec<i64>>(),
-                    oid::<Vec<i32>>(),
-                    oid::<Vec<Uuid>>(),
-                    oid::<Vec<String>>(),
-                    oid::<Vec<Option<String>>>(),
-                    oid::<Vec<Option<String>>>(),
-                ],
             ),
             forget_streams: prepare(
                 "DELETE FROM allsource.streams s WHERE s.stream_id OPERATOR(pg_catalog.=) ANY ($1::text[])",

@@ -3,13 +3,13 @@
 //! ([`allsource_core::boundary`] decides which, and argues why they suffice).
 
 use crate::settings;
-use crate::sql::append::append_one;
+use crate::sql::append::{append_one, PassedJsonb};
 use crate::sql::jsonb::JsonbText;
 use crate::sql::raise::or_raise;
 use crate::sql::standby::refuse_on_standby;
 use crate::sql::stats::{self, Call};
 use crate::sql::GenericPlans;
-use crate::sql::{spi, tenant};
+use crate::sql::{spi, tag_index, tenant};
 use allsource_core::batch::{parse_batch_text, NewEvent};
 use allsource_core::boundary::{self, Mode, Query};
 use allsource_core::error::{sqlstate, Error, Result};
@@ -48,10 +48,10 @@ fn append_if(
     let result = (|| {
         refuse_on_standby("allsource.append_if()")?;
         needs_read_committed("allsource.append_if")?;
-        let events = parse_batch_text(
-            &validate::required("events", events)?.0,
-            settings::max_event_bytes(),
-        )?;
+        let batch = validate::required("events", events)?;
+        let events = parse_batch_text(&batch.0, settings::max_event_bytes())?;
+        // One event (a decision's usual append): stored as the argument holds it.
+        let passed = (events.len() == 1).then(|| PassedJsonb::first_of_batch(batch.1, &events[0]));
         let condition = fail_if_events_match
             .map(|text| parse_query("fail_if_events_match", &text.0))
             .transpose()?
@@ -62,8 +62,8 @@ fn append_if(
                 "must be 0 or more (or NULL: any position)",
             ));
         }
-        let stream = match stream_id {
-            Some(_) => validate::name("stream_id", stream_id)?.to_owned(),
+        let (stream, new_stream) = match stream_id {
+            Some(_) => (validate::name("stream_id", stream_id)?.to_owned(), false),
             None => own_stream(&events),
         };
         let tenant = tenant::session_tenant()?;
@@ -80,7 +80,13 @@ fn append_if(
                 return Err(condition_failed(position, after_position, ours));
             }
         }
-        append_one(&stream, &events, ExpectedVersion::from_arg(None)?, None)
+        append_one(
+            &stream,
+            &events,
+            ExpectedVersion::from_arg(None)?,
+            passed,
+            new_stream,
+        )
     })();
     let a = or_raise(stats::direct_append(result, Call::AppendBatch, started));
     TableIterator::once((a.first_position, a.last_position))
@@ -88,10 +94,13 @@ fn append_if(
 
 /// The events' stream when the caller names none: `$dcb-` and the first
 /// event's id (so a retry with the same ids finds its events again), or a
-/// new time-ordered id.
-fn own_stream(events: &[NewEvent]) -> String {
-    let id = events[0].event_id.unwrap_or_else(uuid::Uuid::now_v7);
-    format!("$dcb-{id}")
+/// new time-ordered id; whether that name is new, so that no transaction
+/// can have created its row.
+fn own_stream(events: &[NewEvent]) -> (String, bool) {
+    match events[0].event_id {
+        Some(id) => (format!("$dcb-{id}"), false),
+        None => (format!("$dcb-{}", uuid::Uuid::now_v7()), true),
+    }
 }
 
 /// The position a decision based on `read_query(query)` may pass to
@@ -373,6 +382,16 @@ fn first_match(
         .filter_map(|event| event.event_id)
         .map(|id| Uuid::from_bytes(*id.as_bytes()))
         .collect();
+    // No items: every event matches, which the index of tags cannot tell.
+    if !condition.items.is_empty()
+        && condition
+            .items
+            .iter()
+            .all(|item| item.index_tag().is_some())
+    {
+        let tenant = tenant.unwrap_or_default();
+        return tag_index::first_tagged_match(condition, after, &tenant, &own);
+    }
     let mut statement = Matching::new(condition, tenant, vec![after.into(), own.into()]);
     let items = statement.union(" UNION ALL ", |table, condition| {
         format!(
@@ -410,4 +429,45 @@ fn condition_failed(position: i64, after_position: Option<i64>, ours: bool) -> E
     error
         .with_detail(format!("An event matching the condition exists {since}; nothing was appended."))
         .with_hint("Read the events of the decision again (query_head, then read_query), decide again, and retry with the new head as after_position.")
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::test_support::*;
+    use pgrx::prelude::*;
+
+    /// A one-event `append_if` stores the payload and metadata copied out of
+    /// its argument: the same values as their text gives, a JSON null
+    /// metadata as none, values stored out of line too; every event verifies.
+    #[pg_test]
+    fn one_event_of_append_if_is_stored_as_passed() {
+        Spi::run(
+            "CREATE TEMP TABLE decided AS
+             SELECT jsonb_build_object('noise', string_agg(md5(i::text), '')) AS big
+             FROM generate_series(1, 6000) i",
+        )
+        .unwrap();
+        for events in [
+            r#"'[{"type": "T", "payload": {"b": [1, 2.50], "a": "x"}, "metadata": {"by": "me"}, "tags": ["as-passed"]}]'"#,
+            r#"'[{"type": "T", "payload": null, "metadata": null}]'"#,
+            r#"'[{"type": "T", "payload": "text"}]'"#,
+            "(SELECT jsonb_build_array(jsonb_build_object('type', 'T', 'payload', big, 'metadata', big)) FROM decided)",
+        ] {
+            Spi::run(&format!(
+                "SELECT allsource.append_if({events}, stream_id => 'stored-as-passed')"
+            ))
+            .unwrap();
+        }
+        assert!(one::<bool>(
+            r#"SELECT array_agg(payload ORDER BY version)
+                      = ARRAY['{"a": "x", "b": [1, 2.50]}', 'null', '"text"', (SELECT big FROM decided)]::jsonb[]
+                  AND array_agg(metadata ORDER BY version)::text[] IS NOT DISTINCT FROM
+                      ARRAY['{"by": "me"}', NULL, NULL, (SELECT big FROM decided)::text]
+             FROM allsource.read_stream('stored-as-passed')"#
+        ));
+        assert!(one::<bool>(
+            "SELECT ok AND events_checked = 4 FROM allsource.verify_stream('stored-as-passed')"
+        ));
+    }
 }

@@ -16,7 +16,7 @@
 //! altered by hand so that these rows would be wrong raises `XX001`.
 
 use crate::sql::raise::or_raise;
-use crate::sql::tables::{altered, check_type, refuse_what_a_direct_write_skips, Write};
+use crate::sql::tables::{altered, check_type, refuse_what_a_direct_write_skips, table, Write};
 use allsource_core::error::{sqlstate, Error};
 use pgrx::pg_sys::{self, BuiltinOid, Datum, Oid, RowExclusiveLock};
 use pgrx::{PgMemoryContexts, PgTupleDesc};
@@ -62,15 +62,42 @@ impl DirectInsert {
         }
     }
 
+    /// [`DirectInsert::open`] for the extension's own (unpartitioned) table
+    /// `allsource.<name>`.
+    pub(crate) fn open_table(name: &CStr, names: &[(&CStr, BuiltinOid)]) -> DirectInsert {
+        let relid = table(name);
+        DirectInsert::open(relid, relid, names)
+    }
+
     /// Inserts one row: `row[i]` is the value of `names[i]` (`None`: NULL).
     pub(crate) fn insert(&mut self, row: &[Option<Datum>]) {
+        let tuple = self.write(row);
+        // SAFETY: the tuple was just inserted; the slot of the index
+        // entries takes it and frees it.
+        unsafe { self.entries.insert(tuple, false, false) };
+    }
+
+    /// [`DirectInsert::insert`], returning a copy of the row written, with
+    /// its `t_self`, in the current memory context.
+    pub(crate) fn insert_and_copy(&mut self, row: &[Option<Datum>]) -> pg_sys::HeapTuple {
+        let tuple = self.write(row);
+        // SAFETY: as in `insert`, the copy made before the slot takes it.
+        unsafe {
+            let copy = pg_sys::heap_copytuple(tuple);
+            self.entries.insert(tuple, false, false);
+            copy
+        }
+    }
+
+    /// The row formed in the table's column order and put in the heap.
+    fn write(&mut self, row: &[Option<Datum>]) -> pg_sys::HeapTuple {
         for (column, source) in self.columns.iter().enumerate() {
             let value = source.and_then(|i| row[i]);
             self.nulls[column] = value.is_none();
             self.values[column] = value.unwrap_or(Datum::from(0));
         }
         // SAFETY: the values are datums of the columns' types (the append
-        // path builds them so); the relation and its indexes are open.
+        // path builds them so); the relation is open.
         unsafe {
             let tuple = pg_sys::heap_form_tuple(
                 (*self.relation).rd_att,
@@ -78,7 +105,7 @@ impl DirectInsert {
                 self.nulls.as_mut_ptr(),
             );
             pg_sys::simple_heap_insert(self.relation, tuple);
-            self.entries.insert(tuple, false, false);
+            tuple
         }
     }
 

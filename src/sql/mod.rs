@@ -52,6 +52,7 @@ mod stream_heads;
 mod stream_row;
 pub mod subscription;
 mod tables;
+mod tag_index;
 mod tenant;
 mod verify;
 pub mod watermark;

@@ -17,7 +17,7 @@
 
 use crate::sql::raise::or_raise;
 use crate::sql::select_one;
-use crate::sql::tables::{attribute_number, ALTERED_HINT};
+use crate::sql::tables::{attribute_number, index_on};
 use crate::sql::tenant::session_tenant;
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::partition_for;
@@ -144,7 +144,7 @@ impl Read<'_> {
             }
             let stream_id = attribute_number(events, c"stream_id", TEXTOID);
             let version = attribute_number(events, c"version", INT8OID);
-            let index_oid = index_on(events, stream_id, version);
+            let index_oid = index_on(events, &[stream_id, version], "(stream_id, version)");
             let index = pg_sys::index_open(index_oid, AccessShareLock as i32);
             let (strategy, procedure) = if self.backward {
                 (pg_sys::BTLessEqualStrategyNumber, pg_sys::F_INT8LE)
@@ -273,51 +273,6 @@ fn partition_count(schema: Oid) -> Option<u32> {
             cached.set(Some((events, count)));
             Some(count)
         }
-    })
-}
-
-/// The valid index of `relation` whose first columns are `first` and
-/// `second`; an error without one.
-///
-/// # Safety
-/// `relation` is open.
-unsafe fn index_on(relation: pg_sys::Relation, first: i16, second: i16) -> Oid {
-    // SAFETY: the relation's index list (a copy) and each index's pg_index
-    // row from the catalog cache, released at once.
-    let found = unsafe {
-        let list = pg_sys::RelationGetIndexList(relation);
-        let length = if list.is_null() {
-            0
-        } else {
-            (*list).length as usize
-        };
-        (0..length)
-            .map(|i| (*(*list).elements.add(i)).oid_value)
-            .find(|&oid| {
-                let row = pg_sys::SearchSysCache1(
-                    pg_sys::SysCacheIdentifier::INDEXRELID as i32,
-                    oid.into(),
-                );
-                if row.is_null() {
-                    return false;
-                }
-                let index = pg_sys::GETSTRUCT(row) as *const pg_sys::FormData_pg_index;
-                let keys = (*index)
-                    .indkey
-                    .values
-                    .as_slice((*index).indnkeyatts as usize);
-                let matches =
-                    (*index).indisvalid && keys.len() >= 2 && keys[0] == first && keys[1] == second;
-                pg_sys::ReleaseSysCache(row);
-                matches
-            })
-    };
-    found.unwrap_or_else(|| {
-        or_raise(Err(Error::new(
-            sqlstate::DATA_CORRUPTED,
-            "a partition of allsource.events has no index on (stream_id, version)",
-        )
-        .with_hint(ALTERED_HINT)))
     })
 }
 

@@ -7,11 +7,13 @@
 //! when the page has room, new index entries otherwise). Creating a missing
 //! row stays an SPI `INSERT … ON CONFLICT DO NOTHING` in the append, which
 //! waits for a concurrent creator; the next round of locks finds the row.
+//! Only the row of a stream whose name was made for the append (no one
+//! else can create it) is inserted here directly.
 //!
 //! The statement trigger of the write guard does not fire for these updates:
 //! they are the extension's own. Privileges are checked as `UPDATE` would.
 
-use crate::sql::direct_insert::{check_privileges, IndexEntries};
+use crate::sql::direct_insert::{check_privileges, DirectInsert, IndexEntries};
 use crate::sql::raise::or_raise;
 use crate::sql::tables::{attribute_number, refuse_what_a_direct_write_skips, table, Write};
 use allsource_core::checksum::GENESIS;
@@ -213,6 +215,52 @@ impl StreamRows {
                 tenant: String::from_datum(tenant.0, tenant.1),
             };
             LockedRow { head, tuple }
+        }
+    }
+
+    /// Inserts the row (version 0) of `stream_id`, a stream whose name was
+    /// made for this append so that no other transaction can create it, and
+    /// returns it as [`StreamRows::lock`] would after creating it: the row
+    /// is this transaction's until it commits.
+    pub(crate) fn create_new(
+        &mut self,
+        stream_id: &str,
+        partition_id: i32,
+        tenant: Option<&str>,
+    ) -> LockedRow {
+        let mut insert = DirectInsert::open_table(
+            c"streams",
+            &[
+                (c"stream_id", TEXTOID),
+                (c"partition_id", INT4OID),
+                (c"version", INT8OID),
+                (c"tenant_id", TEXTOID),
+                (c"created_at", TIMESTAMPTZOID),
+                (c"updated_at", TIMESTAMPTZOID),
+            ],
+        );
+        let now = crate::sql::backend::transaction_timestamp();
+        let tuple = insert.insert_and_copy(&[
+            stream_id.into_datum(),
+            partition_id.into_datum(),
+            0i64.into_datum(),
+            tenant.into_datum(),
+            Some(now.into()),
+            Some(now.into()),
+        ]);
+        insert.close();
+        // SAFETY: in a transaction. The append's update of the row is then
+        // a later command's, which may change it.
+        unsafe { pg_sys::CommandCounterIncrement() };
+        LockedRow {
+            head: StreamHead {
+                partition_id,
+                version: 0,
+                last_checksum: GENESIS,
+                deleted: false,
+                tenant: tenant.map(str::to_owned),
+            },
+            tuple,
         }
     }
 

@@ -58,6 +58,45 @@ pub(crate) unsafe fn attribute_number(
     }
 }
 
+/// The valid index of `relation` whose first key columns are `columns`
+/// (named `names` in the error without one, `XX001`).
+///
+/// # Safety
+/// `relation` is open.
+pub(crate) unsafe fn index_on(relation: pg_sys::Relation, columns: &[i16], names: &str) -> Oid {
+    // SAFETY: the relation's index list (a copy) and each index's pg_index
+    // row from the catalog cache, released at once.
+    let found = unsafe {
+        let list = pg_sys::RelationGetIndexList(relation);
+        let length = if list.is_null() {
+            0
+        } else {
+            (*list).length as usize
+        };
+        (0..length)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .find(|&oid| {
+                let row = pg_sys::SearchSysCache1(
+                    pg_sys::SysCacheIdentifier::INDEXRELID as i32,
+                    oid.into(),
+                );
+                if row.is_null() {
+                    return false;
+                }
+                let index = pg_sys::GETSTRUCT(row) as *const pg_sys::FormData_pg_index;
+                let keys = (*index)
+                    .indkey
+                    .values
+                    .as_slice((*index).indnkeyatts as usize);
+                let matches = (*index).indisvalid && keys.starts_with(columns);
+                pg_sys::ReleaseSysCache(row);
+                matches
+            })
+    };
+    // SAFETY: as the caller's.
+    found.unwrap_or_else(|| unsafe { altered(relation, &format!("has no index on {names}")) })
+}
+
 /// Raises `XX001` unless the column `name` of `relation` has the type
 /// `expected`: the direct paths read and write its datums as that type.
 ///

@@ -476,7 +476,8 @@ impl Worker {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            match session::as_worker_role(|| append_requests(&requests, None)).and_then(|r| r) {
+            match session::as_worker_role(|| append_requests(&requests, None, None)).and_then(|r| r)
+            {
                 Ok(results) => {
                     for (held, result) in events.iter().zip(&results) {
                         if let Ok(appended) = result {

@@ -106,6 +106,60 @@ SELECT count(*) FROM allsource.append('dcb-odd', 'Odd', '{}', tags => ARRAY['it'
 SELECT event_type, tags FROM allsource.read_query('[{"tags": ["it''s", "back\\slash", "{\"x\"}"]}]');
 
 ------------------------------------------------------------------------------
+-- What a condition's check matches: an item's every tag and one of its types,
+-- the first match after rows that do not; items without tags beside others
+------------------------------------------------------------------------------
+SELECT last_value AS c0 FROM allsource.event_position \gset
+SELECT count(*) FROM allsource.append_batch('dcb-check', '[
+    {"type": "Seated", "payload": {}, "tags": ["room:1"]},
+    {"type": "Booked", "payload": {}, "tags": ["room:1", "guest:1"]},
+    {"type": "Seated", "payload": {}, "tags": ["room:1", "seat:9", "guest:2"]}
+]');
+-- Both tags: only the second event carries room:1 and guest:1.
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"tags": ["room:1", "guest:1"]}]', :c0);
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"tags": ["room:1", "guest:1"]}]', :c0 + 2);
+-- A type and a tag: the first Booked with room:1; none after it.
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"types": ["Booked"], "tags": ["room:1"]}]', :c0);
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"types": ["Booked"], "tags": ["room:1"]}]', :c0 + 2);
+-- Past the rows of the item's first tag that match it not, to one that does.
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"tags": ["room:1", "seat:9"]}]', :c0);
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"types": ["Seated"], "tags": ["room:1"]}]', :c0 + 1);
+-- The earliest match of all the items.
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]',
+    '[{"tags": ["guest:2"]}, {"types": ["Booked"], "tags": ["guest:1"]}, {"tags": ["room:9"]}]', :c0);
+-- An item with types only beside one with tags.
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"tags": ["guest:2"]}, {"types": ["Booked"]}]', :c0);
+-- Another tenant's events never match.
+SET allsource.tenant = 'dcb-other';
+SELECT pg_temp.append_if('[{"type": "T", "payload": {}}]', '[{"tags": ["room:1"]}]', 0);
+SET allsource.tenant = 'dcb';
+-- This transaction's own event: the error's detail says so.
+CREATE FUNCTION pg_temp.refusal_detail(events jsonb, fail_if_events_match jsonb)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail text;
+BEGIN
+    PERFORM allsource.append_if(events, fail_if_events_match);
+    RETURN 'appended';
+EXCEPTION WHEN SQLSTATE 'ZA004' THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+    RETURN detail;
+END
+$$;
+BEGIN;
+SELECT count(*) FROM allsource.append_if('[{"type": "Booked", "payload": {}, "tags": ["room:2"]}]');
+SELECT pg_temp.refusal_detail('[{"type": "Booked", "payload": {}, "tags": ["room:2"]}]', '[{"tags": ["room:2"]}]');
+ROLLBACK;
+SELECT pg_temp.refusal_detail('[{"type": "Booked", "payload": {}, "tags": ["room:2"]}]', '[{"tags": ["room:2"]}]');
+-- A retry of a decision with the same ids does not conflict with itself.
+SELECT count(*) FROM allsource.append_if(
+    '[{"type": "Booked", "payload": {}, "tags": ["room:3"], "id": "00000000-0000-0000-0019-000000000003"}]',
+    '[{"tags": ["room:3"]}]', :c0);
+SELECT count(*) FROM allsource.append_if(
+    '[{"type": "Booked", "payload": {}, "tags": ["room:3"], "id": "00000000-0000-0000-0019-000000000003"}]',
+    '[{"tags": ["room:3"]}]', :c0);
+
+------------------------------------------------------------------------------
 -- Streams: with stream_id the events join it, with every stream rule
 ------------------------------------------------------------------------------
 SELECT last_position - first_position AS more FROM allsource.append_if(
