@@ -60,14 +60,19 @@ as_pg bash -c "valgrind --tool=callgrind --trace-children=yes --callgrind-out-fi
 trap 'cluster_stop "$DATA"' EXIT
 for _ in $(seq 1 120); do pg_isready -q -h localhost -p "$port" && break; sleep 1; done
 
-# session NAME N PREPARE EXECUTE: runs EXECUTE (with %d, a stream number) N
-# times in one session; prints the session's callgrind file.
+# session NAME N PREPARE EXECUTE: runs EXECUTE (each %d in it the same
+# stream number) N times in one session; prints the session's callgrind file.
 session() {
-    local name=$1 n=$2 prepare=$3 execute=$4 pid
+    local name=$1 n=$2 prepare=$3 execute=$4 pid number without=${4//%d/} uses
+    uses=$(((${#execute} - ${#without}) / 2))
     {
         echo "SELECT pg_backend_pid();"
         echo "$prepare"
-        for i in $(seq 1 "$n"); do printf "$execute\n" $(((i * 7919) % $5 + 1)); done
+        for i in $(seq 1 "$n"); do
+            number=$(((i * 7919) % $5 + 1))
+            # shellcheck disable=SC2046 # one argument per %d
+            printf "$execute\n" $(for _ in $(seq 1 "$uses"); do echo "$number"; done)
+        done
     } > "$OUT/$name.$n.sql"
     pid=$("${psql_bench[@]}" -f "$OUT/$name.$n.sql" | sed -n 1p)
     # callgrind writes the file when the backend exits.
@@ -115,6 +120,16 @@ measure read "\`allsource.read_stream\` of 10 events" \
     "PREPARE a(text) AS SELECT * FROM allsource.read_stream(\$1);" "EXECUTE a('r-%d');" 1000
 measure select "plain \`SELECT\` of the same 10 rows" \
     "PREPARE a(text) AS SELECT * FROM plain_events WHERE stream_id = \$1 ORDER BY version;" "EXECUTE a('r-%d');" 1000
+# A DCB decision as benches/dcb.sh makes it: one event with two tags into a
+# stream of its own, on the condition that neither tag was appended after a
+# head (here beyond every event: the check finds nothing, as a disjoint
+# decision's); and the same append without the condition.
+decided="[{\"type\": \"Decided\", \"payload\": $payload, \"tags\": [\"acct:%d\", \"acct:%d-x\"]}]"
+measure append_if "\`allsource.append_if\` of one event with 2 tags, a 2-item condition" \
+    "PREPARE a(jsonb, jsonb) AS SELECT last_position FROM allsource.append_if(\$1, \$2, 1000000000);" \
+    "EXECUTE a('$decided', '[{\"tags\": [\"acct:%d\"]}, {\"tags\": [\"acct:%d-x\"]}]');" "$streams"
+measure append_if_nocond "\`allsource.append_if\` of the same event without a condition" \
+    "PREPARE a(jsonb) AS SELECT last_position FROM allsource.append_if(\$1);" "EXECUTE a('$decided');" "$streams"
 measure select1 "\`SELECT 1\` (the round trip and transaction alone)" "PREPARE a AS SELECT 1;" "EXECUTE a;" 1
 
 # parts_table NAME HEADING UNIT PART...: one table of the inclusive cost (a
@@ -148,6 +163,20 @@ parts_table append "part of \`allsource.append\`" append \
     "AtEOXact_GUC|… and its reset on exit" \
     "jsonb_in|the payload parsed into jsonb (0: the argument's datum is stored)" \
     "jsonb_out|the payload turned into text for the checksum" \
+    "allsource_core::checksum::checksum|the SHA-256 chain link" \
+    "XLogInsert|WAL records" \
+    "CommitTransactionCommand|the commit"
+parts_table append_if "part of \`allsource.append_if\` with its condition" decision \
+    "allsource::sql::boundary::append_if|the function, from its arguments to its result" \
+    "allsource_core::batch::parse_batch_text|the events read from their jsonb text" \
+    "allsource::sql::boundary::lock|the keys locked (2 tags EXCLUSIVE; every writer's SHARE keys)" \
+    "allsource::sql::boundary::first_match|the check: a scan of \`event_tags\`' key per item" \
+    "allsource::sql::stream_heads::StreamRows::create_new|its own stream's row inserted" \
+    "allsource::sql::append::insert_events|the event into its partition" \
+    "allsource::sql::append::insert_event_tags|its 2 rows of \`event_tags\`" \
+    "allsource::sql::append::register_new_event_ids|its id into \`event_ids\`" \
+    "allsource::sql::stream_heads::StreamRows::advance|the stream row updated" \
+    "SPI_execute_plan|SQL statements (none)" \
     "allsource_core::checksum::checksum|the SHA-256 chain link" \
     "XLogInsert|WAL records" \
     "CommitTransactionCommand|the commit"

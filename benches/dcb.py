@@ -30,6 +30,10 @@ exclusive table lock for each conditional append, so its ids commit in order
 and its max(id) is always a safe head. Reading the head costs both the same
 two statements.
 
+PostgreSQL's own ceiling beside them, with disjoint boundaries: the same
+event as one plain INSERT into a table shaped like eventsourcing's main table
+(no condition, no tag rows), through the same clients.
+
 Also, AllSource alone: append_if with a condition against append_batch of
 the same events (each into a new stream, as append_if without stream_id
 does) and append_if without a condition; then read_query of one tag over
@@ -68,6 +72,7 @@ PAYLOAD = os.environ.get(
 )
 EVENT_TYPE = "Decided"
 ES_TABLE = "es_dcb"  # eventsourcing's tables: es_dcb_tt_main, es_dcb_tt_tag (schema public)
+PLAIN_TABLE = "dcb_plain"  # the plain INSERT's table (schema public)
 MAX_PROCESSES = 8
 
 
@@ -189,6 +194,31 @@ class EventsourcingClient:
         pass
 
 
+class PlainInsertClient:
+    """PostgreSQL's own ceiling for the same decisions: one plain INSERT of
+    the event (no condition, no check, no tag rows) into a table shaped like
+    eventsourcing's main table, committed alone."""
+
+    def __init__(self, args):
+        self.conn = psycopg.connect(conninfo(args), autocommit=True)
+        self.cur = self.conn.cursor()
+        self.data = PAYLOAD.encode()
+
+    def refresh(self, tags, known):
+        return known
+
+    def append(self, tags, after, stream):
+        self.cur.execute(
+            f"INSERT INTO public.{PLAIN_TABLE} (type, data, tags) VALUES (%s, %s, %s) RETURNING id",
+            (EVENT_TYPE, self.data, list(tags)),
+            prepare=True,
+        )
+        return self.cur.fetchone()[0]
+
+    def close(self):
+        self.conn.close()
+
+
 # ---------------------------------------------------------------- the loop
 def own_tag(run, client):
     return f"acct:{run}-{client}"
@@ -252,6 +282,8 @@ def process_main(args, system, mode, run, clients, overlap, ready, go, start_at,
             datastore.pool.open(wait=True, timeout=30)
             recorder = es_recorder(datastore)
             made = [EventsourcingClient(recorder) for _ in clients]
+        elif system == "plain":
+            made = [PlainInsertClient(args) for _ in clients]
         else:
             made = [AllSourceClient(args, mode) for _ in clients]
         outs = [{} for _ in clients]
@@ -360,6 +392,8 @@ def stored(args, system, mode, run, nclients):
     with psycopg.connect(conninfo(args), autocommit=True) as conn:
         if system == "eventsourcing":
             return conn.execute(f"SELECT count(*) FROM public.{ES_TABLE}_tt_tag WHERE tag = ANY(%s)", (tags,)).fetchone()[0]
+        if system == "plain":
+            return conn.execute(f"SELECT count(*) FROM public.{PLAIN_TABLE} WHERE tags[1] = ANY(%s)", (tags,)).fetchone()[0]
         q = json.dumps([{"tags": [t]} for t in tags])
         return conn.execute("SELECT count(*) FROM allsource.read_query(%s::jsonb, 0, 2147483647)", (q,)).fetchone()[0]
 
@@ -487,6 +521,12 @@ def report(args, results, reads, server_version):
                 target = targets.get((overlap, n), ">= 1 (never slower)" if n == 1 else "")
                 ratios.append((f"AllSource / eventsourcing, {boundaries(overlap)}, {n} clients", a / e, target))
     for n in args.clients:
+        i, e, a = (get.get((system, m, 0.0, n)) for system, m in PLAIN_EVENTSOURCING_ALLSOURCE)
+        if i and e:
+            ratios.append((f"plain INSERT / eventsourcing, disjoint, {n} clients", i / e, "(the ceiling)"))
+        if i and a:
+            ratios.append((f"AllSource / plain INSERT, disjoint, {n} clients", a / i, ""))
+    for n in args.clients:
         a, b, u = (get.get(("allsource", m, 0.0, n)) for m in ("cond", "batch", "nocond"))
         if a and b:
             ratios.append((f"append_if with condition / append_batch, {n} clients", a / b, ">= 0.7"))
@@ -514,6 +554,9 @@ def report(args, results, reads, server_version):
     return "\n".join(lines)
 
 
+PLAIN_EVENTSOURCING_ALLSOURCE = (("plain", "insert"), ("eventsourcing", "cond"), ("allsource", "cond"))
+
+
 def boundaries(overlap):
     return "disjoint" if not overlap else f"{overlap:.0%} overlap"
 
@@ -527,7 +570,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--overlaps", default="0,0.1")
-    parser.add_argument("--systems", default="allsource,eventsourcing")
+    parser.add_argument("--systems", default="allsource,eventsourcing,plain")
     parser.add_argument("--read-events", type=int, default=1000000, help="0: no read benchmark")
     parser.add_argument("--read-queries", type=int, default=2000)
     parser.add_argument("--results", help="write the figures as JSON here")
@@ -542,6 +585,12 @@ def main():
         datastore = es_datastore(args, 1)
         es_recorder(datastore).create_table()
         datastore.close()
+    if "plain" in systems:
+        with psycopg.connect(conninfo(args), autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS public.{PLAIN_TABLE} "
+                "(id bigserial PRIMARY KEY, type text NOT NULL, data bytea NOT NULL, tags text[] NOT NULL)"
+            )
 
     # Pairs run back to back, their order alternating, so drift of the shared
     # machine hits both systems alike; the append_batch and unconditional
@@ -555,6 +604,8 @@ def main():
             plan += [(s, m, overlap, n) for s, m in pair]
             if "allsource" in systems and not overlap and n <= 8:
                 plan += [("allsource", "batch", overlap, n), ("allsource", "nocond", overlap, n)]
+            if "plain" in systems and not overlap:
+                plan.append(("plain", "insert", overlap, n))
     results = []
     for i, (system, mode, overlap, n) in enumerate(plan):
         log(f"[{i + 1}/{len(plan)}] {system} {mode}, {boundaries(overlap)}, {n} clients, {args.seconds:g} s")

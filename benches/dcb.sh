@@ -8,12 +8,14 @@
 #      client's decisions use a tag all clients share); conflicts retried;
 #   2. AllSource's append_if with a condition against its append_batch of the
 #      same events and append_if without a condition, 1 and 8 clients;
-#   3. read_query of one tag over 1,000,000 events, p50/p99 (and
+#   3. PostgreSQL's own ceiling at the same client counts: the event as one
+#      plain INSERT (no condition), disjoint;
+#   4. read_query of one tag over 1,000,000 events, p50/p99 (and
 #      eventsourcing's read of one tag over as many).
 # benches/dcb.py does the measuring (see its docstring for the decisions);
 # its venv ($STATE_DIR/venv-dcb) is filled from benches/dcb-requirements.txt.
 #
-#   benches/dcb.sh [SECONDS]                 default 10 s per run (about 7 minutes after the build)
+#   benches/dcb.sh [SECONDS]                 default 10 s per run (about 10 minutes after the build)
 #   ALLSOURCE_BENCH_PG=17 benches/dcb.sh     another PostgreSQL (default 15)
 #   ALLSOURCE_BENCH_INSTALLED=1 …            the release build is installed already: no setup, no build
 #   DCB_SYSTEMS=eventsourcing …              eventsourcing alone (no build, no CREATE EXTENSION;
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 source scripts/common.sh
 use_postgres "${ALLSOURCE_BENCH_PG:-15}"
 seconds=${1:-10}
-systems=${DCB_SYSTEMS:-allsource,eventsourcing}
+systems=${DCB_SYSTEMS:-allsource,eventsourcing,plain}
 DATA=$STATE_DIR/bench-dcb
 DCB_VENV=$STATE_DIR/venv-dcb
 
