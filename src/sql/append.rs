@@ -238,7 +238,7 @@ fn append_locked(
     let (locked, created) = match new_stream {
         Some(stream) => {
             let tenant = requests[0].tenant;
-            let row = stream_rows.create_new(stream, partition_of_new(stream), tenant);
+            let row = stream_rows.create_new(stream, partitions_of_new(&[stream])[0], tenant);
             (HashMap::from([(streams[0], row)]), vec![streams[0]])
         }
         None => lock_streams(client, statements, stream_rows, &streams, requests),
@@ -518,7 +518,7 @@ fn lock_streams<'a>(
             .iter()
             .map(|s| tenant_of[s].map(str::to_string))
             .collect();
-        let partitions: Vec<i32> = missing.iter().map(|s| partition_of_new(s)).collect();
+        let partitions = partitions_of_new(&missing);
         let args = [missing.clone().into(), partitions.into(), tenants.into()];
         for row in spi(client.update(&statements.create_streams, None, &args)) {
             let stream_id: String = spi(row.get(1)).expect("stream_id is NOT NULL");
@@ -530,9 +530,13 @@ fn lock_streams<'a>(
     }
 }
 
-/// The partition of a new stream: by the partitions attached now.
-fn partition_of_new(stream_id: &str) -> i32 {
-    partition::partition_for(stream_id, attached_partition_count()) as i32
+/// The partitions of new streams: by the partitions attached now.
+fn partitions_of_new(stream_ids: &[&str]) -> Vec<i32> {
+    let count = attached_partition_count();
+    stream_ids
+        .iter()
+        .map(|s| partition::partition_for(s, count) as i32)
+        .collect()
 }
 
 /// Looks up the events among `events` whose ids are already stored.

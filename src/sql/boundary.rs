@@ -72,8 +72,8 @@ fn append_if(
             keys.into_iter()
                 .map(|(key, mode)| (tenant.as_deref(), key, mode)),
         ));
-        // After the locks, in a statement of its own: its snapshot sees
-        // every event whose writer could have conflicted (docs/design.md).
+        // After the locks, in a snapshot of its own: it sees every event
+        // whose writer could have conflicted (docs/design.md).
         if let Some(condition) = &condition {
             let after = after_position.unwrap_or(0);
             if let Some((position, ours)) = first_match(condition, after, tenant, &events) {
@@ -469,5 +469,27 @@ mod tests {
         assert!(one::<bool>(
             "SELECT ok AND events_checked = 4 FROM allsource.verify_stream('stored-as-passed')"
         ));
+    }
+
+    /// A check reads only an index that sees every row, in the order its
+    /// keys compare: a partial one, or another collation, in place of
+    /// `event_tags`' key raises XX001.
+    #[pg_test]
+    fn a_check_refuses_an_index_of_tags_altered_by_hand() {
+        let decide = r#"SELECT allsource.append_if('[{"type": "T", "payload": {}, "tags": ["altered-index"]}]',
+                                                    '[{"tags": ["altered-index"]}]', 0)"#;
+        Spi::run("ALTER TABLE allsource.event_tags DROP CONSTRAINT event_tags_pkey").unwrap();
+        Spi::run(
+            "CREATE INDEX by_hand ON allsource.event_tags (tag, tenant, position) WHERE position > 1000000000",
+        )
+        .unwrap();
+        assert_fails(decide, "XX001", "has no index on (tag, tenant, position)");
+        Spi::run("DROP INDEX allsource.by_hand").unwrap();
+        Spi::run(
+            "ALTER TABLE allsource.event_tags ALTER COLUMN tag TYPE text COLLATE \"POSIX\",
+                 ADD PRIMARY KEY (tag, tenant, position)",
+        )
+        .unwrap();
+        assert_fails(decide, "XX001", "in another collation");
     }
 }

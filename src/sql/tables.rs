@@ -58,8 +58,10 @@ pub(crate) unsafe fn attribute_number(
     }
 }
 
-/// The valid index of `relation` whose first key columns are `columns`
-/// (named `names` in the error without one, `XX001`).
+/// The valid btree index of `relation` whose first key columns are
+/// `columns`, without a predicate or expressions: one whose scan, like the
+/// planner's, sees every row (named `names` in the error without one,
+/// `XX001`).
 ///
 /// # Safety
 /// `relation` is open.
@@ -88,13 +90,39 @@ pub(crate) unsafe fn index_on(relation: pg_sys::Relation, columns: &[i16], names
                     .indkey
                     .values
                     .as_slice((*index).indnkeyatts as usize);
-                let matches = (*index).indisvalid && keys.starts_with(columns);
+                let whole = pg_sys::heap_attisnull(
+                    row,
+                    pg_sys::Anum_pg_index_indpred as i32,
+                    std::ptr::null_mut(),
+                ) && pg_sys::heap_attisnull(
+                    row,
+                    pg_sys::Anum_pg_index_indexprs as i32,
+                    std::ptr::null_mut(),
+                );
+                let matches = (*index).indisvalid && whole && keys.starts_with(columns);
                 pg_sys::ReleaseSysCache(row);
-                matches
+                matches && is_btree(oid)
             })
     };
     // SAFETY: as the caller's.
     found.unwrap_or_else(|| unsafe { altered(relation, &format!("has no index on {names}")) })
+}
+
+/// Whether the relation `oid` (an index) is a btree.
+///
+/// # Safety
+/// In a transaction.
+unsafe fn is_btree(oid: Oid) -> bool {
+    // SAFETY: a pg_class row from the catalog cache, released at once.
+    unsafe {
+        let row = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, oid.into());
+        if row.is_null() {
+            return false;
+        }
+        let relam = (*(pg_sys::GETSTRUCT(row) as *const pg_sys::FormData_pg_class)).relam;
+        pg_sys::ReleaseSysCache(row);
+        relam == pg_sys::BTREE_AM_OID
+    }
 }
 
 /// Raises `XX001` unless the column `name` of `relation` has the type

@@ -7,11 +7,11 @@
 //! `allsource.events` and stays a statement (`boundary.rs`).
 
 use crate::sql::direct_insert::check_privileges;
-use crate::sql::tables::{attribute_number, index_on, table};
+use crate::sql::tables::{altered, attribute_number, index_on, table};
 use allsource_core::boundary::{Item, Query};
 use pgrx::pg_sys::BuiltinOid::{INT8OID, TEXTARRAYOID, TEXTOID, UUIDOID};
 use pgrx::pg_sys::{self, AccessShareLock, NoLock};
-use pgrx::{FromDatum, IntoDatum, Uuid};
+use pgrx::{FromDatum, IntoDatum, PgTupleDesc, Uuid};
 
 /// The first event after `after` of `tenant` (`''`: none) matching
 /// `condition`, every item of which has tags, other than those with an id
@@ -68,6 +68,15 @@ impl TagIndex {
                 column(c"tenant", TEXTOID),
                 column(c"position", INT8OID),
             );
+            // The scan keys compare in the C collation, the index's order.
+            let desc = PgTupleDesc::from_pg_unchecked((*relation).rd_att);
+            for (column, name) in [(tag, c"tag"), (tenant, c"tenant")] {
+                let collation = desc.get(column as usize - 1).map(|a| a.attcollation);
+                if collation != Some(pg_sys::C_COLLATION_OID) {
+                    let what = format!("has a column {name:?} in another collation than \"C\"");
+                    altered(relation, &what);
+                }
+            }
             let index = index_on(
                 relation,
                 &[tag, tenant, position],
@@ -148,17 +157,24 @@ impl TagIndex {
                     let value = pg_sys::heap_getattr(row, number as i32, desc, &mut null);
                     (value, null)
                 };
-                let (event_type, null) = column(self.event_type);
-                let matches_type = item.types.is_empty()
-                    || String::from_datum(event_type, null)
-                        .is_some_and(|found| item.types.contains(&found));
-                let (tags, null) = column(self.tags);
-                let matches_tags = item.tags.len() == 1
-                    || <Vec<String>>::from_datum(tags, null)
-                        .is_some_and(|found| item.tags.iter().all(|t| found.contains(t)));
-                let (event_id, null) = column(self.event_id);
-                let foreign = Uuid::from_datum(event_id, null).is_none_or(|id| !own.contains(&id));
-                if matches_type && matches_tags && foreign {
+                // Each test reads its column only if the ones before pass.
+                let matches_type = || {
+                    let (event_type, null) = column(self.event_type);
+                    item.types.is_empty()
+                        || String::from_datum(event_type, null)
+                            .is_some_and(|found| item.types.contains(&found))
+                };
+                let matches_tags = || {
+                    let (tags, null) = column(self.tags);
+                    item.tags.len() == 1
+                        || <Vec<String>>::from_datum(tags, null)
+                            .is_some_and(|found| item.tags.iter().all(|t| found.contains(t)))
+                };
+                let foreign = || {
+                    let (event_id, null) = column(self.event_id);
+                    Uuid::from_datum(event_id, null).is_none_or(|id| !own.contains(&id))
+                };
+                if matches_type() && matches_tags() && foreign() {
                     let (position, _) = column(self.position);
                     // The raw xmin, as the system column `xmin` shows it.
                     let xmin = (*(*row).t_data).t_choice.t_heap.t_xmin;
