@@ -99,3 +99,20 @@ pub fn calling_role() -> String {
         CStr::from_ptr(name).to_string_lossy().into_owned()
     }
 }
+
+/// Runs `read` in the snapshot the next statement of this transaction would
+/// take, as SPI does for each statement: after `CommandCounterIncrement`
+/// (this transaction's earlier changes are seen), and in READ COMMITTED a
+/// new one (others' commits are seen). An error in `read` leaves the
+/// snapshot to the transaction's abort, which pops it.
+pub fn in_a_statement_snapshot<R>(read: impl FnOnce() -> R) -> R {
+    // SAFETY: in a transaction; the snapshot pushed here is popped here.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = read();
+    // SAFETY: the snapshot pushed above is the active one.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
+}

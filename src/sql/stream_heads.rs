@@ -13,6 +13,7 @@
 //! The statement trigger of the write guard does not fire for these updates:
 //! they are the extension's own. Privileges are checked as `UPDATE` would.
 
+use crate::sql::backend::in_a_statement_snapshot;
 use crate::sql::direct_insert::{check_privileges, DirectInsert, IndexEntries};
 use crate::sql::raise::or_raise;
 use crate::sql::tables::{attribute_number, refuse_what_a_direct_write_skips, table, Write};
@@ -88,17 +89,14 @@ impl StreamRows {
     /// Locks the rows of `stream_ids` in that order; `None` for a stream
     /// without a row that a new statement would see.
     pub(crate) fn lock(&mut self, stream_ids: &[&str]) -> Vec<Option<LockedRow>> {
-        // SAFETY: the table and index are open; the snapshot is pushed and
-        // popped here, as SPI does for each statement.
-        unsafe {
-            // Our own earlier changes (an append earlier in this statement)
-            // become visible, and in READ COMMITTED others' commits too.
-            pg_sys::CommandCounterIncrement();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            let rows = stream_ids.iter().map(|id| self.lock_one(id)).collect();
-            pg_sys::PopActiveSnapshot();
-            rows
-        }
+        // An append earlier in this statement is seen.
+        in_a_statement_snapshot(|| {
+            stream_ids
+                .iter()
+                // SAFETY: the table and index are open, the snapshot pushed.
+                .map(|id| unsafe { self.lock_one(id) })
+                .collect()
+        })
     }
 
     /// # Safety

@@ -6,6 +6,7 @@
 //! own events. A condition with an item without tags reads
 //! `allsource.events` and stays a statement (`boundary.rs`).
 
+use crate::sql::backend::in_a_statement_snapshot;
 use crate::sql::direct_insert::check_privileges;
 use crate::sql::tables::{altered, attribute_number, index_on, table};
 use allsource_core::boundary::{Item, Query};
@@ -24,20 +25,19 @@ pub(crate) fn first_tagged_match(
 ) -> Option<(i64, bool)> {
     let relid = table(c"event_tags");
     check_privileges(relid, &[pg_sys::ACL_SELECT]);
-    // SAFETY: what is opened and pushed here is closed and popped here (the
-    // lock stays to the end of the transaction, as a statement's does).
+    // SAFETY: what is opened here is closed here (the lock stays to the end
+    // of the transaction, as a statement's does).
     unsafe {
         let relation = pg_sys::table_open(relid, AccessShareLock as i32);
         let index = TagIndex::open(relation);
-        // Our own earlier changes become visible, and others' commits.
-        pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let first = condition
-            .items
-            .iter()
-            .filter_map(|item| index.first_match(item, after, tenant, own))
-            .min_by_key(|&(position, _)| position);
-        pg_sys::PopActiveSnapshot();
+        let first = in_a_statement_snapshot(|| {
+            condition
+                .items
+                .iter()
+                // SAFETY: the table and index are open, the snapshot pushed.
+                .filter_map(|item| index.first_match(item, after, tenant, own))
+                .min_by_key(|&(position, _)| position)
+        });
         pg_sys::index_close(index.index, NoLock as i32);
         pg_sys::table_close(relation, NoLock as i32);
         first
