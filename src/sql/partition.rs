@@ -1,6 +1,7 @@
 //! `allsource.partition_for`.
 
 use crate::sql::raise::or_raise;
+use crate::sql::select_one;
 use crate::sql::tables::table;
 use allsource_core::error::{sqlstate, Error};
 use allsource_core::partition::{self, MAX_PARTITIONS};
@@ -15,7 +16,9 @@ fn partition_for(stream_id: Option<&str>, partition_count: default!(Option<i32>,
     let result = validate::name("stream_id", stream_id).and_then(|stream_id| {
         let count = match partition_count {
             Some(count) => validate::in_range("partition_count", count, 1, MAX_PARTITIONS)?,
-            None => attached_partition_count() as i32,
+            None => {
+                select_one::<i32>("SELECT allsource.partition_count()").ok_or_else(no_partitions)?
+            }
         };
         Ok(partition::partition_for(stream_id, count as u32) as i32)
     });
@@ -44,10 +47,14 @@ pub(crate) fn attached_partition_count() -> u32 {
     if count > 0 {
         return count as u32;
     }
-    or_raise(Err(Error::new(
+    or_raise(Err(no_partitions()))
+}
+
+fn no_partitions() -> Error {
+    Error::new(
         sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
         "allsource has no partitions; is the extension installed?",
-    )))
+    )
 }
 
 // partition_count and partition_stats are SQL (sql/finalize/reads.sql): their tests live beside partition_for.

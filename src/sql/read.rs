@@ -15,8 +15,8 @@
 //! The function is a plain V1 C function returning its rows in a tuplestore
 //! (materialize mode): the heap tuples go in as they are.
 
-use crate::sql::partition::attached_partition_count;
 use crate::sql::raise::or_raise;
+use crate::sql::select_one;
 use crate::sql::tables::{attribute_number, index_on};
 use crate::sql::tenant::session_tenant;
 use allsource_core::error::{sqlstate, Error};
@@ -269,7 +269,7 @@ fn partition_count(schema: Oid) -> Option<u32> {
     PARTITION_COUNT.with(|cached| match cached.get() {
         Some((oid, count)) if oid == events => Some(count),
         _ => {
-            let count = attached_partition_count();
+            let count = select_one::<i32>("SELECT allsource.partition_count()")? as u32;
             cached.set(Some((events, count)));
             Some(count)
         }
